@@ -1,0 +1,43 @@
+"""python -m noodlenext.eval ckpt_path=...: test a checkpoint with its own model, classes and transform."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from noodlenext.config import CONFIG_DIR
+from noodlenext.data.datamodule import NoodleDataModule
+from noodlenext.model import load_classifier
+from noodlenext.report import TestReport
+from noodlenext.task import instantiate_loggers, resolve_precision, task_wrapper
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test metrics of cfg.ckpt_path on cfg.data.root's test/ split; writes metrics.json."""
+    model = load_classifier(cfg.ckpt_path)
+    hp = model.hparams
+    # Only where the data lives and how it is batched come from the current config.
+    datamodule: NoodleDataModule = hydra.utils.instantiate(
+        cfg.data, image_size=hp.image_size, mean=list(hp.mean), std=list(hp.std), classes=model.class_names
+    )
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        precision=resolve_precision(cfg.trainer.precision),
+        callbacks=[TestReport(cfg.paths.output_dir)],
+        logger=instantiate_loggers(cfg) or False,
+    )
+    (metrics,) = trainer.test(model, datamodule=datamodule)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

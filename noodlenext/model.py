@@ -1,0 +1,226 @@
+"""NoodleClassifier: a timm backbone fine-tuned with the write-up's optimizer, loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from noodlenext import __version__
+from noodlenext.backbone import create_backbone
+from noodlenext.optim import build_optimizer
+
+CHECKPOINT_KEY = "noodlenext"
+DEFAULT_OPTIM = {
+    "head_lr": 1e-4,
+    "backbone_lr": 1e-5,
+    "weight_decay": 0.03,
+    "layer_decay": None,
+    "warmup_frac": 0.15,
+}
+
+
+def _stage_metrics(num_classes: int) -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "loss": MeanMetric(),
+            # Per-class accuracy comes from here: synced under DDP, and a class absent from the
+            # split has no accuracy rather than a misleading 0.
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+class NoodleClassifier(LightningModule):
+    """Image classifier over a timm backbone, with separate head and backbone learning rates."""
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        class_names: Sequence[str],
+        image_size: int = 384,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        pretrained: bool | str = "auto",
+        weights: str | None = None,
+        drop_path_rate: float = 0.0,
+        model_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.2,
+        class_weighted_loss: bool = False,
+        class_counts: Sequence[int] | None = None,
+        compile: bool = False,
+        channels_last: bool = True,
+        optim: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.optim = {**DEFAULT_OPTIM, **dict(optim or {})}
+        self.net, self.pretrained_loaded = create_backbone(
+            name, num_classes, pretrained, weights, drop_path_rate=drop_path_rate, **dict(model_kwargs or {})
+        )
+        weight = None
+        if class_weighted_loss:
+            if not class_counts:
+                raise ValueError("model.class_weighted_loss=true needs the training class counts")
+            counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
+            weight = counts.sum() / (len(counts) * counts)  # inverse frequency, mean weight ~1
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.train_metrics = _stage_metrics(num_classes)
+        self.val_metrics = _stage_metrics(num_classes)
+        self.test_metrics = _stage_metrics(num_classes)
+        self.val_acc_best = MaxMetric()
+        self.test_results: dict[str, Any] | None = None
+        self.run_config: dict[str, Any] | None = None  # the composed Hydra config, stored in checkpoints
+        self._compiled = False
+        self._channels_last = False
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not self._compiled:
+            self.net.compile()  # in place: state_dict keys stay the same
+            self._compiled = True
+
+    def _use_device_layout(self) -> None:
+        if self.hparams.channels_last and self.device.type == "cuda" and not self._channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
+
+    def on_fit_start(self) -> None:
+        self._use_device_layout()
+
+    def on_test_start(self) -> None:
+        self._use_device_layout()
+
+    def on_predict_start(self) -> None:
+        self._use_device_layout()
+
+    # ------------------------------------------------------------------------------ steps
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: nn.ModuleDict) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        preds = logits.argmax(dim=1)
+        metrics["loss"].update(loss.detach(), weight=y.numel())
+        for key in ("acc", "f1", "confusion"):
+            metrics[key].update(preds, y)
+        return loss
+
+    def _epoch_results(self, metrics: nn.ModuleDict) -> dict[str, Any]:
+        confusion = metrics["confusion"].compute()
+        support = confusion.sum(dim=1)
+        per_class = {
+            name: {"accuracy": (confusion[i, i] / support[i]).item(), "count": int(support[i])}
+            for i, name in enumerate(self.class_names)
+            if support[i] > 0
+        }
+        results = {
+            "acc": metrics["acc"].compute().item(),
+            "f1": metrics["f1"].compute().item(),
+            "loss": metrics["loss"].compute().item(),
+            "per_class": per_class,
+            "confusion": confusion.tolist(),
+        }
+        for metric in metrics.values():
+            metric.reset()
+        return results
+
+    def _log_results(self, stage: str, results: dict[str, Any]) -> None:
+        # Values are already synced across processes by torchmetrics.
+        self.log(f"{stage}/acc", results["acc"], prog_bar=True)
+        values = {f"{stage}/{k}": results[k] for k in ("f1", "loss")}
+        values |= {f"{stage}/acc/{name}": r["accuracy"] for name, r in results["per_class"].items()}
+        self.log_dict(values)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check's val pass must not count
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, self.train_metrics)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        results = self._epoch_results(self.train_metrics)
+        self.log_dict({"train/acc": results["acc"], "train/loss": results["loss"]}, prog_bar=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._epoch_results(self.val_metrics)
+        self._log_results("val", results)
+        self.val_acc_best.update(torch.tensor(results["acc"], device=self.device))
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._epoch_results(self.test_metrics)
+        self._log_results("test", self.test_results)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).float().softmax(dim=1)
+
+    # ------------------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(self.net, self.optim, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "version": __version__,
+            "class_names": self.class_names,
+            "transform": {
+                "image_size": self.hparams.image_size,
+                "mean": list(self.hparams.mean),
+                "std": list(self.hparams.std),
+            },
+            "pretrained": self.pretrained_loaded,
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY, {})
+        self.pretrained_loaded = meta.get("pretrained", self.pretrained_loaded)
+        self.run_config = meta.get("config", self.run_config)
+
+
+def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> NoodleClassifier:
+    """Rebuild exactly the trained model from a checkpoint: architecture, classes, transform settings."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"ckpt_path={ckpt_path}: not a readable PyTorch checkpoint ({e})") from e
+    if CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"ckpt_path={ckpt_path}: not a noodlenext checkpoint (made by noodlenext.train?)")
+    # Never reach for the hub again: the checkpoint holds every weight.
+    hparams = {**checkpoint["hyper_parameters"], "pretrained": False, "weights": None, "compile": False}
+    model = NoodleClassifier(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.on_load_checkpoint(checkpoint)
+    model.checkpoint_path = str(path)
+    return model.eval()

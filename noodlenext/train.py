@@ -1,0 +1,82 @@
+"""python -m noodlenext.train: fit a noodle classifier, then test its best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from noodlenext.config import CONFIG_DIR
+from noodlenext.data.datamodule import NoodleDataModule
+from noodlenext.model import NoodleClassifier, load_classifier
+from noodlenext.predict import predict_to_csv
+from noodlenext.task import (
+    config_as_dict,
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_precision,
+    task_wrapper,
+)
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> float | None:
+    """Fit, then test (or predict on an unlabelled test set); returns cfg.optimized_metric."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: NoodleDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model: NoodleClassifier = hydra.utils.instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+        class_counts=datamodule.class_counts,
+        _convert_="all",
+    )
+    model.run_config = config_as_dict(cfg)
+    loggers = instantiate_loggers(cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        precision=resolve_precision(cfg.trainer.precision),
+        callbacks=instantiate_callbacks(cfg, with_logger=bool(loggers)),
+        logger=loggers or False,
+    )
+    for logger in loggers:
+        logger.log_hyperparams({**model.run_config, "pretrained_loaded": model.pretrained_loaded})
+
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best or None
+    if cfg.test and datamodule.test_set is not None:
+        if datamodule.test_is_labelled:
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        elif trainer.is_global_zero:
+            best_model = load_classifier(ckpt) if ckpt else model
+            out = Path(cfg.paths.output_dir) / "predictions.csv"
+            predict_to_csv(
+                best_model, datamodule.test_set, datamodule.class_names, out, batch_size=datamodule.batch_size
+            )
+            log.info("test/ is unlabelled: wrote predictions to %s", out)
+    elif cfg.test:
+        log.warning("%s has no test/ folder: skipping the test step", datamodule.root)
+
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    log.info("best checkpoint: %s", best or "(none)")
+    return value
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

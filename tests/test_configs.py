@@ -1,0 +1,156 @@
+"""Every config group and experiment composes, and what it describes can be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from noodlenext.config import config_dir
+from noodlenext.task import instantiate_callbacks, instantiate_loggers, resolve_precision
+
+GROUPS = ("data", "model", "trainer", "logger", "callbacks", "experiment", "debug", "paths", "hydra")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def test_config_groups_exist() -> None:
+    assert set(options("model")) >= {
+        "convnext_atto",
+        "convnext_tiny",
+        "convnext_base",
+        "vit_tiny",
+        "vit_base",
+    }
+    assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp"}
+    assert set(options("logger")) >= {"wandb", "csv", "tensorboard", "none"}
+    assert set(options("data")) >= {"noodles", "synthetic"}
+    assert set(options("experiment")) >= {"writeup", "quickstart"}
+    for group in GROUPS:
+        assert options(group), group
+
+
+def test_default_model_is_convnext_base_at_384(compose_cfg) -> None:
+    cfg = compose_cfg("train")
+    assert cfg.model.name.startswith("convnext_base") and cfg.model.image_size == 384
+    assert cfg.data.image_size == 384  # data follows the model's input size
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_instantiates(compose_cfg, model: str) -> None:
+    size = 64
+    cfg = compose_cfg("train", [f"model={model}", "model.pretrained=false", f"model.image_size={size}"])
+    net = hydra.utils.instantiate(cfg.model, num_classes=3, class_names=["a", "b", "c"], _convert_="all")
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, size, size)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_config_instantiates(compose_cfg, data: str, make_tree) -> None:
+    root = make_tree({"train": 3})
+    cfg = compose_cfg("train", [f"data={data}", f"data.root={root}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert dm.class_names == ["spaghetti", "ramen", "udon"] and dm.image_size == 384
+
+
+@pytest.mark.parametrize(
+    "trainer", [t for t in options("trainer") if t != "gpu" or torch.cuda.is_available()]
+)
+def test_every_trainer_instantiates(compose_cfg, trainer: str) -> None:
+    overrides = [f"trainer={trainer}"] + (["trainer.accelerator=cpu"] if trainer == "ddp" else [])
+    cfg = compose_cfg("train", overrides)
+    built = hydra.utils.instantiate(
+        cfg.trainer, precision=resolve_precision(cfg.trainer.precision), logger=False
+    )
+    assert built.max_epochs == 15 and built.gradient_clip_val == 1.0
+
+
+def test_gpu_trainer_asks_for_bf16(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["trainer=gpu"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_every_logger_instantiates(compose_cfg, logger: str) -> None:
+    cfg = compose_cfg("train", [f"logger={logger}"])
+    built = instantiate_loggers(cfg)
+    assert len(built) == (0 if logger == "none" else 1)
+
+
+def test_wandb_logger_is_offline_without_an_account(compose_cfg, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert compose_cfg("train").logger.wandb.offline is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert compose_cfg("train").logger.wandb.offline is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert compose_cfg("train").logger.wandb.offline is True
+
+
+def test_callbacks_instantiate(compose_cfg) -> None:
+    names = {type(c).__name__ for c in instantiate_callbacks(compose_cfg("train"))}
+    assert {
+        "ModelCheckpoint",
+        "EarlyStopping",
+        "TestReport",
+        "RichProgressBar",
+        "LearningRateMonitor",
+    } <= names
+    assert "LearningRateMonitor" not in {
+        type(c).__name__ for c in instantiate_callbacks(compose_cfg("train"), with_logger=False)
+    }
+
+
+def test_writeup_experiment_is_the_recipe(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["experiment=writeup"])
+    assert cfg.model.name == "convnext_base.fb_in22k_ft_in1k_384"
+    assert cfg.model.image_size == cfg.data.image_size == 384
+    assert cfg.data.batch_size == 16 and cfg.data.augment == "writeup"
+    assert list(cfg.data.mean) == [0.485, 0.456, 0.406] and list(cfg.data.std) == [0.229, 0.224, 0.225]
+    assert cfg.trainer.max_epochs == 15 and cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.model.label_smoothing == 0.2
+    assert OmegaConf.to_container(cfg.model.optim) == {
+        "head_lr": 1e-4,
+        "backbone_lr": 1e-5,
+        "weight_decay": 0.03,
+        "layer_decay": None,
+        "warmup_frac": 0.15,
+        "betas": [0.9, 0.999],
+    }
+    assert cfg.callbacks.early_stopping.patience == 10 and cfg.callbacks.early_stopping.monitor == "val/acc"
+
+
+def test_quickstart_uses_synthetic_data_and_a_tiny_model(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["experiment=quickstart"])
+    assert cfg.data.synthetic is not None and cfg.model.name.startswith("convnext_atto")
+    assert cfg.model.image_size == 64
+
+
+def test_debug_config_runs_one_batch_without_logger(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["debug=default"])
+    assert cfg.trainer.fast_dev_run is True and not instantiate_loggers(cfg)
+
+
+@pytest.mark.parametrize("task", ["eval", "predict"])
+def test_eval_and_predict_configs_compose(compose_cfg, task: str) -> None:
+    cfg = compose_cfg(task, ["ckpt_path=x.ckpt", "input=y"] if task == "predict" else ["ckpt_path=x.ckpt"])
+    assert cfg.ckpt_path == "x.ckpt" and "model" not in cfg  # the model comes from the checkpoint
+
+
+def test_run_dirs_carry_a_per_process_id(compose_cfg, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "from noodlenext.config import RUN_ID; print(RUN_ID)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    ids = {p.communicate()[0].strip() for p in procs}
+    assert len(ids) == 3
+    cfg = compose_cfg("train")
+    assert "${run_id:}" in OmegaConf.to_yaml(cfg.hydra.run, resolve=False)
