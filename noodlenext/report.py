@@ -95,7 +95,9 @@ class TestReport(Callback):
             "pretrained": pl_module.pretrained_loaded,
             "checkpoint": getattr(pl_module, "checkpoint_path", None) or trainer.ckpt_path,
         }
-        checkpoint_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        checkpoint_cb = next(
+            (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None
+        )
         if checkpoint_cb is not None and checkpoint_cb.best_model_score is not None:
             summary["val/acc_best"] = float(checkpoint_cb.best_model_score)
             summary["best_checkpoint"] = checkpoint_cb.best_model_path

@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
     ckpt = best or None
     if cfg.test and datamodule.test_set is not None:
         if datamodule.test_is_labelled:

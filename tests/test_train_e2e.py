@@ -1,0 +1,156 @@
+"""The real entry points in subprocesses, as a user runs them: train, eval, predict, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from wandb_records import config_keys, history_keys, read_records, run_info
+
+pytestmark = pytest.mark.slow
+
+# The quickstart experiment, shrunk to seconds: 12 synthetic images per class at 32 px, 2 epochs.
+SHRUNK = [
+    "data.synthetic.images_per_class=12",
+    "data.synthetic.image_size=48",
+    "model.image_size=32",
+    "trainer=cpu",
+    "data.num_workers=0",
+    "data.batch_size=8",
+]
+
+
+def run_module(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shrunk quickstart run; returns its run directory."""
+    work = tmp_path_factory.mktemp("quickstart")
+    run_dir = work / "run"
+    run_module(
+        "noodlenext.train",
+        "experiment=quickstart",
+        f"data.root={work / 'synthetic'}",
+        *SHRUNK,
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        "tags=[e2e]",
+        cwd=work,
+    )
+    return run_dir
+
+
+def test_train_leaves_best_and_last_checkpoints(trained: Path) -> None:
+    names = {p.name for p in (trained / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in names and any(n.startswith("epoch_") for n in names)
+
+
+def test_checkpoint_describes_itself(trained: Path) -> None:
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    meta = ckpt["noodlenext"]
+    assert meta["class_names"] == ["spaghetti", "ramen", "udon"]
+    assert meta["transform"]["image_size"] == 32 and meta["pretrained"] is False
+    assert meta["config"]["model"]["name"].startswith("convnext_atto")
+    assert meta["config"]["data"]["batch_size"] == 8  # the composed config, resolved
+
+
+def test_metrics_json_has_per_class_accuracy(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics["test/acc_per_class"]) == {"spaghetti", "ramen", "udon"}
+    on_disk = {
+        c: len(list((trained.parent / "synthetic" / "test").glob(f"?_{c}/*.jpg")))
+        for c in metrics["test/count_per_class"]
+    }
+    assert metrics["test/count_per_class"] == on_disk
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["pretrained"] is False
+    assert (trained / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_offline_wandb_run_holds_per_class_metrics_config_and_tags(trained: Path) -> None:
+    (run_file,) = (trained / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_records(run_file)
+    keys = history_keys(records)
+    for split in ("val", "test"):
+        assert {f"{split}/acc/{c}" for c in ("spaghetti", "ramen", "udon")} <= keys
+    assert {"val/acc", "val/acc_best", "test/f1", "test/loss"} <= keys
+    assert any(k.startswith("test/confusion_matrix") for k in keys)
+    assert {"model", "data", "trainer", "seed"} <= config_keys(records)
+    info = run_info(records)
+    assert list(info.tags) == ["e2e"] and info.run_group == "quickstart"
+
+
+def test_eval_uses_the_checkpoint_not_the_current_defaults(trained: Path, tmp_path: Path) -> None:
+    # The current default model is ConvNeXt-Base at 384 px; the checkpoint is ConvNeXt-Atto at 32 px.
+    work = trained.parent
+    eval_dir = tmp_path / "eval"
+    ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
+    run_module(
+        "noodlenext.eval",
+        f"ckpt_path={ckpt}",
+        "data=synthetic",
+        f"data.root={work / 'synthetic'}",
+        *[o for o in SHRUNK if o.startswith("data.synthetic") or o == "data.num_workers=0"],
+        "trainer=cpu",
+        f"hydra.run.dir={eval_dir}",
+        cwd=work,
+    )
+    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    eval_metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert eval_metrics["test/acc"] == pytest.approx(trained_metrics["test/acc"])
+    assert eval_metrics["test/acc_per_class"] == pytest.approx(trained_metrics["test/acc_per_class"])
+
+
+def test_predict_writes_a_csv_for_a_folder(trained: Path, tmp_path: Path) -> None:
+    images = trained.parent / "synthetic" / "test" / "1_ramen"
+    out = tmp_path / "preds.csv"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    run_module("noodlenext.predict", f"ckpt_path={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(list(images.glob("*.jpg")))
+    assert list(rows[0]) == ["file", "label", "confidence", "prob_spaghetti", "prob_ramen", "prob_udon"]
+    for row in rows:
+        probs = [float(row[f"prob_{c}"]) for c in ("spaghetti", "ramen", "udon")]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4) and float(row["confidence"]) == pytest.approx(
+            max(probs)
+        )
+        assert row["label"] in ("spaghetti", "ramen", "udon")
+
+
+def test_resume_from_last_checkpoint_continues_training(trained: Path, tmp_path: Path) -> None:
+    work = trained.parent
+    first = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed_dir = tmp_path / "resumed"
+    run_module(
+        "noodlenext.train",
+        "experiment=quickstart",
+        f"data.root={work / 'synthetic'}",
+        *SHRUNK,
+        "trainer.max_epochs=3",
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed_dir}",
+        "logger=csv",
+        cwd=work,
+    )
+    second = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps_per_epoch = first["global_step"] // 2
+    assert first["epoch"] == 1 and second["epoch"] == 2  # one more epoch, not three
+    assert second["global_step"] == first["global_step"] + steps_per_epoch
