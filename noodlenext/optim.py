@@ -25,9 +25,11 @@ def param_groups(
     """
     no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     if layer_decay is not None:
-        groups = param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
+        groups = param_groups_layer_decay(
+            model, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
+        )
     else:
-        groups = param_groups_weight_decay(model, weight_decay, no_decay)
+        groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_decay)
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     out = []
     for group in groups:
