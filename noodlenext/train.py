@@ -35,6 +35,8 @@ def train(cfg: DictConfig) -> float | None:
         cfg.model,
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
+        # The model records the data's transform settings, so data.image_size=64 resizes both.
+        **datamodule.transform_config,
         class_counts=datamodule.class_counts,
         _convert_="all",
     )

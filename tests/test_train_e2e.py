@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 SHRUNK = [
     "data.synthetic.images_per_class=12",
     "data.synthetic.image_size=48",
-    "model.image_size=32",
+    "data.image_size=32",  # the model follows the data's input size
     "trainer=cpu",
     "data.num_workers=0",
     "data.batch_size=8",
@@ -154,3 +154,21 @@ def test_resume_from_last_checkpoint_continues_training(trained: Path, tmp_path:
     steps_per_epoch = first["global_step"] // 2
     assert first["epoch"] == 1 and second["epoch"] == 2  # one more epoch, not three
     assert second["global_step"] == first["global_step"] + steps_per_epoch
+
+
+def test_multirun_sweeps_models_into_one_sweep_directory(trained: Path, tmp_path: Path) -> None:
+    work = trained.parent
+    sweep = tmp_path / "sweep"
+    run_module(
+        "noodlenext.train",
+        "-m",
+        "experiment=quickstart",
+        "model=convnext_atto,vit_tiny",
+        "debug=default",
+        f"data.root={work / 'synthetic'}",
+        *SHRUNK,
+        f"hydra.sweep.dir={sweep}",
+        cwd=work,
+    )
+    models = {json.loads((sweep / job / "metrics.json").read_text())["model"] for job in ("0", "1")}
+    assert models == {"convnext_atto.d2_in1k", "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}

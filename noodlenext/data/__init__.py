@@ -1,0 +1,1 @@
+"""Data: the ImageFolder data module, its transforms, image checks and the synthetic dataset."""

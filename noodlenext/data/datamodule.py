@@ -1,0 +1,256 @@
+"""NoodleDataModule: an ImageFolder tree checked at setup, split, augmented and batched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from noodlenext.data.images import (
+    ScanReport,
+    check_images,
+    class_folders,
+    display_name,
+    list_files,
+    load_rgb,
+)
+from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1
+UNKNOWN_FOLDER = "unknown"  # test/unknown/*: the course competition's unlabelled test set
+
+
+class NoodleImages(Dataset):
+    """(path, label) samples decoded to RGB and transformed; label -1 means unlabelled."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Any) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except Exception as e:  # checked at setup, so only a file changed since then lands here
+            raise RuntimeError(f"could not read {path} (it was readable at setup): {e}") from e
+        return self.transform(image), label
+
+
+class NoodleDataModule(LightningDataModule):
+    """Reads root/train/<class>/*, optional root/val/<class>/*, and root/test/<class>/* or test/unknown/*."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 384,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        augment: str = "writeup",
+        sampler: str | None = None,
+        on_bad_image: str = "skip",
+        classes: Sequence[str] | None = None,
+        synthetic: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if sampler not in (None, "weighted"):
+            raise ValueError(f"data.sampler={sampler!r} is not known; use null or 'weighted'")
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_image={on_bad_image!r} is not known; use 'skip' or 'error'")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        self.root = Path(root).expanduser()
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.augment, self.sampler, self.on_bad_image = augment, sampler, on_bad_image
+        self.synthetic = dict(synthetic) if synthetic else None
+        self._classes = list(classes) if classes is not None else None
+        self.train_set: NoodleImages | None = None
+        self.val_set: NoodleImages | None = None
+        self.test_set: NoodleImages | None = None
+        self.test_is_labelled = False
+        self.report = ScanReport()
+        self._scanned = False
+
+    # ----------------------------------------------------------------------------- classes
+    def prepare_data(self) -> None:
+        """Render the embedded synthetic dataset on first use (data=synthetic)."""
+        if self.synthetic is not None:
+            from noodlenext.data.synthetic import render_dataset
+
+            render_dataset(self.root, **self.synthetic)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names in label order: given (from a checkpoint), else train/'s class folders."""
+        if self._classes is None:
+            self._classes = [display_name(p.name) for p in self._train_class_folders()]
+        return list(self._classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def transform_config(self) -> dict[str, Any]:
+        """What eval and predict need to rebuild the exact eval transform (stored in checkpoints)."""
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    def _train_class_folders(self) -> list[Path]:
+        train_dir = self.root / "train"
+        if not train_dir.is_dir():
+            hint = " (data=synthetic renders one)" if not self.root.exists() else ""
+            raise FileNotFoundError(
+                f"{train_dir} does not exist: data.root must hold train/<class>/ folders of images{hint}"
+            )
+        folders = class_folders(train_dir)
+        if len(folders) < 2:
+            raise ValueError(f"{train_dir} has {len(folders)} class folder(s); a classifier needs at least 2")
+        names = [display_name(p.name) for p in folders]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{train_dir}: class folders {[p.name for p in folders]} repeat a class name")
+        return folders
+
+    # ----------------------------------------------------------------------------- scanning
+    def _label_of(self, folder: Path) -> int:
+        name = display_name(folder.name)
+        if name not in self.class_names:
+            raise ValueError(
+                f"{folder}: class '{name}' is not one of the training classes {self.class_names}; "
+                "rename the folder to a training class or remove it"
+            )
+        return self.class_names.index(name)
+
+    def _scan_split(self, split_dir: Path, required: bool) -> list[tuple[Path, int]]:
+        folders = class_folders(split_dir)
+        labelled = [f for f in folders if f.name != UNKNOWN_FOLDER]
+        if not labelled and split_dir.name == "test" and folders:
+            images, others = list_files(split_dir / UNKNOWN_FOLDER)
+            self.report.non_images += others
+            candidates = [(p, UNLABELLED) for p in images]
+        else:
+            if split_dir.name == "test" and len(labelled) != len(folders):
+                raise ValueError(f"{split_dir}: mixes labelled class folders with {UNKNOWN_FOLDER}/; keep one")
+            candidates = []
+            for folder in labelled:
+                label = self._label_of(folder)
+                images, others = list_files(folder)
+                self.report.non_images += others
+                if not images:
+                    if required:
+                        raise ValueError(
+                            f"{folder} has no images: add images of '{display_name(folder.name)}' "
+                            "or remove the folder"
+                        )
+                    self.report.empty_folders.append(folder)
+                candidates += [(p, label) for p in images]
+        kept = []
+        for (path, label), (problem, (w, h)) in zip(candidates, check_images(p for p, _ in candidates)):
+            if problem is None:
+                kept.append((path, label))
+                self.report.smaller_than_input += min(w, h) < self.image_size
+            elif self.on_bad_image == "error":
+                raise ValueError(f"{path}: {problem}. Fix or remove it, or set data.on_bad_image=skip")
+            else:
+                self.report.skipped.append((path, problem))
+        if required:
+            counts = np.bincount([label for _, label in kept], minlength=self.num_classes)
+            for name, count in zip(self.class_names, counts):
+                if count == 0:
+                    raise ValueError(f"{split_dir}: class '{name}' has no readable images")
+        return kept
+
+    def _split_train(self, samples: list[tuple[Path, int]]) -> tuple[list, list]:
+        """Stratified, seeded: the same fraction of every class goes to val."""
+        rng = np.random.default_rng(self.split_seed)
+        train, val = [], []
+        for label in range(self.num_classes):
+            mine = [s for s in samples if s[1] == label]
+            order = rng.permutation(len(mine))
+            n_val = max(1, round(self.val_fraction * len(mine))) if self.val_fraction > 0 and len(mine) > 1 else 0
+            val += [mine[i] for i in order[:n_val]]
+            train += [mine[i] for i in order[n_val:]]
+        return train, val
+
+    def _scan(self) -> None:
+        if self._scanned:
+            return
+        tf_eval = eval_transform(self.image_size, self.mean, self.std)
+        train_dir, val_dir, test_dir = (self.root / s for s in ("train", "val", "test"))
+        if train_dir.is_dir():
+            train = self._scan_split(train_dir, required=True)
+            if val_dir.is_dir():
+                val = self._scan_split(val_dir, required=False)
+            else:
+                train, val = self._split_train(train)
+            tf_train = train_transform(self.image_size, self.mean, self.std, self.augment)
+            self.train_set, self.val_set = NoodleImages(train, tf_train), NoodleImages(val, tf_eval)
+        elif self._classes is None:
+            self._train_class_folders()  # raises the clear "no train/" error
+        if test_dir.is_dir():
+            test = self._scan_split(test_dir, required=False)
+            self.test_set = NoodleImages(test, tf_eval)
+            self.test_is_labelled = bool(test) and test[0][1] != UNLABELLED
+        for line in self.report.lines(self.image_size):
+            log.warning(line)
+        self._scanned = True
+
+    def setup(self, stage: str | None = None) -> None:
+        self._scan()
+        if stage in (None, "fit") and self.train_set is None:
+            raise FileNotFoundError(f"{self.root / 'train'} does not exist: nothing to train on")
+        if stage == "test" and (self.test_set is None or not self.test_is_labelled):
+            raise FileNotFoundError(f"{self.root / 'test'} has no labelled class folders to evaluate on")
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class, after the split and skips."""
+        self._scan()
+        labels = [label for _, label in self.train_set.samples] if self.train_set else []
+        return np.bincount(labels, minlength=self.num_classes).tolist()
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Any = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.sampler == "weighted":
+            counts = np.asarray(self.class_counts, dtype=np.float64)
+            weights = [1.0 / counts[label] for _, label in self.train_set.samples]
+            generator = torch.Generator().manual_seed(self.split_seed)
+            sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+            return self._loader(self.train_set, sampler=sampler)
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
