@@ -26,17 +26,18 @@ DEFAULT_OPTIM = {
 }
 
 
-def _stage_metrics(num_classes: int) -> nn.ModuleDict:
-    return nn.ModuleDict(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "loss": MeanMetric(),
-            # Per-class accuracy comes from here: synced under DDP, and a class absent from the
-            # split has no accuracy rather than a misleading 0.
-            "confusion": MulticlassConfusionMatrix(num_classes),
-        }
-    )
+def _stage_metrics(num_classes: int, full: bool = True) -> nn.ModuleDict:
+    """Epoch metrics; input checks are off because each one syncs the GPU every step."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+        "loss": MeanMetric(nan_strategy="disable"),
+    }
+    if full:  # val and test; training logs only accuracy and loss
+        metrics["f1"] = MulticlassF1Score(num_classes, average="macro", validate_args=False)
+        # Per-class accuracy comes from here: synced under DDP, and a class absent from the
+        # split has no accuracy rather than a misleading 0.
+        metrics["confusion"] = MulticlassConfusionMatrix(num_classes, validate_args=False)
+    return nn.ModuleDict(metrics)
 
 
 class NoodleClassifier(LightningModule):
@@ -77,7 +78,7 @@ class NoodleClassifier(LightningModule):
             counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
             weight = counts.sum() / (len(counts) * counts)  # inverse frequency, mean weight ~1
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-        self.train_metrics = _stage_metrics(num_classes)
+        self.train_metrics = _stage_metrics(num_classes, full=False)
         self.val_metrics = _stage_metrics(num_classes)
         self.test_metrics = _stage_metrics(num_classes)
         self.val_acc_best = MaxMetric()
@@ -119,7 +120,8 @@ class NoodleClassifier(LightningModule):
         preds = logits.argmax(dim=1)
         metrics["loss"].update(loss.detach(), weight=y.numel())
         for key in ("acc", "f1", "confusion"):
-            metrics[key].update(preds, y)
+            if key in metrics:
+                metrics[key].update(preds, y)
         return loss
 
     def _epoch_results(self, metrics: nn.ModuleDict) -> dict[str, Any]:
@@ -157,8 +159,10 @@ class NoodleClassifier(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        results = self._epoch_results(self.train_metrics)
-        self.log_dict({"train/acc": results["acc"], "train/loss": results["loss"]}, prog_bar=True)
+        acc, loss = self.train_metrics["acc"].compute(), self.train_metrics["loss"].compute()
+        self.log_dict({"train/acc": acc, "train/loss": loss}, prog_bar=True)
+        for metric in self.train_metrics.values():
+            metric.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, self.val_metrics)

@@ -146,7 +146,9 @@ class NoodleDataModule(LightningDataModule):
             candidates = [(p, UNLABELLED) for p in images]
         else:
             if split_dir.name == "test" and len(labelled) != len(folders):
-                raise ValueError(f"{split_dir}: mixes labelled class folders with {UNKNOWN_FOLDER}/; keep one")
+                raise ValueError(
+                    f"{split_dir}: mixes labelled class folders with {UNKNOWN_FOLDER}/; keep one"
+                )
             candidates = []
             for folder in labelled:
                 label = self._label_of(folder)
@@ -160,8 +162,8 @@ class NoodleDataModule(LightningDataModule):
                         )
                     self.report.empty_folders.append(folder)
                 candidates += [(p, label) for p in images]
-        kept = []
-        for (path, label), (problem, (w, h)) in zip(candidates, check_images(p for p, _ in candidates)):
+        kept, checks = [], check_images(p for p, _ in candidates)
+        for (path, label), (problem, (w, h)) in zip(candidates, checks, strict=True):
             if problem is None:
                 kept.append((path, label))
                 self.report.smaller_than_input += min(w, h) < self.image_size
@@ -171,7 +173,7 @@ class NoodleDataModule(LightningDataModule):
                 self.report.skipped.append((path, problem))
         if required:
             counts = np.bincount([label for _, label in kept], minlength=self.num_classes)
-            for name, count in zip(self.class_names, counts):
+            for name, count in zip(self.class_names, counts, strict=True):
                 if count == 0:
                     raise ValueError(f"{split_dir}: class '{name}' has no readable images")
         return kept
@@ -183,7 +185,9 @@ class NoodleDataModule(LightningDataModule):
         for label in range(self.num_classes):
             mine = [s for s in samples if s[1] == label]
             order = rng.permutation(len(mine))
-            n_val = max(1, round(self.val_fraction * len(mine))) if self.val_fraction > 0 and len(mine) > 1 else 0
+            n_val = (
+                max(1, round(self.val_fraction * len(mine))) if self.val_fraction > 0 and len(mine) > 1 else 0
+            )
             val += [mine[i] for i in order[:n_val]]
             train += [mine[i] for i in order[n_val:]]
         return train, val
@@ -226,12 +230,14 @@ class NoodleDataModule(LightningDataModule):
         return np.bincount(labels, minlength=self.num_classes).tolist()
 
     # ----------------------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Any = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Any = None, train: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
+            # A short last training batch adds noise and makes torch.compile recompile for its shape.
+            drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -243,8 +249,8 @@ class NoodleDataModule(LightningDataModule):
             weights = [1.0 / counts[label] for _, label in self.train_set.samples]
             generator = torch.Generator().manual_seed(self.split_seed)
             sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
-            return self._loader(self.train_set, sampler=sampler)
-        return self._loader(self.train_set, shuffle=True)
+            return self._loader(self.train_set, sampler=sampler, train=True)
+        return self._loader(self.train_set, shuffle=True, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -109,5 +109,7 @@ class ScanReport:
         if self.empty_folders:
             out.append("ignored empty class folder(s): " + ", ".join(map(str, self.empty_folders)))
         if self.smaller_than_input:
-            out.append(f"{self.smaller_than_input} image(s) are smaller than {image_size} px and are upscaled")
+            out.append(
+                f"{self.smaller_than_input} image(s) are smaller than {image_size} px and are upscaled"
+            )
         return out
