@@ -113,7 +113,9 @@ class NoodleClassifier(LightningModule):
         self._use_device_layout()
 
     # ------------------------------------------------------------------------------ steps
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: nn.ModuleDict) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], metrics: nn.ModuleDict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
@@ -122,7 +124,7 @@ class NoodleClassifier(LightningModule):
         for key in ("acc", "f1", "confusion"):
             if key in metrics:
                 metrics[key].update(preds, y)
-        return loss
+        return loss, logits
 
     def _epoch_results(self, metrics: nn.ModuleDict) -> dict[str, Any]:
         confusion = metrics["confusion"].compute()
@@ -154,7 +156,7 @@ class NoodleClassifier(LightningModule):
         self.val_acc_best.reset()  # the sanity check's val pass must not count
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, self.train_metrics)
+        loss, _ = self._step(batch, self.train_metrics)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -164,8 +166,8 @@ class NoodleClassifier(LightningModule):
         for metric in self.train_metrics.values():
             metric.reset()
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics)
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"logits": self._step(batch, self.val_metrics)[1]}  # for callbacks (HeatmapGallery)
 
     def on_validation_epoch_end(self) -> None:
         results = self._epoch_results(self.val_metrics)
@@ -173,8 +175,8 @@ class NoodleClassifier(LightningModule):
         self.val_acc_best.update(torch.tensor(results["acc"], device=self.device))
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, self.test_metrics)
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"logits": self._step(batch, self.test_metrics)[1]}
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._epoch_results(self.test_metrics)

@@ -96,6 +96,7 @@ def test_callbacks_instantiate(compose_cfg) -> None:
     names = {type(c).__name__ for c in instantiate_callbacks(compose_cfg("train"))}
     assert {
         "ModelCheckpoint",
+        "HeatmapGallery",
         "EarlyStopping",
         "TestReport",
         "RichProgressBar",
@@ -136,9 +137,9 @@ def test_debug_config_runs_one_batch_without_logger(compose_cfg) -> None:
     assert cfg.trainer.fast_dev_run is True and not instantiate_loggers(cfg)
 
 
-@pytest.mark.parametrize("task", ["eval", "predict"])
-def test_eval_and_predict_configs_compose(compose_cfg, task: str) -> None:
-    cfg = compose_cfg(task, ["ckpt_path=x.ckpt", "input=y"] if task == "predict" else ["ckpt_path=x.ckpt"])
+@pytest.mark.parametrize("task", ["eval", "predict", "explain"])
+def test_eval_predict_and_explain_configs_compose(compose_cfg, task: str) -> None:
+    cfg = compose_cfg(task, ["ckpt_path=x.ckpt"] + (["input=y"] if task != "eval" else []))
     assert cfg.ckpt_path == "x.ckpt" and "model" not in cfg  # the model comes from the checkpoint
 
 

@@ -172,3 +172,72 @@ def test_multirun_sweeps_models_into_one_sweep_directory(trained: Path, tmp_path
     )
     models = {json.loads((sweep / job / "metrics.json").read_text())["model"] for job in ("0", "1")}
     assert models == {"convnext_atto.d2_in1k", "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
+
+
+def test_heatmap_gallery_writes_grids_facts_and_a_wandb_table(trained: Path) -> None:
+    gallery = trained / "heatmaps" / "test"
+    report = json.loads((gallery / "heatmaps.json").read_text())
+    rows = report["samples"]
+    assert set(report["faithfulness"]) == {"scorecam", "gradcam"}
+    assert 0.0 <= report["faithfulness"]["scorecam"]["deletion"] <= 1.0
+    assert rows and {r["kind"] for r in rows} <= {"misclassified", "correct"}
+    wrong = [r for r in rows if r["kind"] == "misclassified"]
+    assert [r["loss"] for r in wrong] == sorted((r["loss"] for r in wrong), reverse=True)  # worst first
+    for r in rows:
+        assert (r["kind"] == "misclassified") == (r["true"] != r["predicted"])
+        assert set(r["heatmaps"]) == {"scorecam", "gradcam"}
+        assert r["heatmaps"]["scorecam"]["peak_region"] and r["heatmaps"]["gradcam"]["description"]
+        assert Path(r["file"]).is_file()
+    for kind in {r["kind"] for r in rows}:
+        assert (gallery / f"{kind}.png").stat().st_size > 1000
+    (run_file,) = (trained / "wandb").glob("offline-run-*/run-*.wandb")
+    keys = history_keys(read_records(run_file))
+    assert any(k.startswith("test/heatmaps") for k in keys)
+    assert {"test/faithfulness/scorecam/deletion", "test/faithfulness/gradcam/insertion"} <= keys
+
+
+def test_explain_cli_writes_overlays_and_facts_for_a_folder(trained: Path, tmp_path: Path) -> None:
+    images = trained.parent / "synthetic" / "test"
+    out = tmp_path / "explained"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    run_module("noodlenext.explain", f"ckpt_path={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path)
+    facts = json.loads((out / "facts.json").read_text())
+    n = len(list(images.rglob("*.jpg")))
+    assert (
+        len(facts) == n
+        and len(list(out.glob("*_scorecam.png"))) == n
+        and len(list(out.glob("*_gradcam.png"))) == n
+    )
+    assert {"peak_region", "region_shares", "area_above_half", "centroid_xy", "concentration"} <= set(
+        facts[0]["heatmaps"]["scorecam"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("explain.target_layer=stages.9.nope", "explain.target_layer"),
+        ("ckpt_path=/nonexistent/model.ckpt", "ckpt_path=/nonexistent/model.ckpt"),
+        ("input=/nonexistent/photo.jpg", "input=/nonexistent/photo.jpg"),
+    ],
+)
+def test_explain_cli_errors_name_the_problem(
+    trained: Path, tmp_path: Path, override: str, message: str
+) -> None:
+    photo = next((trained.parent / "synthetic" / "test").rglob("*.jpg"))
+    args = {
+        "ckpt_path": str(trained / "checkpoints" / "last.ckpt"),
+        "input": str(photo),
+        "method": "scorecam",
+    }
+    key, value = override.split("=", 1)
+    overrides = [f"{k}={v}" for k, v in {**args, key: value}.items() if k != key] + [override]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "noodlenext.explain", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
