@@ -16,7 +16,7 @@ from torch import nn
 
 from noodlenext.explain import ScoreCAM, gradcam, overlay, reshape_transform, target_layer
 
-EARLY = "stages.1.blocks.1.conv_dw"  # 80 channels at 8x8 for 64 px: 4x fewer forward passes than the last
+EARLY = "stages.1.blocks.1.conv_dw"  # 80 channels: 4x fewer forward passes than the last layer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,10 +86,14 @@ def test_scorecam_matches_pytorch_grad_cam_on_convnext() -> None:
 
 
 def test_scorecam_matches_pytorch_grad_cam_on_an_early_layer() -> None:
-    model, x = convnext(), images(2)
-    layer = target_layer(model, EARLY)  # 8x8 maps: upsampling and scaling matter more than at 2x2
+    model, x = convnext(), images(2, size=72)
+    # 9x9 maps upsampled to 72 px miss their interior peaks (71 / 8 is no integer): min-max must
+    # come after upsampling, as in pytorch-grad-cam. At 2x2 (the last layer at 64 px) order is moot.
+    layer = target_layer(model, EARLY)
     ours = ScoreCAM(model, layer)(x, [1, 0]).numpy()
-    assert min(pearson(ours, reference(model, layer, x, [1, 0]))) >= 0.999
+    ref = reference(model, layer, x, [1, 0])
+    assert min(pearson(ours, ref)) >= 0.999
+    assert np.abs(ours - ref).max() < 1e-3  # the other order is off by 0.01 here, yet has r > 0.9999
 
 
 def test_scorecam_matches_pytorch_grad_cam_on_vit() -> None:
@@ -136,6 +140,14 @@ def test_a_target_per_image_is_required() -> None:
     model = tiny_cnn()
     with pytest.raises(ValueError, match="2 targets for 3 images"):
         ScoreCAM(model, model[2])(images(3, 32), [0, 1])
+
+
+def test_a_target_must_be_a_class_of_the_model() -> None:
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match=r"not all classes 0\.\.2"):
+        ScoreCAM(model, model[2])(images(2, 32), [0, 3])
+    with pytest.raises(ValueError, match="top_k=0"):
+        ScoreCAM(model, model[2], top_k=0)
 
 
 def test_a_token_layer_without_reshape_transform_says_so() -> None:
@@ -209,8 +221,8 @@ def test_top_k_gives_a_valid_map_close_to_exact() -> None:
     exact = ScoreCAM(model, target_layer(model))(x, targets).numpy()
     approx = ScoreCAM(model, target_layer(model), top_k=160)(x, targets).numpy()  # half of 320 channels
     assert approx.shape == exact.shape and approx.min() >= 0 and approx.max() <= 1
-    # Random weights score all channels alike, so this checks sampling, not quality (~0.85 here; on the
-    # trained quickstart checkpoint top-64 gives r ~0.84 at 5x the speed: bench/cam_speed.py).
+    # Random weights score all channels alike, so this checks sampling, not quality (r 0.86-1.0 here). On
+    # the quickstart checkpoint top-64 of 320 gives mean r 0.71 on 8 photos, 5x faster (bench/cam_speed.py).
     assert np.mean(pearson(exact, approx)) > 0.5
 
 

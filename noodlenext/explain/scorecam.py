@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CPU_BATCH_SIZE = 64
+# On CPU throughput falls once a batch outgrows the caches: on 2 cores ConvNeXt peaked near this many
+# pixels per batch (8 images at 160 px, 2 at 384 px; pytorch-grad-cam's 16 are 1.5x slower at 384 px).
+CPU_PIXELS_PER_BATCH = 2**18
 
 
 @contextmanager
@@ -42,6 +44,9 @@ class ScoreCAM:
         top_k: int | None = None,
         autocast: bool | None = None,
     ) -> None:
+        for name, value in (("batch_size", batch_size), ("top_k", top_k)):
+            if value is not None and value < 1:
+                raise ValueError(f"explain {name}={value}: must be at least 1 (or None)")
         self.model = model
         self.target_layer = target_layer
         self.reshape_transform = reshape_transform
@@ -63,11 +68,7 @@ class ScoreCAM:
         images = images.to(self.device, torch.float32)
         with eval_mode(self.model), torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             activations, logits = self._activations(images)
-            if targets is None:
-                targets = logits.argmax(dim=1)
-            targets = torch.as_tensor(targets, device=self.device).reshape(-1)
-            if len(targets) != len(images):
-                raise ValueError(f"{len(targets)} targets for {len(images)} images")
+            targets = logits.argmax(dim=1) if targets is None else self._checked(targets, logits)
             if self.top_k is not None and self.top_k < activations.shape[1]:
                 channels = activations.flatten(2).var(dim=2).topk(self.top_k, dim=1).indices
                 activations = activations[torch.arange(len(images), device=self.device)[:, None], channels]
@@ -77,6 +78,16 @@ class ScoreCAM:
         # pytorch-grad-cam normalises, resizes (cv2 bilinear = half-pixel centres), then normalises again.
         cam = F.interpolate(_normalise(cam)[:, None], size=images.shape[-2:], mode="bilinear")[:, 0]
         return _normalise(cam.clamp(min=0)).cpu()
+
+    def _checked(self, targets: Sequence[int] | Tensor, logits: Tensor) -> Tensor:
+        """One class per image, checked here: out of range, `gather` would be a device-side assert on CUDA."""
+        targets = torch.as_tensor(targets).reshape(-1)
+        n_images, n_classes = logits.shape
+        if len(targets) != n_images:
+            raise ValueError(f"{len(targets)} targets for {n_images} images")
+        if not all(0 <= t < n_classes for t in targets.tolist()):
+            raise ValueError(f"targets {targets.tolist()} are not all classes 0..{n_classes - 1}")
+        return targets.to(self.device)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.device.type == "cuda":
@@ -104,27 +115,23 @@ class ScoreCAM:
     def _scores(self, images: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
         """Target logit of each image masked by each of its channels: (B, C), all kept on the device."""
         n_images, n_channels = activations.shape[:2]
-        # Normalising before upsampling equals pytorch-grad-cam's order: with align_corners=True the
-        # upsampled map is a convex blend that keeps its corners, so min and max are the same.
-        lo = activations.amin(dim=(2, 3), keepdim=True)
-        hi = activations.amax(dim=(2, 3), keepdim=True)
-        masks = ((activations - lo) / (hi - lo + 1e-8)).flatten(0, 1)[:, None]  # (B*C, 1, h, w)
+        maps = activations.flatten(0, 1)[:, None]  # (B*C, 1, h, w)
         rows = torch.arange(n_images, device=self.device).repeat_interleave(n_channels)
         scores = torch.empty(n_images * n_channels, device=self.device)
         step = self.batch_size or self._auto_batch_size(images)
-        for start in range(0, len(masks), step):  # chunks may span images, so batches stay full
+        for start in range(0, len(maps), step):  # chunks may span images, so batches stay full
             chunk = slice(start, start + step)
-            upsampled = F.interpolate(
-                masks[chunk], size=images.shape[-2:], mode="bilinear", align_corners=True
-            )
-            logits = self._forward(images[rows[chunk]] * upsampled)
+            # Min-max after upsampling, as pytorch-grad-cam: the upsampled grid can miss interior peaks.
+            up = F.interpolate(maps[chunk], size=images.shape[-2:], mode="bilinear", align_corners=True)
+            lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
+            logits = self._forward(images[rows[chunk]] * ((up - lo) / (hi - lo + 1e-8)))
             scores[chunk] = logits.gather(1, targets[rows[chunk], None])[:, 0]
         return scores.view(n_images, n_channels)
 
     def _auto_batch_size(self, images: Tensor) -> int:
-        """Masked images per forward pass: a fixed size on CPU, on CUDA what half the free memory holds."""
+        """Masked images per forward pass: cache-sized on CPU, on CUDA what half the free memory holds."""
         if self.device.type != "cuda":
-            return CPU_BATCH_SIZE
+            return max(2, min(64, CPU_PIXELS_PER_BATCH // images[0, 0].numel()))
         free, _ = torch.cuda.mem_get_info(self.device)
         # A timm CNN or ViT forward pass in bf16 peaks below ~32x its fp32 input per image.
         per_image = 32 * images[0].numel() * images.element_size()
