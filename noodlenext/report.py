@@ -16,12 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write then rename: a crash mid-write never leaves a truncated file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
+        f.write(text)
     os.replace(f.name, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Pretty JSON, written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def results_table(results: dict[str, Any], title: str = "Test results") -> Table:

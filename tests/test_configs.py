@@ -12,7 +12,19 @@ from omegaconf import OmegaConf
 from noodlenext.config import config_dir
 from noodlenext.task import instantiate_callbacks, instantiate_loggers, resolve_precision
 
-GROUPS = ("data", "model", "trainer", "logger", "callbacks", "experiment", "debug", "paths", "hydra")
+GROUPS = (
+    "data",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
+    "paths",
+    "hydra",
+    "llm",
+    "prompt",
+)
 
 
 def options(group: str) -> list[str]:
@@ -31,6 +43,7 @@ def test_config_groups_exist() -> None:
     assert set(options("logger")) >= {"wandb", "csv", "tensorboard", "none"}
     assert set(options("data")) >= {"noodles", "synthetic"}
     assert set(options("experiment")) >= {"writeup", "quickstart"}
+    assert set(options("llm")) >= {"none", "smollm2", "gemma3_4b", "gguf", "transformers", "openai"}
     for group in GROUPS:
         assert options(group), group
 
@@ -137,9 +150,10 @@ def test_debug_config_runs_one_batch_without_logger(compose_cfg) -> None:
     assert cfg.trainer.fast_dev_run is True and not instantiate_loggers(cfg)
 
 
-@pytest.mark.parametrize("task", ["eval", "predict", "explain"])
+@pytest.mark.parametrize("task", ["eval", "predict", "explain", "chat"])
 def test_eval_predict_and_explain_configs_compose(compose_cfg, task: str) -> None:
-    cfg = compose_cfg(task, ["ckpt_path=x.ckpt"] + (["input=y"] if task != "eval" else []))
+    extra = {"eval": [], "chat": ["image=y.jpg"]}.get(task, ["input=y"])
+    cfg = compose_cfg(task, ["ckpt_path=x.ckpt", *extra])
     assert cfg.ckpt_path == "x.ckpt" and "model" not in cfg  # the model comes from the checkpoint
 
 
@@ -155,3 +169,36 @@ def test_run_dirs_carry_a_per_process_id(compose_cfg, tmp_path: Path) -> None:
     assert len(ids) == 3
     cfg = compose_cfg("train")
     assert "${run_id:}" in OmegaConf.to_yaml(cfg.hydra.run, resolve=False)
+
+
+@pytest.mark.parametrize("llm", options("llm"))
+def test_every_llm_config_names_a_backend_class_and_its_generation_settings(compose_cfg, llm: str) -> None:
+    cfg = compose_cfg(
+        "train",
+        [f"llm={llm}", "llm.model=some/model"]
+        if llm in ("gguf", "transformers", "openai")
+        else [f"llm={llm}"],
+    )
+    assert cfg.llm.name == llm
+    if llm == "none":
+        assert cfg.llm.backend is None
+        return
+    backend = hydra.utils.get_class(cfg.llm.backend._target_)
+    assert backend.__module__.startswith("noodlenext.llm.")
+    assert OmegaConf.to_container(cfg.llm, resolve=True)["backend"]["model"] == cfg.llm.model
+    assert cfg.llm.max_new_tokens > 0 and cfg.llm.num_explanations > 0
+
+
+def test_llm_explanations_callback_follows_the_llm_choice(compose_cfg) -> None:
+    from noodlenext.llm.callback import LLMExplanations
+
+    for llm, enabled in (("none", False), ("smollm2", True)):
+        callbacks = instantiate_callbacks(compose_cfg("train", [f"llm={llm}"]))
+        (callback,) = [c for c in callbacks if isinstance(c, LLMExplanations)]
+        assert callback.enabled is enabled  # built lazily: no model is loaded here
+
+
+def test_quickstart_explains_offline_and_writeup_with_gemma(compose_cfg) -> None:
+    assert compose_cfg("train", ["experiment=quickstart"]).llm.name == "smollm2"
+    writeup = compose_cfg("train", ["experiment=writeup"]).llm
+    assert writeup.name == "gemma3_4b" and writeup.model == "google/gemma-3-4b-it"

@@ -23,21 +23,26 @@ SHRUNK = [
     "trainer=cpu",
     "data.num_workers=0",
     "data.batch_size=8",
+    "llm.max_new_tokens=40",  # the quickstart's SmolLM2 explains the worst test mistakes
 ]
 
 
-def run_module(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *overrides: str, cwd: Path, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("WANDB_API_KEY", None)
     proc = subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    if check:
+        assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
@@ -135,21 +140,28 @@ def test_predict_writes_a_csv_for_a_folder(trained: Path, tmp_path: Path) -> Non
         assert row["label"] in ("spaghetti", "ramen", "udon")
 
 
-def test_resume_from_last_checkpoint_continues_training(trained: Path, tmp_path: Path) -> None:
-    work = trained.parent
-    first = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    resumed_dir = tmp_path / "resumed"
+@pytest.fixture(scope="module")
+def resumed(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained run resumed for one more epoch, with an LLM that cannot load (a missing GGUF)."""
+    resumed_dir = tmp_path_factory.mktemp("resumed") / "run"
     run_module(
         "noodlenext.train",
         "experiment=quickstart",
-        f"data.root={work / 'synthetic'}",
+        f"data.root={trained.parent / 'synthetic'}",
         *SHRUNK,
         "trainer.max_epochs=3",
         f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={resumed_dir}",
-        "logger=csv",
-        cwd=work,
+        "llm=gguf",
+        "llm.model=/nowhere/gemma-3-4b-it.gguf",
+        cwd=trained.parent,
     )
+    return resumed_dir
+
+
+def test_resume_from_last_checkpoint_continues_training(trained: Path, resumed: Path) -> None:
+    first = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed_dir = resumed
     second = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     steps_per_epoch = first["global_step"] // 2
     assert first["epoch"] == 1 and second["epoch"] == 2  # one more epoch, not three
@@ -165,6 +177,7 @@ def test_multirun_sweeps_models_into_one_sweep_directory(trained: Path, tmp_path
         "experiment=quickstart",
         "model=convnext_atto,vit_tiny",
         "debug=default",
+        "llm=none",
         f"data.root={work / 'synthetic'}",
         *SHRUNK,
         f"hydra.sweep.dir={sweep}",
@@ -240,4 +253,105 @@ def test_explain_cli_errors_name_the_problem(
         capture_output=True,
         text=True,
     )
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_llm_explains_the_worst_test_mistakes(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    wrong = round(
+        sum(n * (1 - metrics["test/acc_per_class"][c]) for c, n in metrics["test/count_per_class"].items())
+    )
+    assert wrong > 0, "the shrunk run made no test mistake to explain"
+    records = read_jsonl(trained / "explanations.jsonl")
+    assert len(records) == min(4, wrong)  # llm.num_explanations
+    assert [r["loss"] for r in records] == sorted((r["loss"] for r in records), reverse=True)
+    for r in records:
+        assert r["error"] is None and r["llm"] == "smollm2" and len(r["explanation"].split()) >= 3
+        assert r["predicted"] != r["true_label"]
+        question = r["messages"][1]["content"]
+        assert f'"{r["predicted"]}" with' in question and f"True label: {r['true_label']}" in question
+        assert all(Path(p).is_file() for p in r["images"])
+    (run_file,) = (trained / "wandb").glob("offline-run-*/run-*.wandb")
+    assert any(k.startswith("test/llm_explanations") for k in history_keys(read_records(run_file)))
+
+
+def test_an_llm_that_fails_keeps_the_run_and_says_why(resumed: Path) -> None:
+    assert (resumed / "metrics.json").is_file() and (resumed / "checkpoints" / "last.ckpt").is_file()
+    records = read_jsonl(resumed / "explanations.jsonl")
+    assert records and all(r["explanation"] is None for r in records)
+    assert all("/nowhere/gemma-3-4b-it.gguf" in r["error"] for r in records)
+    (run_file,) = (resumed / "wandb").glob("offline-run-*/run-*.wandb")
+    assert any(k.startswith("test/llm_explanations") for k in history_keys(read_records(run_file)))
+
+
+def udon_photo(trained: Path) -> Path:
+    return sorted((trained.parent / "synthetic" / "test" / "2_udon").glob("*.jpg"))[0]
+
+
+def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tmp_path: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    out = tmp_path / "chat"
+    proc = run_module(
+        "noodlenext.chat",
+        f"ckpt_path={ckpt}",
+        f"image={udon_photo(trained)}",
+        "chat.questions=[Why not spaghetti?,What photos would help?]",
+        "llm.max_new_tokens=32",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert proc.stdout.count("llm> ") == 3 and "you> Why not spaghetti?" in proc.stdout
+    assert "ScoreCAM:" in proc.stdout and f"transcript: {out / 'chat.json'}" in proc.stdout
+    saved = json.loads((out / "chat.json").read_text())
+    roles = [m["role"] for m in saved["transcript"]]
+    assert roles == ["system"] + ["user", "assistant"] * 3
+    assert saved["transcript"][3]["content"] == "Why not spaghetti?"
+    request = saved["metadata"]["request"]
+    assert request["true_label"] == "udon"  # from the image's class folder
+    assert (out / "photo.png").is_file() and (out / "scorecam.png").is_file()
+
+
+def test_chat_reads_stdin_until_exit_and_resumes_a_saved_chat(trained: Path, tmp_path: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [f"ckpt_path={ckpt}", f"image={udon_photo(trained)}", "llm.max_new_tokens=24"]
+    run_module(
+        "noodlenext.chat",
+        *common,
+        f"hydra.run.dir={first}",
+        cwd=tmp_path,
+        stdin="Is it udon?\nexit\nnot asked\n",
+    )
+    saved = json.loads((first / "chat.json").read_text())
+    assert [m["content"] for m in saved["transcript"] if m["role"] == "user"][1:] == ["Is it udon?"]
+    run_module(
+        "noodlenext.chat", *common, f"chat.resume={first / 'chat.json'}", f"hydra.run.dir={second}",
+        cwd=tmp_path, stdin="And ramen?\n",
+    )  # fmt: skip
+    resumed = json.loads((second / "chat.json").read_text())
+    assert resumed["transcript"][: len(saved["transcript"])] == saved["transcript"]
+    assert (
+        resumed["transcript"][-2]["content"] == "And ramen?"
+        and resumed["transcript"][-1]["role"] == "assistant"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("image=/nonexistent/bowl.jpg", "image=/nonexistent/bowl.jpg: no such file"),
+        ("llm=none", "llm=none: the chat needs a language model"),
+        ("true_label=pho", "true_label='pho' is not one of the checkpoint's classes"),
+        ("llm.model=/nowhere/model.gguf", "/nowhere/model.gguf"),
+    ],
+)
+def test_chat_errors_name_the_problem(trained: Path, tmp_path: Path, override: str, message: str) -> None:
+    args = {"ckpt_path": trained / "checkpoints" / "last.ckpt", "image": udon_photo(trained)}
+    key = override.split("=", 1)[0]
+    overrides = [f"{k}={v}" for k, v in args.items() if k != key] + [override]
+    proc = run_module("noodlenext.chat", *overrides, cwd=tmp_path, check=False, stdin="")
     assert proc.returncode != 0 and message in proc.stderr + proc.stdout

@@ -33,35 +33,19 @@ class Sample:
     probs: list[float]
 
 
-class HeatmapGallery(Callback):
-    """At test end (and every N validation epochs): heatmaps for the K misclassified samples with the
-    largest loss and the K correct ones with the smallest, explaining the predicted class.
+class SampleCollector(Callback):
+    """Collects every test sample's target, prediction, loss and probabilities (and, for subclasses
+    that ask, every N validation epochs'), and hands them to `_render` at epoch end.
 
-    Writes `<output_dir>/<stage>/{misclassified,correct}.png` and `heatmaps.json` (with each method's
-    deletion/insertion AUC, to check which explains better), and a W&B table.
-    Under DDP every rank sends its candidates to rank 0, which alone computes and logs.
+    Under DDP every rank sends its samples to rank 0, which alone renders; the others get [].
     """
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        num_misclassified: int = 6,
-        num_correct: int = 3,
-        every_n_val_epochs: int = 0,
-        methods: str | list[str] = "both",
-        target_layer: str | None = None,
-        top_k: int | None = None,
-        batch_size: int | None = None,
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.num_misclassified, self.num_correct = num_misclassified, num_correct
-        self.every_n_val_epochs = every_n_val_epochs
-        self.methods = parse_methods(methods)
-        self.target_layer, self.top_k, self.batch_size = target_layer, top_k, batch_size
+    every_n_val_epochs: int = 0
+
+    def __init__(self) -> None:
         self._samples: list[Sample] = []
         self._order: list[int] = []
 
-    # ---------------------------------------------------------------------------- collecting
     def _start(self, loader: Any) -> None:
         self._samples = []
         # The dataset index of each position: the sampler's order (a DistributedSampler's share under DDP).
@@ -77,6 +61,15 @@ class HeatmapGallery(Callback):
         for i, (loss, target, pred) in enumerate(zip(losses, targets, preds, strict=True)):
             self._samples.append(Sample(self._order[start + i], target, pred, loss, probs[i].tolist()))
 
+    def _gathered(self, trainer: Trainer) -> list[Sample]:
+        """All ranks' samples on rank 0 (each once: DistributedSampler pads with repeats), [] elsewhere."""
+        samples, self._samples = self._samples, []
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[Sample]] = [[] for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, samples)
+            samples = [s for part in gathered for s in part]
+        return list({s.index: s for s in samples}.values()) if trainer.is_global_zero else []
+
     def _val_epoch_active(self, trainer: Trainer) -> bool:
         n = self.every_n_val_epochs
         return n > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0
@@ -88,7 +81,9 @@ class HeatmapGallery(Callback):
         self._collect(outputs, batch, batch_idx, _single(trainer.test_dataloaders).batch_size)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._render(trainer, pl_module, _single(trainer.test_dataloaders).dataset, "test")
+        samples = self._gathered(trainer)
+        if samples:
+            self._render(trainer, pl_module, _single(trainer.test_dataloaders).dataset, "test", samples)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._val_epoch_active(trainer):
@@ -102,27 +97,60 @@ class HeatmapGallery(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._val_epoch_active(trainer):
-            dataset = _single(trainer.val_dataloaders).dataset
-            self._render(trainer, pl_module, dataset, f"val_epoch_{trainer.current_epoch:03d}")
+            samples = self._gathered(trainer)
+            if samples:
+                dataset = _single(trainer.val_dataloaders).dataset
+                self._render(trainer, pl_module, dataset, f"val_epoch_{trainer.current_epoch:03d}", samples)
+
+    def _render(
+        self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
+    ) -> None:
+        raise NotImplementedError
+
+
+def worst_mistakes(samples: list[Sample], k: int) -> list[Sample]:
+    """The k misclassified samples with the largest loss."""
+    return sorted((s for s in samples if s.pred != s.target), key=lambda s: -s.loss)[:k]
+
+
+class HeatmapGallery(SampleCollector):
+    """At test end (and every N validation epochs): heatmaps for the K misclassified samples with the
+    largest loss and the K correct ones with the smallest, explaining the predicted class.
+
+    Writes `<output_dir>/<stage>/{misclassified,correct}.png` and `heatmaps.json` (with each method's
+    deletion/insertion AUC, to check which explains better), and a W&B table. The last test maps stay
+    in `test_heatmaps` (dataset index -> {method: Heatmap}) for later callbacks to reuse.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        num_misclassified: int = 6,
+        num_correct: int = 3,
+        every_n_val_epochs: int = 0,
+        methods: str | list[str] = "both",
+        target_layer: str | None = None,
+        top_k: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.num_misclassified, self.num_correct = num_misclassified, num_correct
+        self.every_n_val_epochs = every_n_val_epochs
+        self.methods = parse_methods(methods)
+        self.target_layer, self.top_k, self.batch_size = target_layer, top_k, batch_size
+        self.test_heatmaps: dict[int, dict[str, Heatmap]] = {}
 
     # ---------------------------------------------------------------------------- rendering
     def _pick(self, samples: list[Sample]) -> list[tuple[str, Sample]]:
-        unique = list({s.index: s for s in samples}.values())  # DistributedSampler pads with repeats
-        wrong = sorted((s for s in unique if s.pred != s.target), key=lambda s: -s.loss)
-        right = sorted((s for s in unique if s.pred == s.target), key=lambda s: s.loss)
-        return [("misclassified", s) for s in wrong[: self.num_misclassified]] + [
+        right = sorted((s for s in samples if s.pred == s.target), key=lambda s: s.loss)
+        return [("misclassified", s) for s in worst_mistakes(samples, self.num_misclassified)] + [
             ("correct", s) for s in right[: self.num_correct]
         ]
 
-    def _render(self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str) -> None:
-        samples = self._samples
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[list[Sample]] = [[] for _ in range(trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, samples)
-            samples = [s for part in gathered for s in part]
-        self._samples = []
-        if not trainer.is_global_zero:
-            return
+    def _render(
+        self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
+    ) -> None:
         picked = self._pick(samples)
         if not picked:
             return
@@ -133,6 +161,8 @@ class HeatmapGallery(Callback):
                 pl_module, images.clone(), [s.pred for _, s in picked], self.methods,
                 self.target_layer, self.top_k, self.batch_size,
             )  # fmt: skip
+        if stage == "test":
+            self.test_heatmaps = {s.index: maps for (_, s), maps in zip(picked, heatmaps, strict=True)}
         rows = [
             self._row(kind, s, maps, dataset, pl_module.class_names)
             for (kind, s), maps in zip(picked, heatmaps, strict=True)

@@ -1,0 +1,163 @@
+"""python -m noodlenext.chat ckpt_path=... image=...: explain one prediction, then answer follow-ups."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from noodlenext.config import CONFIG_DIR
+from noodlenext.data.images import check_image, display_name, load_rgb
+from noodlenext.data.transforms import eval_transform
+from noodlenext.explain.heatmaps import explain_batch
+from noodlenext.explain.overlay import overlay
+from noodlenext.llm.base import Backend, LLMError
+from noodlenext.llm.load import load_backend
+from noodlenext.llm.prompt import ExplainRequest, explain_messages
+from noodlenext.llm.session import ChatSession
+from noodlenext.model import load_classifier
+from noodlenext.predict import resolve_device
+
+log = logging.getLogger(__name__)
+EXIT_WORDS = {"exit", "quit", ":q"}
+
+
+def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
+    """Prediction and ScoreCAM facts for cfg.image; the photo and its overlay are saved in output_dir."""
+    image = Path(cfg.image).expanduser()
+    problem, _ = check_image(image) if image.is_file() else ("no such file", None)
+    if problem:
+        raise ValueError(f"image={cfg.image}: {problem}")
+    model = load_classifier(cfg.ckpt_path).to(resolve_device(cfg.device))
+    names, hp = model.class_names, model.hparams
+    photo = load_rgb(image)
+    x = eval_transform(hp.image_size, hp.mean, hp.std)(photo)[None].to(model.device)
+    with torch.no_grad():
+        probs = model(x).float().softmax(dim=1)[0].cpu()
+    pred = int(probs.argmax())
+    heatmap = explain_batch(
+        model, x, [pred], "scorecam", cfg.explain.target_layer, cfg.explain.top_k, cfg.explain.mask_batch_size
+    )[0]["scorecam"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resized = photo.resize((hp.image_size, hp.image_size))
+    photo_path, overlay_path = output_dir / "photo.png", output_dir / "scorecam.png"
+    resized.save(photo_path)
+    overlay(resized, heatmap.cam).save(overlay_path)
+    return ExplainRequest(
+        file=str(image),
+        class_names=list(names),
+        probabilities=dict(zip(names, probs.tolist(), strict=True)),
+        predicted=names[pred],
+        facts=heatmap.facts,
+        true_label=_true_label(cfg.get("true_label"), image, names),
+        images=[str(photo_path), str(overlay_path)],
+    )
+
+
+def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"true_label={given!r} is not one of the checkpoint's classes {names}")
+        return given
+    folder = display_name(image.parent.name)
+    return folder if folder in names else None
+
+
+def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = sys.stdout) -> ChatSession:
+    """Explain (or resume), then answer `questions` (default: cfg.chat.questions, else stdin lines)."""
+    output_dir = Path(cfg.paths.output_dir)
+    transcript = Path(cfg.chat.transcript) if cfg.chat.get("transcript") else output_dir / "chat.json"
+    if cfg.llm.get("backend") is None:
+        raise ValueError(
+            "llm=none: the chat needs a language model, e.g. llm=smollm2 (offline) or llm=gemma3_4b"
+        )
+    request = None if cfg.chat.get("resume") else classify(cfg, output_dir)
+    backend = load_backend(cfg.llm)
+    assert backend is not None
+    try:
+        if request is None:
+            session = ChatSession.load(cfg.chat.resume, backend)
+            print(f"resumed {cfg.chat.resume} ({len(session.transcript)} messages)", file=out)
+        else:
+            session = _explain(cfg, backend, request, transcript, out)
+        scripted = questions is not None or cfg.chat.get("questions") is not None
+        if questions is None:
+            questions = cfg.chat.questions if cfg.chat.get("questions") is not None else _stdin_questions(out)
+        for question in questions:
+            if question.strip().lower() in EXIT_WORDS:
+                break
+            if not question.strip():
+                continue
+            if scripted:  # typed questions are already on the screen
+                print(f"you> {question}", file=out)
+            _stream(session.ask_stream(question), out)
+            session.save(transcript)
+    finally:
+        backend.close()
+    print(f"transcript: {transcript}", file=out)
+    return session
+
+
+def _explain(
+    cfg: DictConfig, backend: Backend, request: ExplainRequest, transcript: Path, out: TextIO
+) -> ChatSession:
+    system, first = explain_messages(request, cfg.prompt, backend.multimodal)
+    session = ChatSession(
+        backend,
+        [system],
+        cfg.llm.max_new_tokens,
+        cfg.llm.get("temperature", 0.0),
+        cfg.llm.get("max_context_tokens"),
+    )
+    session.metadata = {
+        "request": request.to_dict(),
+        "checkpoint": str(cfg.ckpt_path),
+        "llm": cfg.llm.get("name"),
+    }
+    truth = f", true label {request.true_label}" if request.true_label else ""
+    print(
+        f"{request.file}: predicted {request.predicted} ({request.confidence:.0%}){truth}\n"
+        f"ScoreCAM: {request.facts.describe()}\nheatmap: {request.images[1]}",
+        file=out,
+    )
+    _stream(session.ask_stream(first["content"]), out)
+    session.save(transcript)
+    return session
+
+
+def _stream(pieces: Iterator[str], out: TextIO) -> None:
+    print("llm> ", end="", file=out, flush=True)
+    for piece in pieces:
+        print(piece, end="", file=out, flush=True)
+    print(file=out, flush=True)
+
+
+def _stdin_questions(out: TextIO) -> Iterator[str]:
+    """Lines from stdin until EOF; a prompt when a person is typing."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", file=out, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        yield line.rstrip("\n")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="chat")
+def main(cfg: DictConfig) -> None:
+    try:
+        chat(cfg)
+    except LLMError as err:
+        log.error("%s", err)
+        raise SystemExit(f"chat: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

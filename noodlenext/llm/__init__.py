@@ -1,0 +1,1 @@
+"""Language-model explanations of the classifier's decisions, and multi-turn chat about them."""

