@@ -19,13 +19,13 @@ import os
 import time
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam draws a progress bar per mask batch
 
 import numpy as np
 import timm
 import torch
+from machine import device_name, sync
 from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -34,22 +34,6 @@ from noodlenext.data.transforms import eval_transform
 from noodlenext.explain import ScoreCAM, reshape_transform, target_layer
 from noodlenext.model import load_classifier
 from noodlenext.predict import find_images
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = "CPU"
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def timed(runs: dict[str, Callable[[], np.ndarray]], device: torch.device, repeats: int) -> dict[str, tuple]:

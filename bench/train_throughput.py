@@ -25,6 +25,7 @@ import lightning
 import timm
 import torch
 from lightning.pytorch import Callback, Trainer
+from machine import device_name, sync
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -35,22 +36,6 @@ from noodlenext.model import NoodleClassifier
 
 CLASSES = ("spaghetti", "ramen", "udon")
 TARGET_OVERHEAD = 0.10
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = "CPU"
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 # ------------------------------------------------------------------------------ 1. train loader
