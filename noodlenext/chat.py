@@ -9,20 +9,15 @@ from pathlib import Path
 from typing import TextIO
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from noodlenext.config import CONFIG_DIR
 from noodlenext.data.images import check_image, display_name, load_rgb
-from noodlenext.data.transforms import eval_transform
-from noodlenext.explain.heatmaps import explain_batch
-from noodlenext.explain.overlay import overlay
+from noodlenext.explain.photo import PhotoExplainer
 from noodlenext.llm.base import Backend, LLMError
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import ExplainRequest, explain_messages
-from noodlenext.llm.session import ChatSession
-from noodlenext.model import load_classifier
-from noodlenext.predict import resolve_device
+from noodlenext.llm.prompt import ExplainRequest
+from noodlenext.llm.session import ChatSession, explain_session
 
 log = logging.getLogger(__name__)
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -34,37 +29,18 @@ def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
     problem, _ = check_image(image) if image.is_file() else ("no such file", None)
     if problem:
         raise ValueError(f"image={cfg.image}: {problem}")
-    model = load_classifier(cfg.ckpt_path).to(resolve_device(cfg.device))
-    names, hp = model.class_names, model.hparams
-    photo = load_rgb(image)
-    x = eval_transform(hp.image_size, hp.mean, hp.std)(photo)[None].to(model.device)
-    with torch.no_grad():
-        probs = model(x).float().softmax(dim=1)[0].cpu()
-    pred = int(probs.argmax())
-    heatmap = explain_batch(
-        model, x, [pred], "scorecam", cfg.explain.target_layer, cfg.explain.top_k, cfg.explain.mask_batch_size
-    )[0]["scorecam"]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resized = photo.resize((hp.image_size, hp.image_size))
-    photo_path, overlay_path = output_dir / "photo.png", output_dir / "scorecam.png"
-    resized.save(photo_path)
-    overlay(resized, heatmap.cam).save(overlay_path)
-    return ExplainRequest(
-        file=str(image),
-        class_names=list(names),
-        probabilities=dict(zip(names, probs.tolist(), strict=True)),
-        predicted=names[pred],
-        facts=heatmap.facts,
-        true_label=_true_label(cfg.get("true_label"), image, names),
-        images=[str(photo_path), str(overlay_path)],
-    )
+    explainer = PhotoExplainer(
+        cfg.ckpt_path, cfg.device, "scorecam", cfg.explain.target_layer, cfg.explain.top_k,
+        cfg.explain.mask_batch_size,
+    )  # fmt: skip
+    analysis = explainer(load_rgb(image))
+    true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
+    return analysis.request(str(image), true_label, analysis.save_images(output_dir))
 
 
 def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:
     if given is not None:
-        if given not in names:
-            raise ValueError(f"true_label={given!r} is not one of the checkpoint's classes {names}")
-        return given
+        return given  # checked against the classes by PhotoAnalysis.request
     folder = display_name(image.parent.name)
     return folder if folder in names else None
 
@@ -107,26 +83,15 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
 def _explain(
     cfg: DictConfig, backend: Backend, request: ExplainRequest, transcript: Path, out: TextIO
 ) -> ChatSession:
-    system, first = explain_messages(request, cfg.prompt, backend.multimodal)
-    session = ChatSession(
-        backend,
-        [system],
-        cfg.llm.max_new_tokens,
-        cfg.llm.get("temperature", 0.0),
-        cfg.llm.get("max_context_tokens"),
-    )
-    session.metadata = {
-        "request": request.to_dict(),
-        "checkpoint": str(cfg.ckpt_path),
-        "llm": cfg.llm.get("name"),
-    }
+    session, first = explain_session(backend, request, cfg.prompt, cfg.llm)
+    session.metadata["checkpoint"] = str(cfg.ckpt_path)
     truth = f", true label {request.true_label}" if request.true_label else ""
     print(
         f"{request.file}: predicted {request.predicted} ({request.confidence:.0%}){truth}\n"
         f"ScoreCAM: {request.facts.describe()}\nheatmap: {request.images[1]}",
         file=out,
     )
-    _stream(session.ask_stream(first["content"]), out)
+    _stream(session.ask_stream(first), out)
     session.save(transcript)
     return session
 

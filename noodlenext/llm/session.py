@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from noodlenext.llm.base import Backend, LLMError, Message, text_of
+from noodlenext.llm.prompt import ExplainRequest, explain_messages
 from noodlenext.report import write_json_atomic
 
 DROPPED_NOTE = "({n} earlier message(s) of this conversation were dropped to fit the model's context.)"
@@ -126,3 +127,22 @@ class ChatSession:
         session.transcript, session.dropped = data.get("transcript", data["messages"]), int(data["dropped"])
         session.metadata = data.get("metadata", {})
         return session
+
+
+def explain_session(
+    backend: Backend, request: ExplainRequest, prompt: Any, llm: Any
+) -> tuple[ChatSession, str | list[dict[str, Any]]]:
+    """A session holding the system prompt for `request`, and its first question (to `ask`).
+
+    `prompt` is a conf/prompt config; `llm` a conf/llm one (max_new_tokens, temperature, max_context_tokens).
+    """
+    system, first = explain_messages(request, prompt, backend.multimodal)
+    session = ChatSession(
+        backend,
+        [system],
+        int(llm.get("max_new_tokens", 256)),
+        float(llm.get("temperature", 0.0)),
+        llm.get("max_context_tokens"),
+    )
+    session.metadata = {"request": request.to_dict(), "llm": llm.get("name")}
+    return session, first["content"]

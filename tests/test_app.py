@@ -1,0 +1,207 @@
+"""The web app in a real browser (Debian's Chromium driven by Playwright), against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from noodlenext.app import open_photo, run_examples
+from noodlenext.model import NoodleClassifier
+
+CHROMIUM = os.environ.get("NOODLENEXT_CHROMIUM", "/usr/bin/chromium")  # .ci/run installs it
+NAMES = ["spaghetti", "ramen", "udon"]
+
+
+def test_open_photo_refuses_what_it_cannot_show(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a photo")
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "ok.png")
+    Image.new("RGB", (1200, 1000)).save(tmp_path / "big.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])
+    assert open_photo(tmp_path / "ok.png", 10_000).size == (40, 30)
+    with pytest.raises(ValueError, match="notes.txt is not an image"):
+        open_photo(tmp_path / "notes.txt", 10_000)
+    with pytest.raises(ValueError, match=r"big.png is 1200×1000 pixels, more than the 1,000,000 allowed"):
+        open_photo(tmp_path / "big.png", 1_000_000)
+    with pytest.raises(ValueError, match="cut.png is a damaged image"):
+        open_photo(tmp_path / "cut.png", 10_000)
+
+
+def test_examples_default_to_the_runs_worst_mistakes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    photo = tmp_path / "udon.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    records = [{"file": str(photo)}, {"file": str(tmp_path / "gone.png")}, {"file": str(photo)}]
+    (run / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert run_examples(run / "checkpoints" / "last.ckpt") == [str(photo)]
+    assert run_examples(tmp_path / "elsewhere" / "checkpoints" / "x.ckpt") == []
+
+
+# ---------------------------------------------------------------------------- the server and browser
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint (ConvNeXt-Atto, 64 px, one training step) and two example photos."""
+    root = tmp_path_factory.mktemp("app")
+    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=64, pretrained=False)
+    data = TensorDataset(torch.randn(8, 3, 64, 64), torch.randint(0, 3, (8,)))
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, default_root_dir=root, **quiet)
+    trainer.fit(model, DataLoader(data, batch_size=8))
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt")
+    (root / "examples").mkdir()
+    for name, colour in (("bowl_a.png", (200, 180, 120)), ("bowl_b.png", (120, 60, 40))):
+        Image.new("RGB", (96, 80), colour).save(root / "examples" / name)
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(work: Path) -> Iterator[tuple[str, Path]]:
+    """`python -m noodlenext.app` on a free loopback port with the tiny checkpoint and SmolLM2."""
+    port, run_dir = free_port(), work / "app_run"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "noodlenext.app", f"ckpt_path={work / 'run' / 'checkpoints' / 'tiny.ckpt'}",
+         "llm=smollm2", "llm.max_new_tokens=24", f"app.port={port}", f"app.examples={work / 'examples'}",
+         "app.max_pixels=1000000", f"hydra.run.dir={run_dir}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited:\n{proc.stdout.read()[-4000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the app did not answer within 180 s")
+    yield url, run_dir
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no browser at {CHROMIUM}: apt-get install chromium, or set NOODLENEXT_CHROMIUM")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield browser
+        browser.close()
+
+
+def conversation_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "sessions").glob("*/chat.json"))
+
+
+@pytest.mark.slow
+def test_a_user_uploads_a_photo_reads_the_explanation_and_asks_a_follow_up(
+    server: tuple[str, Path], browser, work: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, run_dir = server
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#photo input[type=file]").set_input_files(str(work / "examples" / "bowl_a.png"))
+    expect(page.locator("#status textarea")).to_have_value(
+        re.compile(r"bowl_a.png: \w+ \(\d+%\)"), timeout=120_000
+    )
+    assert (
+        "is in the" in page.locator("#facts textarea").input_value()
+        or "empty" in page.locator("#facts textarea").input_value()
+    )
+    expect(page.locator("#download-transcript")).to_be_visible()
+    deadline = time.monotonic() + 120
+    while not conversation_files(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (saved,) = conversation_files(run_dir)
+    explanation = json.loads(saved.read_text())["transcript"][2]["content"]
+    expect(page.locator("#explanation textarea")).to_have_value(explanation, timeout=30_000)
+
+    page.locator("#question textarea").fill("Why not udon?")
+    page.locator("#ask").click()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(json.loads(saved.read_text())["transcript"]) < 5:
+        time.sleep(0.5)
+    transcript = json.loads(saved.read_text())["transcript"]
+    assert [m["role"] for m in transcript[3:]] == ["user", "assistant"] and transcript[3][
+        "content"
+    ] == "Why not udon?"
+    first_words = " ".join(transcript[4]["content"].split()[:3])
+    expect(page.locator("#chat")).to_contain_text("Why not udon?", timeout=30_000)
+    expect(page.locator("#chat")).to_contain_text(first_words, timeout=30_000)
+    assert page.locator("#status textarea").input_value().startswith("bowl_a.png: ")  # still shown
+    shot = tmp_path / "app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    # Another browser session sees none of this conversation.
+    other = browser.new_context().new_page()
+    other.goto(url)
+    other.locator("#question textarea").fill("What did the other user ask?")
+    other.locator("#ask").click()
+    expect(other.locator("#status textarea")).to_have_value(
+        re.compile("upload a photo first"), timeout=30_000
+    )
+    assert "Why not udon?" not in other.locator("#chat").inner_text()
+
+
+@pytest.mark.slow
+def test_bad_uploads_are_explained_in_the_page(
+    server: tuple[str, Path], browser, work: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, _ = server
+    big = tmp_path / "huge.png"
+    Image.new("RGB", (1500, 1000)).save(big)
+    for upload, message in (
+        (work / "notes.txt", "notes.txt is not an image"),
+        (big, "more than the 1,000,000"),
+    ):
+        page = browser.new_page()  # a fresh page: the file box holds its last upload
+        page.goto(url)
+        page.locator("#photo input[type=file]").set_input_files(str(upload))
+        expect(page.locator("#status textarea")).to_have_value(re.compile(message), timeout=60_000)
+        page.close()
+
+
+@pytest.mark.slow
+def test_a_missing_checkpoint_stops_the_app_with_a_clear_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "noodlenext.app", "ckpt_path=/nowhere/model.ckpt", "llm=none",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "/nowhere/model.ckpt" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
