@@ -51,6 +51,13 @@ def open_photo(path: str | Path, max_pixels: int) -> Image.Image:
     return load_rgb(path)
 
 
+def _skip() -> Any:
+    """An output left as it is."""
+    import gradio as gr
+
+    return gr.skip()
+
+
 def run_examples(ckpt_path: str | Path) -> list[str]:
     """The checkpoint run's worst test mistakes (explanations.jsonl, else heatmaps.json), files that exist."""
     run_dir = Path(ckpt_path).expanduser().resolve().parent.parent
@@ -106,14 +113,16 @@ class NoodleApp:
         session, first = explain_session(self.backend, analysis.request(Path(path).name, images=images),
                                          self.prompt, self.llm)  # fmt: skip
         state["session"] = session
+        yield (status, analysis.probabilities, *shown, facts, "", [], images[1], None, state)
+        # While the explanation streams only its box changes: the images are not sent again per token.
+        keep = [_skip()] * 6
         text = ""
         with self.lock:
             for piece in session.ask_stream(first):
                 text += piece
-                yield (status, analysis.probabilities, *shown, facts, text, [], images[1], None, state)
+                yield (*keep, text, *[_skip()] * 4)
         transcript = session.save(folder / "chat.json")
-        yield (status, analysis.probabilities, *shown, facts, text.strip(), self._history(state),
-               images[1], str(transcript), state)  # fmt: skip
+        yield (*keep, text.strip(), self._history(state), _skip(), str(transcript), state)
 
     def ask(self, question: str, state: dict | None) -> Iterator[tuple]:
         """A follow-up about the same photo, streamed: (chat, question box, transcript file, status)."""
@@ -173,7 +182,9 @@ class NoodleApp:
                         photo = gr.Image(label="Photo", interactive=False)
                         scorecam = gr.Image(label="ScoreCAM", interactive=False, elem_id="scorecam")
                         gradcam = gr.Image(label="GradCAM", interactive=False)
-                    alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
+                    alpha = gr.Slider(
+                        0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="alpha"
+                    )
                     facts = gr.Textbox(label="Heatmap facts", interactive=False, lines=2, elem_id="facts")
             explanation = gr.Textbox(label="Explanation", interactive=False, lines=4, elem_id="explanation")
             chat = gr.Chatbot(label="Conversation", elem_id="chat")

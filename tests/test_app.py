@@ -205,3 +205,19 @@ def test_a_missing_checkpoint_stops_the_app_with_a_clear_message(tmp_path: Path)
     )  # fmt: skip
     assert proc.returncode != 0 and "/nowhere/model.ckpt" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_example_can_be_picked_and_the_overlay_reblended(server: tuple[str, Path], browser) -> None:
+    from playwright.sync_api import expect
+
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#example input").click()
+    page.get_by_role("option", name=re.compile("bowl_b.png")).click()
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r"bowl_b.png: \w+"), timeout=120_000)
+    before = page.locator("#scorecam img").get_attribute("src")
+    page.locator("#alpha input[type=range]").fill("0.9")
+    page.locator("#alpha input[type=range]").dispatch_event("pointerup")
+    expect(page.locator("#scorecam img")).not_to_have_attribute("src", before, timeout=30_000)
