@@ -221,3 +221,25 @@ def test_an_example_can_be_picked_and_the_overlay_reblended(server: tuple[str, P
     page.locator("#alpha input[type=range]").fill("0.9")
     page.locator("#alpha input[type=range]").dispatch_event("pointerup")
     expect(page.locator("#scorecam img")).not_to_have_attribute("src", before, timeout=30_000)
+
+
+@pytest.mark.slow
+def test_binding_beyond_loopback_warns(work: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "noodlenext.app", f"ckpt_path={work / 'run' / 'checkpoints' / 'tiny.ckpt'}",
+         "llm=none", "app.host=0.0.0.0", f"app.port={free_port()}", f"hydra.run.dir={tmp_path}"],
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "noodlenext app on" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert any(
+        "app.host=0.0.0.0: the page" in line and "reachable from the network" in line for line in lines
+    )
