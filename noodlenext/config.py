@@ -33,7 +33,7 @@ def wandb_offline() -> bool:
     """W&B stays offline unless WANDB_MODE or WANDB_API_KEY say otherwise: no account needed."""
     mode = os.environ.get("WANDB_MODE")
     if mode:
-        return mode == "offline"
+        return mode in ("offline", "dryrun")  # Lightning sets dryrun in-process after the first run
     return not os.environ.get("WANDB_API_KEY")
 
 

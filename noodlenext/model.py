@@ -120,7 +120,9 @@ class NoodleClassifier(LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.argmax(dim=1)
-        metrics["loss"].update(loss.detach(), weight=y.numel())
+        # One copy per sample: with nan_strategy="disable" torchmetrics ignores `weight`, which made the
+        # epoch loss a mean of batch means (wrong for a short last batch and uneven DDP shards).
+        metrics["loss"].update(loss.detach().expand(y.numel()))
         for key in ("acc", "f1", "confusion"):
             if key in metrics:
                 metrics[key].update(preds, y)

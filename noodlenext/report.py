@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write then rename: a crash mid-write never leaves a truncated file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Pretty JSON, written atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2))
+from noodlenext.files import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 
 def results_table(results: dict[str, Any], title: str = "Test results") -> Table:
@@ -77,11 +65,40 @@ def save_confusion_png(confusion: Sequence[Sequence[float]], class_names: Sequen
     plt.close(fig)
 
 
+def best_epoch(ckpt_path: str | Path) -> int | None:
+    """The (0-based) epoch a checkpoint was saved in; mmap reads only the metadata."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    return torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get("epoch")
+
+
 class TestReport(Callback):
     """At test end (rank 0): print the table, write metrics.json and confusion_matrix.png, log to W&B."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
+        self.fit_stats: dict[str, float] = {}
+        self._val_start = self._val_time = 0.0
+
+    # Fit timing for sweep comparisons: wall time, and training images/s with validation time excluded.
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_start, self._val_time, self._train_images = time.perf_counter(), 0.0, 0
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._val_time += time.perf_counter() - self._val_start
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._train_images += len(batch[0]) * trainer.world_size
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        fit_time = time.perf_counter() - self._fit_start
+        train_time = max(fit_time - self._val_time, 1e-9)
+        self.fit_stats = {"train/time_s": fit_time, "train/images_per_s": self._train_images / train_time}
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         results = getattr(pl_module, "test_results", None)
@@ -98,6 +115,8 @@ class TestReport(Callback):
             "confusion_matrix": {"classes": names, "rows_true_cols_pred": results["confusion"]},
             "model": pl_module.hparams.name,
             "pretrained": pl_module.pretrained_loaded,
+            "params": sum(p.numel() for p in pl_module.parameters()),
+            **self.fit_stats,
             "checkpoint": getattr(pl_module, "checkpoint_path", None) or trainer.ckpt_path,
         }
         checkpoint_cb = next(
@@ -106,6 +125,7 @@ class TestReport(Callback):
         if checkpoint_cb is not None and checkpoint_cb.best_model_score is not None:
             summary["val/acc_best"] = float(checkpoint_cb.best_model_score)
             summary["best_checkpoint"] = checkpoint_cb.best_model_path
+            summary["best_epoch"] = best_epoch(checkpoint_cb.best_model_path)
         write_json_atomic(self.output_dir / "metrics.json", summary)
         save_confusion_png(results["confusion"], names, self.output_dir / "confusion_matrix.png")
         for logger in trainer.loggers:

@@ -13,6 +13,9 @@ from noodlenext.config import CONFIG_DIR
 from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.model import NoodleClassifier, load_classifier
 from noodlenext.predict import predict_to_csv
+from noodlenext.resume import AtomicCheckpointIO, prepare_resume
+from noodlenext.scale import ddp_test_args, oom_advice
+from noodlenext.sweep import keep_sweeping
 from noodlenext.task import (
     config_as_dict,
     instantiate_callbacks,
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | None:
     """Fit, then test (or predict on an unlabelled test set); returns cfg.optimized_metric."""
     L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = prepare_resume(cfg)  # resume=auto may point paths.output_dir at the run it continues
     datamodule: NoodleDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -47,19 +51,22 @@ def train(cfg: DictConfig) -> float | None:
         precision=resolve_precision(cfg.trainer.precision),
         callbacks=instantiate_callbacks(cfg, with_logger=bool(loggers)),
         logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     for logger in loggers:
         logger.log_hyperparams({**model.run_config, "pretrained_loaded": model.pretrained_loaded})
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with oom_advice(cfg):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
     ckpt = best or None
     if cfg.test and datamodule.test_set is not None:
         if datamodule.test_is_labelled:
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            with oom_advice(cfg):
+                trainer.test(model, **ddp_test_args(trainer, datamodule), ckpt_path=ckpt)
         elif trainer.is_global_zero:
             best_model = load_classifier(ckpt) if ckpt else model
             out = Path(cfg.paths.output_dir) / "predictions.csv"
@@ -76,6 +83,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@keep_sweeping  # in a multirun, a failed job writes error.json and the other jobs go on
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

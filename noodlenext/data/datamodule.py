@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from noodlenext.data.check import UNKNOWN_FOLDER, hash_files
 from noodlenext.data.images import (
     ScanReport,
     check_images,
@@ -25,7 +26,7 @@ from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transfo
 log = logging.getLogger(__name__)
 
 UNLABELLED = -1
-UNKNOWN_FOLDER = "unknown"  # test/unknown/*: the course competition's unlabelled test set
+# UNKNOWN_FOLDER ("unknown", imported above): test/unknown/* is the course competition's unlabelled test set
 
 
 class NoodleImages(Dataset):
@@ -65,6 +66,8 @@ class NoodleDataModule(LightningDataModule):
         on_bad_image: str = "skip",
         classes: Sequence[str] | None = None,
         synthetic: dict | None = None,
+        allow_leakage: bool = False,
+        file_list: str | Path | None = None,
     ) -> None:
         super().__init__()
         if sampler not in (None, "weighted"):
@@ -81,6 +84,11 @@ class NoodleDataModule(LightningDataModule):
         self.augment, self.sampler, self.on_bad_image = augment, sampler, on_bad_image
         self.synthetic = dict(synthetic) if synthetic else None
         self._classes = list(classes) if classes is not None else None
+        self.allow_leakage = bool(allow_leakage)
+        self.file_list = Path(file_list).expanduser() if file_list else None
+        self._listed: set[Path] | None = None
+        self.file_list_left_out = 0
+        self._listed_found = 0
         self.train_set: NoodleImages | None = None
         self.val_set: NoodleImages | None = None
         self.test_set: NoodleImages | None = None
@@ -162,6 +170,7 @@ class NoodleDataModule(LightningDataModule):
                         )
                     self.report.empty_folders.append(folder)
                 candidates += [(p, label) for p in images]
+        candidates = self._apply_file_list(candidates)
         kept, checks = [], check_images(p for p, _ in candidates)
         for (path, label), (problem, (w, h)) in zip(candidates, checks, strict=True):
             if problem is None:
@@ -177,6 +186,77 @@ class NoodleDataModule(LightningDataModule):
                 if count == 0:
                     raise ValueError(f"{split_dir}: class '{name}' has no readable images")
         return kept
+
+    def _read_file_list(self) -> set[Path]:
+        """data.file_list: one path a line, relative to data.root (or absolute); `#` starts a comment."""
+        if self._listed is None:
+            if not self.file_list.is_file():
+                raise FileNotFoundError(
+                    f"data.file_list={self.file_list} does not exist; write one with "
+                    f"`python -m noodlenext.data.check root={self.root} fix=list` or set data.file_list=null"
+                )
+            root = self.root.resolve()
+            lines = (line.strip() for line in self.file_list.read_text().splitlines())
+            self._listed = {(root / line).resolve() for line in lines if line and not line.startswith("#")}
+            if not self._listed:
+                raise ValueError(f"data.file_list={self.file_list} lists no files")
+        return self._listed
+
+    def _apply_file_list(self, candidates: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+        """Keep only the listed images (data.file_list), counting the rest."""
+        if self.file_list is None:
+            return candidates
+        listed = self._read_file_list()
+        kept = [(p, label) for p, label in candidates if p.resolve() in listed]
+        self.file_list_left_out += len(candidates) - len(kept)
+        self._listed_found += len(kept)
+        return kept
+
+    def _check_duplicates(self, splits: dict[str, list[tuple[Path, int]]]) -> None:
+        """The cheap part of `noodlenext.data.check`: SHA-256 of every image. Refuses byte-identical
+        images in test and train/val (test scores would be inflated) unless data.allow_leakage=true;
+        warns about identical images under two classes and within train."""
+        named = [(split, path, label) for split, samples in splits.items() for path, label in samples]
+        if len(named) < 2:
+            return
+        groups: dict[str, list[tuple[str, Path, int]]] = {}
+        for item, digest in zip(named, hash_files([p for _, p, _ in named]), strict=True):
+            groups.setdefault(digest, []).append(item)
+        leaks, conflicts, copies, leaked = [], [], 0, 0
+        for group in (g for g in groups.values() if len(g) > 1):
+            in_test = [p for split, p, _ in group if split == "test"]
+            if in_test and len(in_test) < len(group):
+                leaks.append([p for _, p, _ in group])
+                leaked += len(in_test)
+            if len({label for _, _, label in group if label != UNLABELLED}) > 1:
+                conflicts.append([p for _, p, _ in group])
+            copies += max(0, len(group) - len(in_test) - 1)  # a train copy can land in val when split
+        fix = f"python -m noodlenext.data.check root={self.root} fix=quarantine"
+        if conflicts:
+            log.warning(
+                "%d image(s) appear under two classes (same bytes): %s; `%s` moves them aside",
+                len(conflicts),
+                "; ".join(" = ".join(map(str, g)) for g in conflicts[:5]),
+                fix,
+            )
+        if copies:
+            log.warning(
+                "%d train/val file(s) are byte-identical copies of others; `%s` names them", copies, fix
+            )
+        if not leaks:
+            return
+        shown = "; ".join(" = ".join(map(str, g)) for g in leaks[:5]) + (
+            f"; and {len(leaks) - 5} more" if len(leaks) > 5 else ""
+        )
+        labelled_test = any(label != UNLABELLED for _, label in splits.get("test", []))
+        message = f"{leaked} test image(s) are byte-identical to train/val images: {shown}"
+        if self.allow_leakage or not labelled_test:
+            log.warning("%s (data.allow_leakage=%s)", message, self.allow_leakage)
+            return
+        raise ValueError(
+            f"{message}. Test scores would be inflated. Take the copies out with `{fix}` "
+            "(or fix=list, then data.file_list=<the list>), or set data.allow_leakage=true to go on anyway"
+        )
 
     def _split_train(self, samples: list[tuple[Path, int]]) -> tuple[list, list]:
         """Stratified, seeded: the same fraction of every class goes to val."""
@@ -197,10 +277,11 @@ class NoodleDataModule(LightningDataModule):
             return
         tf_eval = eval_transform(self.image_size, self.mean, self.std)
         train_dir, val_dir, test_dir = (self.root / s for s in ("train", "val", "test"))
+        scanned: dict[str, list[tuple[Path, int]]] = {}
         if train_dir.is_dir():
-            train = self._scan_split(train_dir, required=True)
+            train = scanned["train"] = self._scan_split(train_dir, required=True)
             if val_dir.is_dir():
-                val = self._scan_split(val_dir, required=False)
+                val = scanned["val"] = self._scan_split(val_dir, required=False)
             else:
                 train, val = self._split_train(train)
             tf_train = train_transform(self.image_size, self.mean, self.std, self.augment)
@@ -208,11 +289,24 @@ class NoodleDataModule(LightningDataModule):
         elif self._classes is None:
             self._train_class_folders()  # raises the clear "no train/" error
         if test_dir.is_dir():
-            test = self._scan_split(test_dir, required=False)
+            test = scanned["test"] = self._scan_split(test_dir, required=False)
             self.test_set = NoodleImages(test, tf_eval)
             self.test_is_labelled = bool(test) and test[0][1] != UNLABELLED
         for line in self.report.lines(self.image_size):
             log.warning(line)
+        if self.file_list is not None:
+            log.info("data.file_list=%s left out %d image(s)", self.file_list, self.file_list_left_out)
+            missing = len(self._read_file_list()) - self._listed_found
+            if missing:
+                log.warning(
+                    "%d path(s) in data.file_list=%s are not images under %s (moved or renamed since the "
+                    "list was written?)",
+                    missing,
+                    self.file_list,
+                    self.root,
+                )
+        if "train" in scanned:  # prediction (test/ only, classes from a checkpoint) has nothing to leak from
+            self._check_duplicates(scanned)
         self._scanned = True
 
     def setup(self, stage: str | None = None) -> None:
@@ -230,7 +324,9 @@ class NoodleDataModule(LightningDataModule):
         return np.bincount(labels, minlength=self.num_classes).tolist()
 
     # ----------------------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Any = None, train: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool = False, sampler: Any = None, train: bool = False
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

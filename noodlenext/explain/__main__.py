@@ -15,9 +15,9 @@ from noodlenext.data.images import check_images, load_rgb
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.heatmaps import explain_batch, parse_methods
 from noodlenext.explain.overlay import overlay
+from noodlenext.files import write_json_atomic
 from noodlenext.model import load_classifier
 from noodlenext.predict import find_images, resolve_device
-from noodlenext.report import write_json_atomic
 
 log = logging.getLogger(__name__)
 

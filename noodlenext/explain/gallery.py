@@ -17,7 +17,7 @@ from noodlenext.data.images import load_rgb
 from noodlenext.explain.faithfulness import deletion_insertion
 from noodlenext.explain.heatmaps import Heatmap, explain_batch, parse_methods
 from noodlenext.explain.overlay import overlay
-from noodlenext.report import write_json_atomic
+from noodlenext.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

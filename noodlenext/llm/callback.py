@@ -16,9 +16,9 @@ from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gallery import HeatmapGallery, Sample, SampleCollector, worst_mistakes
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.overlay import overlay
+from noodlenext.files import write_text_atomic
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.prompt import ExplainRequest, explain_messages
-from noodlenext.report import write_text_atomic
 
 log = logging.getLogger(__name__)
 

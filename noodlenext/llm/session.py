@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from noodlenext.files import write_json_atomic
 from noodlenext.llm.base import Backend, LLMError, Message, text_of
 from noodlenext.llm.prompt import ExplainRequest, explain_messages
-from noodlenext.report import write_json_atomic
 
 DROPPED_NOTE = "({n} earlier message(s) of this conversation were dropped to fit the model's context.)"
 

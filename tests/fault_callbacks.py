@@ -1,0 +1,33 @@
+"""Test-only callbacks that make faults happen on cue: a slow epoch to kill, an out-of-memory forward."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class SlowSteps(Callback):
+    """Writes `<epoch> <global_step>` to `progress` after each training step, then sleeps, so a test
+    can SIGKILL the run in the middle of an epoch."""
+
+    def __init__(self, progress: str, seconds: float = 0.5) -> None:
+        self.progress, self.seconds = Path(progress), seconds
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.progress.write_text(f"{trainer.current_epoch} {trainer.global_step}")
+        time.sleep(self.seconds)
+
+
+class OutOfMemoryInForward(Callback):
+    """Raises the real torch.OutOfMemoryError from inside the model's forward, as CUDA would."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        pl_module.net.register_forward_hook(self._raise)
+
+    @staticmethod
+    def _raise(*args: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test)")

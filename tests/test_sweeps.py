@@ -1,0 +1,298 @@
+"""Comparison sweeps: the multirun comparison (files and W&B), failed jobs, Optuna and SLURM configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from test_train_e2e import SHRUNK, run_module
+from wandb_records import history_keys, read_records, run_info
+
+from noodlenext.sweep import ERROR_FILE, keep_sweeping, write_comparison
+
+SEARCH_SPACE = {
+    "model.optim.backbone_lr": "tag(log, interval(1e-6, 1e-4))",
+    "model.optim.head_lr": "tag(log, interval(1e-5, 1e-2))",
+    "model.optim.weight_decay": "tag(log, interval(1e-3, 0.1))",
+    "model.label_smoothing": "interval(0.0, 0.3)",
+    "model.optim.layer_decay": "interval(0.6, 1.0)",
+}
+MODELS = {"convnext_atto.d2_in1k", "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+# --- the comparison from job directories (no training) ---------------------------------------------
+
+
+def fake_job(
+    sweep: Path, num: int, overrides: list[str], metrics: dict | None, error: str | None = None
+) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"model": {"name": "vit"}}), job / ".hydra" / "config.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (job / ERROR_FILE).write_text(json.dumps({"error": error, "traceback": "..."}))
+
+
+def metrics(model: str, acc: float, ramen: float) -> dict:
+    return {
+        "model": model,
+        "params": 1000,
+        "pretrained": False,
+        "test/acc": acc,
+        "test/f1": acc - 0.1,
+        "test/acc_per_class": {"spaghetti": acc, "ramen": ramen},
+        "best_epoch": 3,
+        "train/time_s": 10.0,
+        "train/images_per_s": 50.0,
+    }
+
+
+def test_seeds_aggregate_to_mean_and_std_and_failed_jobs_keep_their_error(tmp_path: Path) -> None:
+    fake_job(tmp_path, 0, ["x=1", "model=cnn", "seed=1"], metrics("cnn", 0.8, 0.6))
+    fake_job(tmp_path, 1, ["x=1", "model=cnn", "seed=2"], metrics("cnn", 0.9, 0.8))
+    fake_job(tmp_path, 2, ["x=1", "model=vit", "seed=1"], metrics("vit", 0.5, 0.5))
+    fake_job(tmp_path, 3, ["x=1", "model=vit", "seed=2"], None, error="RuntimeError: out of memory")
+    fake_job(tmp_path, 10, ["x=1", "model=oops", "seed=1"], None)  # killed: neither file
+    (tmp_path / "optimization_results.yaml").write_text("best: 1\n")  # not a job
+
+    write_comparison(tmp_path)
+    summary = read_csv(tmp_path / "comparison.csv")
+    assert [(r["model"], r["config"], r["runs"], r["ok"], r["status"]) for r in summary] == [
+        ("cnn", "model=cnn", "2", "2", "ok"),
+        ("vit", "model=vit", "2", "1", "partly failed"),
+        ("vit", "model=oops", "1", "0", "failed"),
+    ]
+    assert float(summary[0]["test_acc"]) == pytest.approx(0.85)
+    assert float(summary[0]["test_acc_std"]) == pytest.approx(0.0707, abs=1e-4)
+    assert float(summary[0]["acc_ramen"]) == pytest.approx(0.7)
+    assert summary[1]["error"] == "job 3: RuntimeError: out of memory"
+    assert "job 10: no metrics.json" in summary[2]["error"]
+    runs = read_csv(tmp_path / "runs.csv")
+    assert [r["job"] for r in runs] == ["0", "1", "2", "3", "10"]
+    assert [r["status"] for r in runs] == ["ok", "ok", "ok", "failed", "failed"]
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| cnn | model=cnn | 2/2 | 1,000 | False | 85.00 ± 7.07% | 85.00 ± 7.07% | 70.00 ± 14.14% |" in md
+    assert "| vit | model=vit | 1/2 |" in md and "RuntimeError: out of memory" in md
+    assert (tmp_path / "comparison.png").stat().st_size > 5000
+
+
+def test_keep_sweeping_reraises_outside_a_multirun() -> None:
+    def boom(cfg: object) -> None:
+        raise ValueError("bad config")
+
+    with pytest.raises(ValueError, match="bad config"):
+        keep_sweeping(boom)(None)
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+def test_vit_vs_convnext_sweeps_both_models_alike_each_with_its_own_settings(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["experiment=vit_vs_convnext"])
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params.model == "convnext_base,vit_base"
+    assert list(cfg.hydra.callbacks.sweep_comparison.values()) == ["noodlenext.sweep.SweepComparison"]
+    jobs = {
+        m: compose_cfg("train", ["experiment=vit_vs_convnext", f"model={m}"])
+        for m in ("convnext_base", "vit_base")
+    }
+    for key in (
+        "seed",
+        "data.split_seed",
+        "data.augment",
+        "data.batch_size",
+        "trainer.max_epochs",
+        "data.root",
+    ):
+        assert len({str(OmegaConf.select(c, key)) for c in jobs.values()}) == 1, key
+    conv, vit = jobs["convnext_base"], jobs["vit_base"]
+    assert conv.data.image_size == conv.model.image_size and vit.data.image_size == vit.model.image_size
+    assert (conv.model.mean, vit.model.mean) == ([0.485, 0.456, 0.406], [0.5, 0.5, 0.5])
+    assert conv.explain.target_layer is None  # per-architecture default layer (noodlenext.explain.layers)
+    assert conv.logger.wandb.group == vit.logger.wandb.group and conv.logger.wandb.group.startswith(
+        "vit_vs_convnext_"
+    )
+
+
+def test_optuna_search_space_and_budget(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 1234
+    assert cfg.optimized_metric == "val/acc_best"
+    assert dict(sweeper.params) == SEARCH_SPACE
+    for key in sweeper.params:  # every searched key exists in the model config
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+def test_slurm_launcher_builds_the_sbatch_script(compose_cfg, tmp_path: Path, monkeypatch) -> None:
+    import submitit
+    from hydra.types import HydraContext
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(
+        "train",
+        [
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=a100",
+            "hydra.launcher.mem_gb=32",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+    )
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(
+        hydra_context=HydraContext(config_loader=None, callbacks=None), task_function=print, config=cfg
+    )
+    submitted = {}
+
+    def map_array(executor: submitit.AutoExecutor, fn: object, *args: object) -> list:
+        submitted.update(executor=executor, jobs=len(args[0]))
+        return []  # no cluster here: nothing is submitted
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    srun = tmp_path / "bin" / "srun"  # submitit refuses to build a SLURM executor without srun on PATH
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}:{os.environ['PATH']}")
+    launcher.launch([["model=convnext_base"], ["model=vit_base"]], initial_job_idx=0)
+    assert submitted["jobs"] == 2
+    sbatch = submitted["executor"]._executor._make_submission_file_text("python -m noodlenext.train", "uid")
+    for line in (
+        "--partition=a100",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--time=240",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+    ):
+        assert f"#SBATCH {line}\n" in sbatch, line
+    assert submitted["executor"]._executor.parameters["array_parallelism"] == 8  # --array=0-1%8
+    assert str(tmp_path / "sweep" / ".submitit") in sbatch
+
+
+# --- real multiruns ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models x two seeds of the shrunk quickstart, one multirun."""
+    work = tmp_path_factory.mktemp("sweep")
+    sweep_dir = work / "multirun"
+    run_module(
+        "noodlenext.train",
+        "-m",
+        "experiment=quickstart",
+        "model=convnext_atto,vit_tiny",
+        "seed=1,2",
+        "llm=none",
+        f"data.root={work / 'synthetic'}",
+        *SHRUNK,
+        "trainer.max_epochs=2",
+        "callbacks.heatmap_gallery=null",
+        f"hydra.sweep.dir={sweep_dir}",
+        "tags=[sweep]",
+        cwd=work,
+    )
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_multirun_writes_a_comparison_of_models_over_seeds(sweep: Path) -> None:
+    summary = read_csv(sweep / "comparison.csv")
+    assert {r["model"] for r in summary} == MODELS
+    assert {r["config"] for r in summary} == {"model=convnext_atto", "model=vit_tiny"}
+    for r in summary:
+        assert (r["runs"], r["ok"], r["status"], r["pretrained"]) == ("2", "2", "ok", "False")
+        assert int(r["params"]) > 100_000 and float(r["train_time_s"]) > 0 and float(r["images_per_s"]) > 0
+        assert 0 <= float(r["test_acc"]) <= 1 and r["test_acc_std"] != ""
+        assert {"acc_spaghetti", "acc_ramen", "acc_udon", "macro_f1", "best_epoch"} <= set(r)
+    runs = read_csv(sweep / "runs.csv")
+    assert sorted((r["config"], r["seed"]) for r in runs) == [
+        (f"model={m}", s) for m in ("convnext_atto", "vit_tiny") for s in ("1", "2")
+    ]
+    job = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert job["best_epoch"] in (0, 1) and job["train/images_per_s"] > 0
+    md = (sweep / "comparison.md").read_text()
+    assert md.count(" ± ") >= 2 and "vit_tiny_patch16_224" in md
+    assert (sweep / "comparison.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_multirun_comparison_goes_to_wandb_in_the_jobs_group(sweep: Path) -> None:
+    (comparison_file,) = (sweep / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_records(comparison_file)
+    info = run_info(records)
+    assert info.job_type == "comparison" and info.run_group == "quickstart"
+    keys = history_keys(records)
+    assert any(k.startswith("comparison/summary") for k in keys) and any(
+        k.startswith("comparison/runs") for k in keys
+    )
+    assert any(k.startswith("comparison/per_class_accuracy") for k in keys)
+    for job in ("0", "3"):
+        (job_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        assert run_info(read_records(job_file)).run_group == info.run_group
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "multirun"
+    run_module(
+        "noodlenext.train",
+        "-m",
+        "experiment=quickstart",
+        "model.name=no_such_model,convnext_atto.d2_in1k",
+        "debug=default",
+        "llm=none",
+        f"data.root={sweep.parent / 'synthetic'}",
+        *SHRUNK,
+        "callbacks.heatmap_gallery=null",
+        f"hydra.sweep.dir={out}",
+        cwd=sweep.parent,
+    )
+    assert "no_such_model" in json.loads((out / "0" / ERROR_FILE).read_text())["error"]
+    assert (out / "1" / "metrics.json").is_file()  # the job after the failure still ran
+    failed, ok = read_csv(out / "comparison.csv")
+    assert (failed["status"], failed["ok"], ok["status"]) == ("failed", "0", "ok")
+    assert failed["config"] == "model.name=no_such_model" and "no_such_model" in failed["error"]
+    assert "| failed |" in (out / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_runs_trials_and_reports_the_best(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "optuna"
+    run_module(
+        "noodlenext.train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "experiment=quickstart",
+        "logger=none",
+        "llm=none",
+        f"data.root={sweep.parent / 'synthetic'}",
+        *SHRUNK,
+        "trainer.max_epochs=1",
+        "callbacks.heatmap_gallery=null",
+        f"hydra.sweep.dir={out}",
+        cwd=sweep.parent,
+    )
+    best = OmegaConf.load(out / "optimization_results.yaml")
+    assert set(best.best_params) == set(SEARCH_SPACE) and 0 <= best.best_value <= 1
+    assert 1e-6 <= best.best_params["model.optim.backbone_lr"] <= 1e-4
+    trials = read_csv(out / "comparison.csv")
+    assert len(trials) == 2 and all(
+        "model.optim.head_lr=" in t["config"] and t["val_acc_best"] for t in trials
+    )
