@@ -14,7 +14,7 @@ from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.model import NoodleClassifier, load_classifier
 from noodlenext.predict import predict_to_csv
 from noodlenext.resume import AtomicCheckpointIO, prepare_resume
-from noodlenext.scale import ddp_test_args, oom_advice
+from noodlenext.scale import oom_advice
 from noodlenext.sweep import keep_sweeping
 from noodlenext.task import (
     config_as_dict,
@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.test and datamodule.test_set is not None:
         if datamodule.test_is_labelled:
             with oom_advice(cfg):
-                trainer.test(model, **ddp_test_args(trainer, datamodule), ckpt_path=ckpt)
+                trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         elif trainer.is_global_zero:
             best_model = load_classifier(ckpt) if ckpt else model
             out = Path(cfg.paths.output_dir) / "predictions.csv"

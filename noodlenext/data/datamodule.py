@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from noodlenext.data.check import UNKNOWN_FOLDER, hash_files
+from noodlenext.data.samplers import ShardedEvalSampler
 from noodlenext.data.images import (
     ScanReport,
     check_images,
@@ -348,11 +349,12 @@ class NoodleDataModule(LightningDataModule):
             return self._loader(self.train_set, sampler=sampler, train=True)
         return self._loader(self.train_set, shuffle=True, train=True)
 
+    # Each val/test image on exactly one process, so metrics under DDP count it once (no padding).
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, sampler=ShardedEvalSampler(self.val_set))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, sampler=ShardedEvalSampler(self.test_set))
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
