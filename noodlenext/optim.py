@@ -32,14 +32,15 @@ def param_groups(
         groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_decay)
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     out = []
-    for group in groups:
+    for i, group in enumerate(groups):
         scale = group.get("lr_scale", 1.0)
         for is_head, lr in ((True, head_lr), (False, backbone_lr * scale)):
             params = [p for p in group["params"] if (id(p) in head_ids) == is_head]
             if params:
-                name = (
-                    f"{'head' if is_head else 'backbone'}_{'decay' if group['weight_decay'] else 'no_decay'}"
-                )
+                decay = "decay" if group["weight_decay"] else "no_decay"
+                name = f"{'head' if is_head else 'backbone'}_{decay}"
+                if layer_decay is not None and not is_head:
+                    name += f"_{i:02d}"  # one group per layer: names must differ (LearningRateMonitor)
                 out.append({"params": params, "lr": lr, "weight_decay": group["weight_decay"], "name": name})
     return out
 

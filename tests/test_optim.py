@@ -50,6 +50,7 @@ def test_layer_decay_scales_backbone_rates_by_depth() -> None:
     assert stem_lr == min(backbone_lrs) < 1e-5 * 0.5**3  # the earliest layer learns slowest
     assert max(backbone_lrs) <= 1e-5
     assert {g["lr"] for g in groups if g["name"].startswith("head")} == {1e-4}
+    assert len({g["name"] for g in groups}) == len(groups)  # LearningRateMonitor refuses duplicate names
 
 
 def test_schedule_warms_up_linearly_over_15_percent_then_decays_to_zero() -> None:
