@@ -53,6 +53,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is shared like any output
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -203,3 +203,14 @@ def test_epoch_loss_weighs_each_sample_once_across_uneven_batches() -> None:
         model.test_step((x[8:], y[8:]), 1)  # a short last batch, as on one DDP shard
         expected = model.criterion(model(x), y)
     assert model.test_metrics["loss"].compute() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_atomic_writes_leave_files_readable_like_any_other(tmp_path: Path) -> None:
+    from noodlenext.files import write_json_atomic
+    from noodlenext.resume import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    write_json_atomic(tmp_path / "metrics.json", {"test/acc": 0.9})
+    for name in ("last.ckpt", "metrics.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # temp files start as 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "metrics.json"]  # no leftovers
