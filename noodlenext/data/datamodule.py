@@ -13,7 +13,6 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from noodlenext.data.check import UNKNOWN_FOLDER, hash_files
-from noodlenext.data.samplers import ShardedEvalSampler
 from noodlenext.data.images import (
     ScanReport,
     check_images,
@@ -22,6 +21,7 @@ from noodlenext.data.images import (
     list_files,
     load_rgb,
 )
+from noodlenext.data.samplers import ShardedEvalSampler
 from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
