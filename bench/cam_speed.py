@@ -29,11 +29,10 @@ from machine import device_name, sync
 from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from noodlenext.data.images import load_rgb
+from noodlenext.data.images import find_images, load_rgb
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain import ScoreCAM, reshape_transform, target_layer
-from noodlenext.model import load_classifier
-from noodlenext.predict import find_images
+from noodlenext.models.classifier import load_classifier
 
 
 def timed(runs: dict[str, Callable[[], np.ndarray]], device: torch.device, repeats: int) -> dict[str, tuple]:

@@ -26,17 +26,17 @@ import numpy as np
 from machine import device_name
 from PIL import Image, ImageEnhance, ImageOps
 
-from noodlenext.data.check import (
+from noodlenext.data.fingerprints import (
     HASH_BITS,
     NEAR_SIMILARITY,
     NEAR_THRESHOLD,
-    check_dataset,
     fingerprint,
     hash_words,
     near_pairs,
     similarity,
 )
 from noodlenext.data.images import load_rgb
+from noodlenext.data.rules import check_dataset
 from noodlenext.data.synthetic import render_dataset
 
 

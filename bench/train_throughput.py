@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.data.images import load_rgb
 from noodlenext.data.synthetic import render_dataset
-from noodlenext.model import NoodleClassifier
+from noodlenext.models.classifier import NoodleClassifier
 
 CLASSES = ("spaghetti", "ramen", "udon")
 TARGET_OVERHEAD = 0.10

@@ -11,6 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import hydra
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from noodlenext.config import CONFIG_DIR
-from noodlenext.data.images import load_rgb
+from noodlenext.core.config import CONFIG_DIR
+from noodlenext.data.images import find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
+from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, text_of
 from noodlenext.llm.load import load_backend
+from noodlenext.llm.prompt import ExplainRequest
 from noodlenext.llm.session import explain_session
-from noodlenext.predict import find_images
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -51,13 +53,6 @@ def open_photo(path: str | Path, max_pixels: int) -> Image.Image:
     return load_rgb(path)
 
 
-def _skip() -> Any:
-    """An output left as it is."""
-    import gradio as gr
-
-    return gr.skip()
-
-
 def run_examples(ckpt_path: str | Path) -> list[str]:
     """The checkpoint run's worst test mistakes (explanations.jsonl, else heatmaps.json), files that exist."""
     run_dir = Path(ckpt_path).expanduser().resolve().parent.parent
@@ -70,6 +65,28 @@ def run_examples(ckpt_path: str | Path) -> list[str]:
         samples = json.loads((run_dir / "heatmaps" / "test" / "heatmaps.json").read_text())["samples"]
         files = [s["file"] for s in samples]
     return [f for f in dict.fromkeys(files) if Path(f).is_file()]
+
+
+# Handlers return {component: new value}; components left out keep what they show (Gradio skips them).
+Updates = dict[Any, Any]
+
+
+@dataclass(frozen=True)
+class PageComponents:
+    """The components the handlers update, made by NoodleApp.build (Gradio is imported only there)."""
+
+    state: Any  # gr.State, per browser session: analysis, folder, chat session, status line
+    status: Any
+    probabilities: Any
+    photo: Any
+    scorecam: Any
+    gradcam: Any
+    facts: Any
+    explanation: Any
+    chat: Any
+    question: Any
+    overlay_file: Any
+    transcript_file: Any
 
 
 class NoodleApp:
@@ -88,15 +105,19 @@ class NoodleApp:
         self.explainer, self.backend, self.prompt, self.llm = explainer, backend, prompt, llm
         self.work_dir, self.max_pixels, self.examples = work_dir, max_pixels, examples
         self.lock = threading.Lock()  # one generation at a time: backends hold one model
+        self.ui: PageComponents | None = None  # set by build()
 
-    def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[tuple]:
+    def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[Updates]:
         """Classify, show both heatmaps and facts, then stream the LLM's explanation into the chat."""
+        ui = self.ui
         if not path:
             return
         try:
             photo = open_photo(path, self.max_pixels)
-        except ValueError as err:
-            yield (f"⚠ {err}", None, None, None, None, "", "", [], None, None, state)
+        except ValueError as err:  # clear the page; the session state (and its conversation) stays
+            yield {ui.status: f"⚠ {err}", ui.probabilities: None, ui.photo: None, ui.scorecam: None,
+                   ui.gradcam: None, ui.facts: "", ui.explanation: "", ui.chat: [], ui.overlay_file: None,
+                   ui.transcript_file: None}  # fmt: skip
             return
         with self.lock:
             analysis = self.explainer(photo)
@@ -104,57 +125,72 @@ class NoodleApp:
         images = analysis.save_images(folder)
         status = f"{Path(path).name}: {analysis.predicted} ({analysis.confidence:.0%})"
         state = {"analysis": analysis, "folder": folder, "session": None, "status": status}
-        facts = "\n".join(f"{m}: {h.facts.describe()}" for m, h in analysis.heatmaps.items())
-        shown = (analysis.photo, *self._overlays(analysis, alpha))
+        shown = {
+            ui.status: status,
+            ui.probabilities: analysis.probabilities,
+            ui.photo: analysis.photo,
+            **self._overlays(analysis, alpha),
+            ui.facts: "\n".join(f"{m}: {h.facts.describe()}" for m, h in analysis.heatmaps.items()),
+            ui.chat: [],
+            ui.overlay_file: images[1],
+            ui.transcript_file: None,
+            ui.state: state,
+        }
         if self.backend is None:
-            yield (status, analysis.probabilities, *shown, facts, "(no language model: llm=none)", [],
-                   images[1], None, state)  # fmt: skip
+            yield {**shown, ui.explanation: "(no language model: llm=none)"}
             return
-        session, first = explain_session(self.backend, analysis.request(Path(path).name, images=images),
-                                         self.prompt, self.llm)  # fmt: skip
+        request = ExplainRequest.from_analysis(analysis, Path(path).name, images=images)
+        session, first = explain_session(self.backend, request, self.prompt, self.llm)
         state["session"] = session
-        yield (status, analysis.probabilities, *shown, facts, "", [], images[1], None, state)
+        yield {**shown, ui.explanation: ""}
         # While the explanation streams only its box changes: the images are not sent again per token.
-        keep = [_skip()] * 6
         text = ""
         with self.lock:
             for piece in session.ask_stream(first):
                 text += piece
-                yield (*keep, text, *[_skip()] * 4)
+                yield {ui.explanation: text}
         transcript = session.save(folder / "chat.json")
-        yield (*keep, text.strip(), self._history(state), _skip(), str(transcript), state)
+        yield {ui.explanation: text.strip(), ui.chat: self._history(state),
+               ui.transcript_file: str(transcript), ui.state: state}  # fmt: skip
 
-    def ask(self, question: str, state: dict | None) -> Iterator[tuple]:
-        """A follow-up about the same photo, streamed: (chat, question box, transcript file, status)."""
+    def ask(self, question: str, state: dict | None) -> Iterator[Updates]:
+        """A follow-up about the same photo, streamed into the chat; clears the question box."""
+        ui = self.ui
         session = (state or {}).get("session")
         if session is None:
-            yield [], question, None, "⚠ upload a photo first (and choose an llm) to ask about it"
+            yield {ui.chat: [], ui.transcript_file: None,
+                   ui.status: "⚠ upload a photo first (and choose an llm) to ask about it"}  # fmt: skip
             return
         status = state["status"]
         if not question.strip():
-            yield self._history(state), "", None, status
+            yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: None,
+                   ui.status: status}  # fmt: skip
             return
         history = [*self._history(state), {"role": "user", "content": question}]
-        saved = str(state["folder"] / "chat.json")
+        # The first piece also clears the question box and restores the status; later ones only the chat.
+        settled = {ui.question: "", ui.transcript_file: str(state["folder"] / "chat.json"), ui.status: status}
         answer = ""
         with self.lock:
             for piece in session.ask_stream(question):
                 answer += piece
-                yield [*history, {"role": "assistant", "content": answer}], "", saved, status
+                yield {ui.chat: [*history, {"role": "assistant", "content": answer}], **settled}
+                settled = {}
         transcript = session.save(state["folder"] / "chat.json")
-        yield self._history(state), "", str(transcript), status
+        yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: str(transcript),
+               ui.status: status}  # fmt: skip
 
-    def reblend(self, alpha: float, state: dict | None) -> tuple:
+    def reblend(self, alpha: float, state: dict | None) -> Updates:
         """The overlays at another opacity."""
         if not state:
-            return None, None
+            return {self.ui.scorecam: None, self.ui.gradcam: None}
         return self._overlays(state["analysis"], alpha)
 
-    @staticmethod
-    def _overlays(analysis: PhotoAnalysis, alpha: float) -> tuple:
-        return tuple(
-            analysis.overlay(m, alpha) if m in analysis.heatmaps else None for m in ("scorecam", "gradcam")
-        )
+    def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
+        """Both overlay boxes: the heatmap over the photo at opacity `alpha`, None for a missing method."""
+        boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam}
+        return {
+            box: analysis.overlay(m, alpha) if m in analysis.heatmaps else None for m, box in boxes.items()
+        }
 
     @staticmethod
     def _history(state: dict) -> list[dict[str, str]]:
@@ -195,22 +231,26 @@ class NoodleApp:
                 overlay_file = gr.DownloadButton("Download overlay", elem_id="download-overlay")
                 transcript_file = gr.DownloadButton("Download transcript", elem_id="download-transcript")
 
-            outputs = [status, probabilities, photo, scorecam, gradcam, facts, explanation, chat,
-                       overlay_file, transcript_file, state]  # fmt: skip
-            upload.upload(self.analyze, [upload, alpha, state], outputs)
-            example.input(self.analyze, [example, alpha, state], outputs)
-            alpha.release(self.reblend, [alpha, state], [scorecam, gradcam])
+            self.ui = ui = PageComponents(
+                state=state, status=status, probabilities=probabilities, photo=photo, scorecam=scorecam,
+                gradcam=gradcam, facts=facts, explanation=explanation, chat=chat, question=question,
+                overlay_file=overlay_file, transcript_file=transcript_file,
+            )  # fmt: skip
+            # Each event lists every component its handler may update (order no longer matters).
+            analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam, ui.facts,
+                                ui.explanation, ui.chat, ui.overlay_file, ui.transcript_file,
+                                ui.state]  # fmt: skip
+            upload.upload(self.analyze, [upload, alpha, ui.state], analysis_outputs)
+            example.input(self.analyze, [example, alpha, ui.state], analysis_outputs)
+            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam])
             for event in (ask.click, question.submit):
-                event(self.ask, [question, state], [chat, question, transcript_file, status])
+                event(self.ask, [question, ui.state], [ui.chat, ui.question, ui.transcript_file, ui.status])
         return page
 
 
 def serve(cfg: DictConfig) -> None:
     """Load the checkpoint and the LLM (clear errors in the terminal), then serve the page."""
-    explainer = PhotoExplainer(
-        cfg.ckpt_path, cfg.device, "both", cfg.explain.target_layer, cfg.explain.top_k,
-        cfg.explain.mask_batch_size,
-    )  # fmt: skip
+    explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "both", HeatmapSettings.of(cfg.explain))
     backend = load_backend(cfg.llm)
     examples = (
         [str(p) for p in find_images(cfg.app.examples)] if cfg.app.examples else run_examples(cfg.ckpt_path)

@@ -11,9 +11,10 @@ from typing import TextIO
 import hydra
 from omegaconf import DictConfig
 
-from noodlenext.config import CONFIG_DIR
+from noodlenext.core.config import CONFIG_DIR
 from noodlenext.data.images import check_image, display_name, load_rgb
 from noodlenext.explain.photo import PhotoExplainer
+from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, LLMError
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.prompt import ExplainRequest
@@ -29,13 +30,10 @@ def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
     problem, _ = check_image(image) if image.is_file() else ("no such file", None)
     if problem:
         raise ValueError(f"image={cfg.image}: {problem}")
-    explainer = PhotoExplainer(
-        cfg.ckpt_path, cfg.device, "scorecam", cfg.explain.target_layer, cfg.explain.top_k,
-        cfg.explain.mask_batch_size,
-    )  # fmt: skip
+    explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain))
     analysis = explainer(load_rgb(image))
     true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
-    return analysis.request(str(image), true_label, analysis.save_images(output_dir))
+    return ExplainRequest.from_analysis(analysis, str(image), true_label, analysis.save_images(output_dir))
 
 
 def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:

@@ -6,11 +6,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from noodlenext.config import CONFIG_DIR
+from noodlenext.callbacks.test_report import TestReport
+from noodlenext.core.config import CONFIG_DIR
+from noodlenext.core.devices import resolve_precision
 from noodlenext.data.datamodule import NoodleDataModule
-from noodlenext.model import load_classifier
-from noodlenext.report import TestReport
-from noodlenext.task import instantiate_loggers, resolve_precision, task_wrapper
+from noodlenext.models.classifier import load_classifier
+from noodlenext.runs.instantiate import instantiate_loggers
+from noodlenext.runs.task import task_wrapper
 
 
 @task_wrapper

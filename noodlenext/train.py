@@ -9,20 +9,16 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from noodlenext.config import CONFIG_DIR
+from noodlenext.core.config import CONFIG_DIR
+from noodlenext.core.devices import resolve_precision
 from noodlenext.data.datamodule import NoodleDataModule
-from noodlenext.model import NoodleClassifier, load_classifier
-from noodlenext.predict import predict_to_csv
-from noodlenext.resume import AtomicCheckpointIO, prepare_resume
-from noodlenext.scale import oom_advice
-from noodlenext.sweep import keep_sweeping
-from noodlenext.task import (
-    config_as_dict,
-    instantiate_callbacks,
-    instantiate_loggers,
-    resolve_precision,
-    task_wrapper,
-)
+from noodlenext.models.classifier import NoodleClassifier, load_classifier
+from noodlenext.models.predictions import predict_to_csv
+from noodlenext.runs.checkpoint_io import AtomicCheckpointIO
+from noodlenext.runs.instantiate import config_as_dict, instantiate_callbacks, instantiate_loggers
+from noodlenext.runs.oom import oom_advice
+from noodlenext.runs.resume import prepare_resume
+from noodlenext.runs.task import keep_sweeping, task_wrapper
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ class KillWhenPickled:
 
 mode, path = sys.argv[1:3]
 if mode == "json":
-    from noodlenext.files import write_json_atomic
+    from noodlenext.core.files import write_json_atomic
 
     os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     write_json_atomic(Path(path), {"test/acc": 0.5})
@@ -31,7 +31,7 @@ else:
     if mode == "torch":
         torch.save(checkpoint, path)
     else:
-        from noodlenext.resume import AtomicCheckpointIO
+        from noodlenext.runs.checkpoint_io import AtomicCheckpointIO
 
         AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 raise SystemExit("not killed")

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from noodlenext.app import open_photo, run_examples
-from noodlenext.model import NoodleClassifier
+from noodlenext.models.classifier import NoodleClassifier
 
 CHROMIUM = os.environ.get("NOODLENEXT_CHROMIUM", "/usr/bin/chromium")  # .ci/run installs it
 NAMES = ["spaghetti", "ramen", "udon"]

@@ -13,8 +13,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from noodlenext.backbone import create_backbone
-from noodlenext.model import NoodleClassifier
+from noodlenext.models.backbone import create_backbone
+from noodlenext.models.classifier import NoodleClassifier
 
 ATTO = "convnext_atto.d2_in1k"
 
@@ -84,7 +84,7 @@ def test_weights_in_the_hugging_face_cache_are_used_offline(tmp_path: Path) -> N
     (tmp_path / "models--timm--convnext_atto.d2_in1k" / "refs" / "main").write_text("0123abcd")
     out = tmp_path / "stem.pt"
     code = (
-        "import sys, torch; from noodlenext.backbone import create_backbone; "
+        "import sys, torch; from noodlenext.models.backbone import create_backbone; "
         f"m, ok = create_backbone({ATTO!r}, 3, pretrained='true'); assert ok; "
         f"torch.save(m.state_dict()['stem.0.weight'], {str(out)!r})"
     )

@@ -9,11 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from noodlenext.config import config_dir
-from noodlenext.task import instantiate_callbacks, instantiate_loggers, resolve_precision
+from noodlenext.core.config import config_dir
+from noodlenext.core.devices import resolve_precision
+from noodlenext.runs.instantiate import instantiate_callbacks, instantiate_loggers
 
 GROUPS = (
     "data",
+    "augment",
+    "explain",
     "model",
     "trainer",
     "logger",
@@ -124,7 +127,7 @@ def test_writeup_experiment_is_the_recipe(compose_cfg) -> None:
     cfg = compose_cfg("train", ["experiment=writeup"])
     assert cfg.model.name == "convnext_base.fb_in22k_ft_in1k_384"
     assert cfg.model.image_size == cfg.data.image_size == 384
-    assert cfg.data.batch_size == 16 and cfg.data.augment == "writeup"
+    assert cfg.data.batch_size == 16 and cfg.hydra.runtime.choices.augment == "writeup"
     assert list(cfg.data.mean) == [0.485, 0.456, 0.406] and list(cfg.data.std) == [0.229, 0.224, 0.225]
     assert cfg.trainer.max_epochs == 15 and cfg.trainer.gradient_clip_val == 1.0
     assert cfg.model.label_smoothing == 0.2
@@ -161,7 +164,7 @@ def test_run_dirs_carry_a_per_process_id(compose_cfg, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = "from noodlenext.config import RUN_ID; print(RUN_ID)"
+    code = "from noodlenext.core.config import RUN_ID; print(RUN_ID)"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)
     ]
@@ -190,7 +193,7 @@ def test_every_llm_config_names_a_backend_class_and_its_generation_settings(comp
 
 
 def test_llm_explanations_callback_follows_the_llm_choice(compose_cfg) -> None:
-    from noodlenext.llm.callback import LLMExplanations
+    from noodlenext.callbacks.llm_explanations import LLMExplanations
 
     for llm, enabled in (("none", False), ("smollm2", True)):
         callbacks = instantiate_callbacks(compose_cfg("train", [f"llm={llm}"]))
@@ -202,3 +205,67 @@ def test_quickstart_explains_offline_and_writeup_with_gemma(compose_cfg) -> None
     assert compose_cfg("train", ["experiment=quickstart"]).llm.name == "smollm2"
     writeup = compose_cfg("train", ["experiment=writeup"]).llm
     assert writeup.name == "gemma3_4b" and writeup.model == "google/gemma-3-4b-it"
+
+
+def test_switching_a_callback_off_is_an_ordinary_override(compose_cfg) -> None:
+    names = {
+        type(c).__name__
+        for c in instantiate_callbacks(compose_cfg("train", ["callbacks.heatmap_gallery=null"]))
+    }
+    assert "HeatmapGallery" not in names and "TestReport" in names
+    assert "EarlyStopping" not in {
+        type(c).__name__ for c in instantiate_callbacks(compose_cfg("train", ["~callbacks.early_stopping"]))
+    }
+
+
+def test_every_callback_has_its_own_file() -> None:
+    default = OmegaConf.load(config_dir() / "callbacks" / "default.yaml")
+    for name in (n for n in default.defaults if n != "_self_"):
+        assert list(OmegaConf.load(config_dir() / "callbacks" / f"{name}.yaml")) == [name]
+
+
+@pytest.mark.parametrize("task", ["train", "explain", "chat", "app"])
+def test_every_command_shares_the_explain_group(compose_cfg, task: str) -> None:
+    extra = {"train": [], "explain": ["ckpt_path=x", "input=y"], "chat": ["ckpt_path=x", "image=y"]}
+    cfg = compose_cfg(task, [*extra.get(task, ["ckpt_path=x"]), "explain.top_k=64"])
+    settings = hydra.utils.instantiate(cfg.explain)
+    assert type(settings).__name__ == "HeatmapSettings" and settings.top_k == 64
+    assert cfg.hydra.runtime.choices.explain == "default"
+
+
+def test_heatmap_callbacks_take_the_explain_settings(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["llm=smollm2", "explain.top_k=32", "explain.target_layer=stages.2"])
+    callbacks = {type(c).__name__: c for c in instantiate_callbacks(cfg)}
+    for name in ("HeatmapGallery", "LLMExplanations"):
+        assert callbacks[name].settings.top_k == 32 and callbacks[name].settings.target_layer == "stages.2"
+
+
+def test_vit_configs_stand_on_their_own() -> None:
+    vit = OmegaConf.load(config_dir() / "model" / "vit_base.yaml")
+    assert "defaults" not in vit and vit.optim.layer_decay == 0.75
+    assert list(OmegaConf.load(config_dir() / "model" / "vit_tiny.yaml").defaults) == ["vit_base", "_self_"]
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "mean"), [("convnext_base", 384, 0.485), ("vit_base", 384, 0.5), ("vit_tiny", 224, 0.5)]
+)
+def test_input_size_and_normalisation_come_from_timms_pretrained_config(
+    compose_cfg, model: str, size: int, mean: float
+) -> None:
+    cfg = compose_cfg("train", [f"model={model}"])
+    assert cfg.model.image_size == cfg.data.image_size == size
+    assert cfg.model.mean[0] == cfg.data.mean[0] == mean
+    assert compose_cfg("train", [f"model={model}", "model.image_size=96"]).data.image_size == 96
+
+
+def test_an_unknown_timm_name_says_which_settings_to_give(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["model.name=not_a_timm_model"])
+    with pytest.raises(Exception, match=r"set model.image_size, model.mean and model.std"):
+        _ = cfg.data.image_size
+
+
+def test_llm_configs_share_one_generation_base(compose_cfg) -> None:
+    for llm in options("llm"):
+        defaults = list(OmegaConf.load(config_dir() / "llm" / f"{llm}.yaml").get("defaults", []))
+        assert defaults and defaults[0] in ("base/generation@_here_", "gguf", "transformers"), llm
+    assert compose_cfg("train", ["llm=openai", "llm.model=m"]).llm.num_explanations == 4

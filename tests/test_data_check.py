@@ -14,23 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_image
-from PIL import Image
+from PIL import ExifTags, Image
 
-from noodlenext.data.check import (
-    NEAR_SIMILARITY,
-    NEAR_THRESHOLD,
-    CheckReport,
-    check_dataset,
-    default_quarantine_dir,
-    hash_words,
-    near_pairs,
-    phash,
-    quarantine,
-    run,
-    undo_quarantine,
-    write_file_list,
-)
+from noodlenext.data.check import run
 from noodlenext.data.datamodule import NoodleDataModule
+from noodlenext.data.fingerprints import NEAR_SIMILARITY, NEAR_THRESHOLD, hash_words, near_pairs, phash
+from noodlenext.data.fixes import default_quarantine_dir, quarantine, undo_quarantine, write_file_list
+from noodlenext.data.rules import CheckReport, check_dataset
 
 SIZE = 32  # the "model input size" for these trees: the default 40x32 images are not too small
 
@@ -87,7 +77,7 @@ def problems(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CheckRepor
     smooth_image(train / "2_udon" / "panorama.png", seed=8, size=(160, 40))
     smooth_image(train / "2_udon" / "misnamed.jpg", seed=9, fmt="PNG")
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees to display
+    exif[ExifTags.Base.Orientation] = 6  # rotate 90 degrees to display
     with Image.open(smooth_image(train / "2_udon" / "rotated.png", seed=10)) as im:
         im.convert("RGB").save(train / "2_udon" / "rotated.jpg", exif=exif)
     (train / "2_udon" / "rotated.png").unlink()
@@ -365,6 +355,29 @@ def test_data_module_warns_about_label_conflicts(tmp_path: Path, caplog) -> None
     with caplog.at_level(logging.WARNING, logger="noodlenext.data.datamodule"):
         NoodleDataModule(root, image_size=SIZE, num_workers=0).setup("fit")
     assert "appear under two classes" in caplog.text and "fix=quarantine" in caplog.text
+
+
+def test_data_module_refuses_exactly_the_leaks_the_doctor_reports(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "noodles")
+    for c, cls in enumerate(("0_spaghetti", "1_ramen", "2_udon")):
+        smooth_image(root / "val" / cls / "v000.png", seed=20_000 + c)
+    shutil.copy(root / "train/1_ramen/001.png", root / "test/1_ramen/copy.png")
+    shutil.copy(root / "train/1_ramen/001.png", root / "test/1_ramen/copy_again.png")
+    shutil.copy(root / "val/2_udon/v000.png", root / "test/2_udon/from_val.png")
+    with pytest.raises(ValueError, match="allow_leakage") as refused:
+        NoodleDataModule(root, image_size=SIZE, num_workers=0).setup("fit")
+    message = str(refused.value)
+    named = message.split(": ", 1)[1].split(". Test scores")[0]  # "a = b; c = d"
+    refused_files = {
+        Path(p).resolve().relative_to(root.resolve()).as_posix()
+        for group in named.split("; ")
+        for p in group.split(" = ")
+    }
+    leaks = [f for f in check_dataset(root, image_size=SIZE).findings if f.kind == "leakage"]
+    assert all(f.severity == "error" and f.details["match"] == "exact" for f in leaks)
+    assert {rel for f in leaks for rel in f.files} == refused_files
+    leaked_test = [rel for f in leaks for rel in f.files if rel.startswith("test/")]
+    assert message.startswith(f"{len(leaked_test)} test image(s)") and len(leaked_test) == 3
 
 
 def test_file_list_entries_that_are_gone_are_reported(tmp_path: Path, caplog) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from noodlenext.explain.faithfulness import _gaussian_blur, compare_methods, deletion_insertion
+from noodlenext.explain.faithfulness import blurred, compare_methods, deletion_insertion
 
 SIZE = 32
 
@@ -57,7 +57,7 @@ def test_informative_cam_beats_uninformative_on_both_metrics(baseline: str) -> N
 def test_curves_run_between_the_original_and_baseline_scores(baseline: str) -> None:
     model, x = TopLeftModel(), images()
     r = deletion_insertion(model, x, ramp_cams()[0], [0, 1, 2], steps=5, baseline=baseline)
-    base = _gaussian_blur(x) if baseline == "blur" else torch.zeros_like(x)
+    base = blurred(x) if baseline == "blur" else torch.zeros_like(x)
     full = model.eval()(x).softmax(-1).gather(1, torch.tensor([[0], [1], [2]]))[:, 0].detach().numpy()
     empty = model(base).softmax(-1).gather(1, torch.tensor([[0], [1], [2]]))[:, 0].detach().numpy()
     assert r["curves_deletion"][:, 0] == pytest.approx(full)

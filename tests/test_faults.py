@@ -15,8 +15,9 @@ import torch
 from test_train_e2e import SHRUNK, run_module
 from wandb_records import history_keys, read_records, run_info
 
-from noodlenext.model import NoodleClassifier
-from noodlenext.resume import find_last_checkpoint, is_complete_checkpoint
+from noodlenext.models.classifier import NoodleClassifier
+from noodlenext.runs.checkpoint_io import is_complete_checkpoint
+from noodlenext.runs.resume import find_last_checkpoint
 from noodlenext.train import train
 
 TESTS = Path(__file__).resolve().parent
@@ -206,8 +207,8 @@ def test_epoch_loss_weighs_each_sample_once_across_uneven_batches() -> None:
 
 
 def test_atomic_writes_leave_files_readable_like_any_other(tmp_path: Path) -> None:
-    from noodlenext.files import write_json_atomic
-    from noodlenext.resume import AtomicCheckpointIO
+    from noodlenext.core.files import write_json_atomic
+    from noodlenext.runs.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     write_json_atomic(tmp_path / "metrics.json", {"test/acc": 0.9})

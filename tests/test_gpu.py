@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from noodlenext.model import NoodleClassifier
-from noodlenext.task import resolve_precision
+from noodlenext.core.devices import resolve_precision
+from noodlenext.models.classifier import NoodleClassifier
 
 pytestmark = pytest.mark.gpu
 

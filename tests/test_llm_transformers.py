@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tiny_llms import BOS, save_tiny_gemma3, save_tiny_llama
 
-from noodlenext.config import CONFIG_DIR
+from noodlenext.core.config import CONFIG_DIR
 from noodlenext.llm.base import LLMError, Message, text_only
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.transformers_backend import TransformersBackend

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from noodlenext.model import NoodleClassifier, load_classifier
+from noodlenext.models.classifier import NoodleClassifier, load_classifier
 
 NAMES = ["spaghetti", "ramen", "udon"]
 

@@ -8,8 +8,8 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from noodlenext.model import NoodleClassifier
-from noodlenext.optim import build_optimizer, param_groups, warmup_cosine
+from noodlenext.models.classifier import NoodleClassifier
+from noodlenext.models.optim import build_optimizer, param_groups, warmup_cosine
 
 OPTIM = {"head_lr": 1e-4, "backbone_lr": 1e-5, "weight_decay": 0.03, "layer_decay": None, "warmup_frac": 0.15}
 

@@ -59,7 +59,7 @@ def test_installed_package_composes_its_configs_from_anywhere(wheel: Path, tmp_p
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "from hydra import compose, initialize_config_dir\n"
-        "from noodlenext.config import CONFIG_DIR\n"
+        "from noodlenext.core.config import CONFIG_DIR\n"
         "with initialize_config_dir(version_base='1.3', config_dir=CONFIG_DIR):\n"
         "    cfg = compose('train', overrides=['experiment=writeup'])\n"
         "print(CONFIG_DIR); print(cfg.model.name)\n"

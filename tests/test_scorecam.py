@@ -14,7 +14,7 @@ from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from noodlenext.explain import ScoreCAM, gradcam, overlay, reshape_transform, target_layer
+from noodlenext.explain import GradCAM, ScoreCAM, overlay, reshape_transform, target_layer
 
 EARLY = "stages.1.blocks.1.conv_dw"  # 80 channels: 4x fewer forward passes than the last layer
 
@@ -153,7 +153,13 @@ def test_a_target_must_be_a_class_of_the_model() -> None:
 def test_a_token_layer_without_reshape_transform_says_so() -> None:
     model = vit()
     with pytest.raises(ValueError, match="reshape_transform"):
-        ScoreCAM(model, target_layer(model))(images(1), [0])
+        ScoreCAM(model, target_layer(model), reshape_transform=None)(images(1), [0])
+
+
+def test_the_vit_reshape_is_derived_by_default() -> None:
+    model = vit()
+    assert ScoreCAM(model).reshape_transform is not None and GradCAM(model).reshape_transform is not None
+    assert ScoreCAM(model)(images(1), [0]).shape == (1, 64, 64)
 
 
 # ------------------------------------------------------------------------------ leaves the model as it was
@@ -279,7 +285,7 @@ def test_an_unknown_architecture_asks_for_a_path() -> None:
 def test_gradcam_returns_maps_and_restores_the_model() -> None:
     model = convnext().train()
     before = flags(model)
-    maps = gradcam(model, target_layer(model), images(2), [0, 1])
+    maps = GradCAM(model, target_layer(model))(images(2), [0, 1])
     assert maps.shape == (2, 64, 64) and maps.dtype == torch.float32
     assert maps.min() >= 0 and maps.max() <= 1
     assert flags(model) == before and hooks(model) == 0
@@ -288,7 +294,7 @@ def test_gradcam_returns_maps_and_restores_the_model() -> None:
 
 def test_gradcam_on_vit_with_default_targets() -> None:
     model = vit()
-    maps = gradcam(model, target_layer(model), images(1), reshape_transform=reshape_transform(model))
+    maps = GradCAM(model, target_layer(model), reshape_transform(model))(images(1))
     assert maps.shape == (1, 64, 64) and hooks(model) == 0
 
 

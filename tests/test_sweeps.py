@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from test_train_e2e import SHRUNK, run_module
 from wandb_records import history_keys, read_records, run_info
 
-from noodlenext.sweep import ERROR_FILE, keep_sweeping, write_comparison
+from noodlenext.callbacks.sweep_comparison import ERROR_FILE, write_comparison
+from noodlenext.runs.task import keep_sweeping
 
 SEARCH_SPACE = {
     "model.optim.backbone_lr": "tag(log, interval(1e-6, 1e-4))",
@@ -102,7 +103,9 @@ def test_vit_vs_convnext_sweeps_both_models_alike_each_with_its_own_settings(com
     cfg = compose_cfg("train", ["experiment=vit_vs_convnext"])
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.params.model == "convnext_base,vit_base"
-    assert list(cfg.hydra.callbacks.sweep_comparison.values()) == ["noodlenext.sweep.SweepComparison"]
+    assert list(cfg.hydra.callbacks.sweep_comparison.values()) == [
+        "noodlenext.callbacks.sweep_comparison.SweepComparison"
+    ]
     jobs = {
         m: compose_cfg("train", ["experiment=vit_vs_convnext", f"model={m}"])
         for m in ("convnext_base", "vit_base")

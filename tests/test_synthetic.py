@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from noodlenext.data.synthetic import CLASS_NAMES, render_dataset
+from noodlenext.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, _render_image, render_dataset
 
 SMALL = {"images_per_class": 6, "image_size": 48}  # 6 * 0.2 -> 1 test + 5 train images per class
 
@@ -128,3 +129,26 @@ def test_classes_are_separable_by_simple_colour_statistics(tmp_path: Path) -> No
         centroids = np.array([x[rest & (y == k)].mean(0) for k in range(len(CLASS_NAMES))])
         correct += int(np.abs(centroids - x[j]).sum(1).argmin() == y[j])
     assert correct / len(x) >= 0.7
+
+
+# sha256 of the raw RGB bytes of a few renders (class, index, seed, size), taken from the renderer as it
+# was at GENERATOR_VERSION 1. A change that alters any pixel must bump GENERATOR_VERSION (stale datasets
+# then re-render) and re-pin these. A numpy or Pillow upgrade that changes float maths or drawing shows
+# up here too.
+PINNED_RENDERS = {
+    (0, 0, 0, 48): "5dee7a727abff2dc1de189f6a21b4a08c34e75bb999e0915c0b9d7a68e6ac0a8",
+    (1, 0, 0, 48): "d0d2fdb555b70f7a7fa08577507c872eb07cea9beff6bdb60e6743f2d3afe816",
+    (2, 0, 0, 48): "a1458c9768e6074d0a5f07e9f294b8d03de26d6ae7391b5680935835a15e12e3",
+    (0, 3, 1, 64): "16201d280c922c77c0d39dd935d244ed606a3a41cded354732a5698b5aed3be3",
+    (1, 5, 1, 64): "94b8899ee9fec96beeeb1bd4d07e929920976f6d460f3e386762d90448be28bc",
+    (2, 7, 1, 64): "93a057ca2dc84d6e335e438b6b60cab1025c3576b0ddfe9e5244a80e20e0da05",
+}
+
+
+def test_pixels_are_pinned_to_the_generator_version() -> None:
+    assert GENERATOR_VERSION == 1, "re-pin PINNED_RENDERS for the new generator version"
+    got = {
+        args: hashlib.sha256(np.asarray(_render_image(*args)).tobytes()).hexdigest()
+        for args in PINNED_RENDERS
+    }
+    assert got == PINNED_RENDERS, "rendering changed: bump GENERATOR_VERSION and re-pin PINNED_RENDERS"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from noodlenext.data.check import UNKNOWN_FOLDER, hash_files
+from noodlenext.data.fingerprints import hash_files
 from noodlenext.data.images import (
     ScanReport,
     check_images,
@@ -21,8 +21,17 @@ from noodlenext.data.images import (
     list_files,
     load_rgb,
 )
+from noodlenext.data.rules import HashedImage, duplicate_groups
 from noodlenext.data.samplers import ShardedEvalSampler
-from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from noodlenext.data.scan import UNKNOWN_FOLDER
+from noodlenext.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augmentation,
+    augmentation_of,
+    eval_transform,
+    load_augmentation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,7 @@ class NoodleDataModule(LightningDataModule):
         num_workers: int = 2,
         val_fraction: float = 0.1,
         split_seed: int = 42,
-        augment: str = "writeup",
+        augment: str | Augmentation | Mapping[str, Any] | None = "writeup",
         sampler: str | None = None,
         on_bad_image: str = "skip",
         classes: Sequence[str] | None = None,
@@ -82,7 +91,14 @@ class NoodleDataModule(LightningDataModule):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.split_seed = val_fraction, split_seed
-        self.augment, self.sampler, self.on_bad_image = augment, sampler, on_bad_image
+        self.sampler, self.on_bad_image = sampler, on_bad_image
+        # A name loads conf/augment/<name>.yaml (for Python users); Hydra passes the composed group.
+        self.augment = (
+            load_augmentation(augment, self.image_size, self.mean, self.std)
+            if isinstance(augment, str)
+            else augmentation_of(augment)
+        )
+        self._mixup: Any = None
         self.synthetic = dict(synthetic) if synthetic else None
         self._classes = list(classes) if classes is not None else None
         self.allow_leakage = bool(allow_leakage)
@@ -214,30 +230,28 @@ class NoodleDataModule(LightningDataModule):
         return kept
 
     def _check_duplicates(self, splits: dict[str, list[tuple[Path, int]]]) -> None:
-        """The cheap part of `noodlenext.data.check`: SHA-256 of every image. Refuses byte-identical
-        images in test and train/val (test scores would be inflated) unless data.allow_leakage=true;
-        warns about identical images under two classes and within train."""
+        """The cheap part of `noodlenext.data.check`: SHA-256 of every image, judged by the doctor's own
+        duplicate rule (rules.duplicate_groups). Refuses byte-identical images in test and train/val
+        (test scores would be inflated) unless data.allow_leakage=true; warns about identical images
+        under two classes and within train/val."""
         named = [(split, path, label) for split, samples in splits.items() for path, label in samples]
         if len(named) < 2:
             return
-        groups: dict[str, list[tuple[str, Path, int]]] = {}
-        for item, digest in zip(named, hash_files([p for _, p, _ in named]), strict=True):
-            groups.setdefault(digest, []).append(item)
-        leaks, conflicts, copies, leaked = [], [], 0, 0
-        for group in (g for g in groups.values() if len(g) > 1):
-            in_test = [p for split, p, _ in group if split == "test"]
-            if in_test and len(in_test) < len(group):
-                leaks.append([p for _, p, _ in group])
-                leaked += len(in_test)
-            if len({label for _, _, label in group if label != UNLABELLED}) > 1:
-                conflicts.append([p for _, p, _ in group])
-            copies += max(0, len(group) - len(in_test) - 1)  # a train copy can land in val when split
+        digests = hash_files([p for _, p, _ in named])
+        groups = duplicate_groups(
+            HashedImage(split, path, label, digest, labelled=label != UNLABELLED)
+            for (split, path, label), digest in zip(named, digests, strict=True)
+        )
+        leaks = [g for g in groups if g.leaks_into_test]
+        conflicts = [g for g in groups if g.label_conflict]
+        copies = sum(g.extra_train_val_copies for g in groups)
+        leaked = sum(len(g.in_test) for g in leaks)
         fix = f"python -m noodlenext.data.check root={self.root} fix=quarantine"
         if conflicts:
             log.warning(
                 "%d image(s) appear under two classes (same bytes): %s; `%s` moves them aside",
                 len(conflicts),
-                "; ".join(" = ".join(map(str, g)) for g in conflicts[:5]),
+                "; ".join(" = ".join(str(im.name) for im in g.images) for g in conflicts[:5]),
                 fix,
             )
         if copies:
@@ -246,12 +260,12 @@ class NoodleDataModule(LightningDataModule):
             )
         if not leaks:
             return
-        shown = "; ".join(" = ".join(map(str, g)) for g in leaks[:5]) + (
+        shown = "; ".join(" = ".join(str(im.name) for im in g.images) for g in leaks[:5]) + (
             f"; and {len(leaks) - 5} more" if len(leaks) > 5 else ""
         )
-        labelled_test = any(label != UNLABELLED for _, label in splits.get("test", []))
         message = f"{leaked} test image(s) are byte-identical to train/val images: {shown}"
-        if self.allow_leakage or not labelled_test:
+        # An error leak has a labelled (scored) test copy; an unlabelled test set only gets a warning.
+        if self.allow_leakage or not any(g.leak_severity == "error" for g in leaks):
             log.warning("%s (data.allow_leakage=%s)", message, self.allow_leakage)
             return
         raise ValueError(
@@ -285,7 +299,7 @@ class NoodleDataModule(LightningDataModule):
                 val = scanned["val"] = self._scan_split(val_dir, required=False)
             else:
                 train, val = self._split_train(train)
-            tf_train = train_transform(self.image_size, self.mean, self.std, self.augment)
+            tf_train = self.augment.train or tf_eval
             self.train_set, self.val_set = NoodleImages(train, tf_train), NoodleImages(val, tf_eval)
         elif self._classes is None:
             self._train_class_folders()  # raises the clear "no train/" error
@@ -316,6 +330,21 @@ class NoodleDataModule(LightningDataModule):
             raise FileNotFoundError(f"{self.root / 'train'} does not exist: nothing to train on")
         if stage == "test" and (self.test_set is None or not self.test_is_labelled):
             raise FileNotFoundError(f"{self.root / 'test'} has no labelled class folders to evaluate on")
+        if stage in (None, "fit") and self.augment.mixup is not None and self._mixup is None:
+            if self.batch_size % 2:
+                raise ValueError(
+                    f"data.batch_size={self.batch_size}: mixup/cutmix (data.augment.mixup) pairs the images "
+                    "of a batch and needs an even batch size"
+                )
+            self._mixup = self.augment.mixup(num_classes=self.num_classes)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Mixup/cutmix on the device, for training batches only: labels become (B, classes) mixtures."""
+        trainer = self.trainer
+        if self._mixup is not None and trainer is not None and trainer.training:
+            images, labels = batch
+            return self._mixup(images, labels)
+        return batch
 
     @property
     def class_counts(self) -> list[int]:

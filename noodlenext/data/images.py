@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _ORDER_PREFIX = re.compile(r"^(\d+)[_\-. ]+")
@@ -113,3 +116,35 @@ class ScanReport:
                 f"{self.smaller_than_input} image(s) are smaller than {image_size} px and are upscaled"
             )
         return out
+
+
+def find_images(input_path: str | Path) -> list[Path]:
+    """An image file, or every image below a folder (sorted); a clear error when there is none."""
+    path = Path(input_path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={input_path}: no such file or folder")
+    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise FileNotFoundError(f"input={input_path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
+
+
+def find_readable_images(input_path: str | Path) -> list[Path]:
+    """find_images, without the files that cannot be decoded (each skipped with a warning naming it).
+
+    A single file that cannot be read, or a folder of which none can, is a ValueError naming it.
+    """
+    paths = find_images(input_path)
+    readable = []
+    for path, (problem, _) in zip(paths, check_images(paths), strict=True):
+        if problem and len(paths) == 1:
+            raise ValueError(f"input={path}: {problem}")
+        if problem:
+            log.warning("skipping %s: %s", path, problem)
+        else:
+            readable.append(path)
+    if not readable:
+        raise ValueError(f"input={input_path}: none of the {len(paths)} image file(s) could be read")
+    return readable

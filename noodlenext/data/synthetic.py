@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,136 +116,278 @@ def _onions(draw: ImageDraw.ImageDraw, rng: np.random.Generator, c: Pt, r: Pt, s
         draw.ellipse((x - q / 2, y - q / 2, x + q / 2, y + q / 2), fill=_col(rng, (190, 225, 150), 10))
 
 
+@dataclass(frozen=True)
+class Dish:
+    """Where the plate/bowl sits, in supersampled pixels: centre and the two ellipse radii."""
+
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """What every drawing step shares: the supersampled image, the image's one rng, the dish, the unit."""
+
+    draw: ImageDraw.ImageDraw
+    rng: np.random.Generator
+    dish: Dish
+    u: float  # geometry unit: 1 at 128 px output (sizes were tuned there)
+
+    def dish_ellipse(self, f: float, fill: tuple[int, ...], dy: float = 0.0) -> None:
+        """The dish outline scaled by `f` (and shifted down by `dy`), filled."""
+        cx, cy, rx, ry = self.dish.cx, self.dish.cy, self.dish.rx, self.dish.ry
+        self.draw.ellipse((cx - f * rx, cy + dy - f * ry, cx + f * rx, cy + dy + f * ry), fill=fill)
+
+
+# Bowl toppings: each draws one topping centred at (x, y), rotated by `angle`, sized by the dish.
+def _egg(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Halved soft-boiled egg."""
+    r = c.dish.rx
+    c.draw.polygon(_poly_ellipse(x, y, 0.2 * r, 0.15 * r, angle), fill=_col(c.rng, (245, 242, 230), 6))
+    c.draw.polygon(_poly_ellipse(x, y, 0.11 * r, 0.08 * r, angle), fill=_col(c.rng, (240, 145, 30), 12))
+
+
+def _naruto(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Naruto fish cake: white disc, pink swirl."""
+    rn = 0.14 * c.dish.rx
+    c.draw.ellipse((x - rn, y - rn, x + rn, y + rn), fill=_col(c.rng, (248, 245, 240), 5))
+    sp = np.linspace(0, 4 * np.pi, 40)
+    rs = 0.8 * rn * sp / sp[-1]
+    swirl = zip((x + rs * np.cos(sp)).tolist(), (y + rs * np.sin(sp)).tolist(), strict=True)
+    c.draw.line(list(swirl), fill=_col(c.rng, (230, 90, 140), 10), width=max(1, round(1.5 * c.u)))
+
+
+def _chashu(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Chashu pork slice."""
+    rc = 0.2 * c.dish.rx
+    c.draw.ellipse((x - rc, y - rc, x + rc, y + rc), fill=_col(c.rng, (115, 65, 40), 10))
+    rc *= 0.8  # lighter meat inside a darker rind
+    c.draw.ellipse((x - rc, y - rc, x + rc, y + rc), fill=_col(c.rng, (170, 110, 75), 10))
+
+
+def _nori(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Nori sheet (a rotated 4-gon)."""
+    r = c.dish.rx
+    c.draw.polygon(_poly_ellipse(x, y, 0.25 * r, 0.35 * r, angle, n=4), fill=_col(c.rng, (25, 45, 30), 6))
+
+
+def _tempura(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Tempura: golden bumpy blob with crunchy specks."""
+    r = c.dish.rx
+    _blob(c.draw, c.rng, x, y, 0.25 * r, _col(c.rng, (215, 165, 70), 10), n=9)
+    for _ in range(12):
+        mx, my, m = x + c.rng.normal(0, 0.1) * r, y + c.rng.normal(0, 0.1) * r, c.rng.uniform(1.5, 3) * c.u
+        c.draw.ellipse((mx - m, my - m, mx + m, my + m), fill=_col(c.rng, (175, 115, 40), 12))
+
+
+def _kamaboko(c: Canvas, x: float, y: float, angle: float) -> None:
+    """Kamaboko: pink-edged fish-cake slice."""
+    rk = 0.15 * c.dish.rx
+    c.draw.polygon(_poly_ellipse(x, y, rk, 0.7 * rk, angle), fill=_col(c.rng, (235, 110, 145), 10))
+    inner = _poly_ellipse(x + 0.15 * rk, y + 0.15 * rk, 0.85 * rk, 0.55 * rk, angle)
+    c.draw.polygon(inner, fill=(246, 242, 236))
+
+
+def _green_onions(c: Canvas, x: float, y: float, angle: float) -> None:
+    """A scatter of green onion rings."""
+    _onions(c.draw, c.rng, (x, y), (0.25 * c.dish.rx, 0.25 * c.dish.ry), 2.5 * c.u)
+
+
+Topping = Callable[[Canvas, float, float, float], None]
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    """How one class is drawn. Ranges are (low, high) for rng.uniform / rng.integers (high exclusive)."""
+
+    vessel: str  # "plate" (flat, light, shallow well) or "bowl" (coloured, rim, broth)
+    noodle_rgb: tuple[float, float, float]
+    strand_width: tuple[float, float]  # output px at 128 px
+    strand_count: tuple[int, int]
+    strand_steps: tuple[int, int]  # random-walk steps per strand
+    step: float  # random-walk step length, in geometry units
+    turn_sd: float  # per-step random turn (rad)
+    tangled: bool  # True: random start directions (spaghetti); False: strands share a lead direction
+    curl: float  # tangled strands: steady turn per step, random sign per strand
+    bend_sd: float  # strands sharing a direction: sd of each strand's steady turn per step
+    crinkle: float  # zigzag amplitude in geometry units (ramen)
+    broth_rgb: tuple[int, int, int] | None = None
+    fat_droplets: bool = False
+    sauce_chance: float = 0.0  # chance of tomato sauce, drawn between two layers of strands
+    strands_under_sauce: float = 1.0  # fraction of strands drawn before the sauce
+    basil_chance: float = 0.0
+    toppings: tuple[Topping, ...] = ()  # bowl toppings: each picked with chance 1/2
+
+
+CLASS_STYLES: tuple[ClassStyle, ...] = (
+    ClassStyle(  # 0_spaghetti: thin yellow tangle on a plate, tomato sauce, maybe basil
+        vessel="plate", noodle_rgb=(235, 205, 125), strand_width=(1, 2), strand_count=(30, 45),
+        strand_steps=(35, 60), step=4, turn_sd=0.35, tangled=True, curl=0.12, bend_sd=0.0, crinkle=0.0,
+        sauce_chance=0.9, strands_under_sauce=0.7, basil_chance=0.4,
+    ),
+    ClassStyle(  # 1_ramen: crinkly golden strands in brown broth with fat droplets
+        vessel="bowl", noodle_rgb=(228, 185, 70), strand_width=(2, 3), strand_count=(22, 32),
+        strand_steps=(25, 40), step=4, turn_sd=0.12, tangled=False, curl=0.0, bend_sd=0.05, crinkle=1.2,
+        broth_rgb=(165, 100, 45), fat_droplets=True,
+        toppings=(_egg, _naruto, _chashu, _nori, _green_onions),
+    ),
+    ClassStyle(  # 2_udon: few thick white strands in pale broth
+        vessel="bowl", noodle_rgb=(246, 238, 212), strand_width=(4, 7), strand_count=(12, 18),
+        strand_steps=(16, 26), step=8, turn_sd=0.06, tangled=False, curl=0.0, bend_sd=0.12, crinkle=0.0,
+        broth_rgb=(228, 198, 140),
+        toppings=(_tempura, _tempura, _kamaboko, _green_onions, _green_onions),
+    ),
+)  # fmt: skip
+PLATE_RGB = ((240, 240, 235), (200, 215, 230))  # white (70 %) or pale blue
+BOWL_RGB = ((235, 235, 230), (30, 30, 32), (150, 40, 35), (40, 60, 110))
+
+
 def _render_image(class_idx: int, index: int, seed: int, size: int) -> Image.Image:
-    """Render one image; depends only on (seed, class, index) so order/parallelism never matters."""
+    """Render one image; depends only on (seed, class, index) so order/parallelism never matters.
+
+    Every step draws from the one rng in turn: keep the steps, and the draws inside them, in this
+    order, or the pixels change (then bump GENERATOR_VERSION).
+    """
+    style = CLASS_STYLES[class_idx]
     rng = np.random.default_rng([seed, class_idx, index])
     s = size * _SS
-    u = s / 256  # geometry unit: 1 at 128 px output (sizes below were tuned there)
+    dish = _place_dish(rng, s)
+    img = _draw_table(rng, dish, size)
+    canvas = Canvas(ImageDraw.Draw(img), rng, dish, u=s / 256)
+    food = _draw_vessel(canvas, style)
+    _draw_broth(canvas, style)
+    strands, noodle_rgb, width = _lay_strands(canvas, style, food, s)
+    under = int(len(strands) * style.strands_under_sauce)
+    _draw_strands(canvas, strands[:under], noodle_rgb, width)
+    _draw_sauce(canvas, style)
+    _draw_strands(canvas, strands[under:], noodle_rgb, width)  # on top, so the sauce sits *in* the pasta
+    _draw_toppings(canvas, style)
+    return _finish(img, rng, size)
 
+
+def _place_dish(rng: np.random.Generator, s: int) -> Dish:
     cx, cy = s * (0.5 + rng.uniform(-0.15, 0.15)), s * (0.5 + rng.uniform(-0.15, 0.15))
     rx = s * rng.uniform(0.25, 0.45)
     ry = rx * rng.uniform(0.8, 1.0)  # mild perspective squash
+    return Dish(cx, cy, rx, ry)
+
+
+def _draw_table(rng: np.random.Generator, dish: Dish, size: int) -> Image.Image:
+    """The table with the dish's soft drop shadow, as a supersampled RGB image."""
+    s = size * _SS
     y, x = _grid(size)  # smooth table + shadow need no supersampling: build at output size, upscale
     bg = _background(rng, x, y)
-    sx, sy = (x - (cx + 0.04 * rx) / s) * (s / 1.05 / rx), (y - (cy + 0.08 * ry) / s) * (s / 1.05 / ry)
+    sx = (x - (dish.cx + 0.04 * dish.rx) / s) * (s / 1.05 / dish.rx)
+    sy = (y - (dish.cy + 0.08 * dish.ry) / s) * (s / 1.05 / dish.ry)
     sh = sx * sx + sy * sy
-    bg *= (1 - 0.35 * np.clip((1.25 - sh) / 0.5, 0, 1))[..., None]  # soft drop shadow under the dish
-    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8)).resize((s, s), Image.Resampling.BILINEAR)
-    d = ImageDraw.Draw(img)
+    bg *= (1 - 0.35 * np.clip((1.25 - sh) / 0.5, 0, 1))[..., None]
+    return Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8)).resize((s, s), Image.Resampling.BILINEAR)
 
-    def ell(f: float, fill: tuple[int, ...], dx: float = 0.0, dy: float = 0.0) -> None:
-        d.ellipse((cx + dx - f * rx, cy + dy - f * ry, cx + dx + f * rx, cy + dy + f * ry), fill=fill)
 
-    if class_idx == 0:  # plate: flat, light, with a shallow well
-        plate = _col(rng, (240, 240, 235) if rng.random() < 0.7 else (200, 215, 230), 8)
-        ell(1.0, plate)
-        ell(0.72, tuple(int(v * 0.93) for v in plate))
-        food = (0.6 * rx, 0.6 * ry)
-    else:  # bowl: coloured outside, rim, broth surface
-        bowl = _col(rng, [(235, 235, 230), (30, 30, 32), (150, 40, 35), (40, 60, 110)][rng.integers(4)], 10)
-        ell(1.0, bowl)
-        ell(0.9, tuple(min(255, int(v * 1.15 + 15)) for v in bowl))
-        broth = _col(rng, (165, 100, 45) if class_idx == 1 else (228, 198, 140), 12)
-        ell(0.84, broth, dy=0.02 * ry)
-        if class_idx == 1:  # fat droplets on tonkotsu/shoyu broth
-            for _ in range(rng.integers(5, 15)):
-                t, q, rd = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.8), rng.uniform(1.5, 4) * u
-                ox, oy = cx + q * rx * math.cos(t), cy + q * ry * math.sin(t)
-                d.ellipse((ox - rd, oy - rd, ox + rd, oy + rd), fill=_col(rng, (200, 140, 60), 10))
-        food = (0.72 * rx, 0.72 * ry)
-    fc: Pt = (cx, cy)
+def _draw_vessel(c: Canvas, style: ClassStyle) -> Pt:
+    """Plate or bowl; returns the radii of the ellipse (around the dish centre) the noodles stay in."""
+    if style.vessel == "plate":
+        plate = _col(c.rng, PLATE_RGB[0] if c.rng.random() < 0.7 else PLATE_RGB[1], 8)
+        c.dish_ellipse(1.0, plate)
+        c.dish_ellipse(0.72, tuple(int(v * 0.93) for v in plate))  # the shallow well
+        return 0.6 * c.dish.rx, 0.6 * c.dish.ry
+    bowl = _col(c.rng, BOWL_RGB[c.rng.integers(4)], 10)
+    c.dish_ellipse(1.0, bowl)
+    c.dish_ellipse(0.9, tuple(min(255, int(v * 1.15 + 15)) for v in bowl))  # the rim
+    return 0.72 * c.dish.rx, 0.72 * c.dish.ry
 
-    # Noodle style per class: (base colour, width @128px, #strands, steps, step len, turn sd, curl, crinkle)
-    b = rng.uniform(0.85, 1.1)  # per-image brightness jitter of the noodles
-    if class_idx == 0:
-        base, wid, ns = (235, 205, 125), rng.uniform(1, 2), rng.integers(30, 45)
-        steps, step, tsd, curl, crk = rng.integers(35, 60), 4 * u, 0.35, 0.12, 0.0
-    elif class_idx == 1:
-        base, wid, ns = (228, 185, 70), rng.uniform(2, 3), rng.integers(22, 32)
-        steps, step, tsd, curl, crk = rng.integers(25, 40), 4 * u, 0.12, 0.0, 1.2 * u
+
+def _draw_broth(c: Canvas, style: ClassStyle) -> None:
+    """Bowls only: the broth surface, and fat droplets on ramen (tonkotsu/shoyu) broth."""
+    if style.broth_rgb is None:
+        return
+    c.dish_ellipse(0.84, _col(c.rng, style.broth_rgb, 12), dy=0.02 * c.dish.ry)
+    if style.fat_droplets:
+        for _ in range(c.rng.integers(5, 15)):
+            t, q, rd = c.rng.uniform(0, 2 * np.pi), c.rng.uniform(0.3, 0.8), c.rng.uniform(1.5, 4) * c.u
+            ox, oy = c.dish.cx + q * c.dish.rx * math.cos(t), c.dish.cy + q * c.dish.ry * math.sin(t)
+            c.draw.ellipse((ox - rd, oy - rd, ox + rd, oy + rd), fill=_col(c.rng, (200, 140, 60), 10))
+
+
+def _lay_strands(
+    c: Canvas, style: ClassStyle, food: Pt, s: int
+) -> tuple[list[list[Pt]], tuple[float, ...], int]:
+    """The strands' paths, their base colour and their line width (supersampled px)."""
+    rng = c.rng
+    brightness = rng.uniform(0.85, 1.1)  # per-image jitter of the noodles
+    width_128 = rng.uniform(*style.strand_width)
+    count = rng.integers(*style.strand_count)
+    steps = rng.integers(*style.strand_steps)
+    noodle_rgb = tuple(v * brightness for v in style.noodle_rgb)
+    width = max(1, round(width_128 * s / 128))
+    lead = rng.uniform(0, 2 * np.pi)  # drawn for every class; only strands sharing a direction use it
+    if style.tangled:
+        start = rng.uniform(0, 2 * np.pi, count)
+        curl = style.curl * rng.uniform(0.5, 1.5, count) * rng.choice([-1, 1], count)
     else:
-        base, wid, ns = (246, 238, 212), rng.uniform(4, 7), rng.integers(12, 18)
-        steps, step, tsd, curl, crk = rng.integers(16, 26), 8 * u, 0.06, 0.0, 0.0
-    base = tuple(v * b for v in base)
-    w = max(1, round(wid * s / 128))  # `wid` is in output px at 128 px
-    lead = rng.uniform(0, 2 * np.pi)  # ramen/udon strands loosely share a direction, spaghetti is a tangle
-    if class_idx == 0:
-        a0, cv = rng.uniform(0, 2 * np.pi, ns), curl * rng.uniform(0.5, 1.5, ns) * rng.choice([-1, 1], ns)
-    else:
-        a0, cv = lead + rng.normal(0, 0.5, ns), rng.normal(0, 0.05 if class_idx == 1 else 0.12, ns)
-    strands = _strands(rng, fc, food, int(steps), step, tsd, cv, a0, crk)
+        start, curl = lead + rng.normal(0, 0.5, count), rng.normal(0, style.bend_sd, count)
+    centre = (c.dish.cx, c.dish.cy)
+    step, crinkle = style.step * c.u, style.crinkle * c.u
+    paths = _strands(rng, centre, food, int(steps), step, style.turn_sd, curl, start, crinkle)
+    return paths, noodle_rgb, width
 
-    def draw_strands(group: list[list[Pt]]) -> None:
-        for pts in group:
-            col = _col(rng, base, 6)
-            for fill, lw in ((tuple(int(v * 0.72) for v in col), w + max(1, round(u))), (col, w)):
-                d.line(pts, fill=fill, width=lw)
-                if lw >= 8:  # round joints: wide segments otherwise show notches (cheaper than joint="curve")
-                    r = lw / 2 - 0.5
-                    for x, y in pts:
-                        d.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-            if w >= 6:  # glossy highlight makes thick strands read as round noodles, not flat ribbons
-                d.line(pts, fill=tuple(min(255, v + 22) for v in col), width=w // 3)
 
-    if class_idx == 0:
-        split = int(len(strands) * 0.7)
-        draw_strands(strands[:split])
-        if rng.random() < 0.9:  # tomato sauce, then a few strands on top so it sits *in* the pasta
-            for _ in range(rng.integers(1, 3)):
-                sx, sy = cx + rng.normal(0, 0.15) * rx, cy + rng.normal(0, 0.15) * ry
-                _blob(d, rng, sx, sy, rx * rng.uniform(0.2, 0.32), _col(rng, (200, 55, 30), 12))
-                if rng.random() < 0.5:  # meat crumbs
-                    for _ in range(rng.integers(8, 20)):
-                        mx, my = sx + rng.normal(0, 0.12) * rx, sy + rng.normal(0, 0.12) * ry
-                        q = rng.uniform(2, 4) * u
-                        d.ellipse((mx - q, my - q, mx + q, my + q), fill=_col(rng, (110, 60, 35), 12))
-        draw_strands(strands[split:])
-        if rng.random() < 0.4:  # basil leaf
-            lx, ly = cx + rng.normal(0, 0.2) * rx, cy + rng.normal(0, 0.2) * ry
-            la, ll = rng.uniform(0, 2 * np.pi), 0.18 * rx
-            t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-            px, py = ll * np.cos(t), 0.45 * ll * np.sin(t) * (1 - 0.6 * np.abs(np.cos(t)))  # pointed ends
-            ca, sa = math.cos(la), math.sin(la)
-            leaf = zip((lx + ca * px - sa * py).tolist(), (ly + sa * px + ca * py).tolist(), strict=True)
-            d.polygon(list(leaf), fill=_col(rng, (55, 130, 45), 12))
-        return _finish(img, rng, size)
+def _draw_strands(c: Canvas, strands: list[list[Pt]], noodle_rgb: tuple[float, ...], width: int) -> None:
+    """Each strand: a darker outline, the strand, and a highlight on thick ones."""
+    for pts in strands:
+        col = _col(c.rng, noodle_rgb, 6)
+        for fill, lw in ((tuple(int(v * 0.72) for v in col), width + max(1, round(c.u))), (col, width)):
+            c.draw.line(pts, fill=fill, width=lw)
+            if lw >= 8:  # round joints: wide segments otherwise show notches (cheaper than joint="curve")
+                r = lw / 2 - 0.5
+                for x, y in pts:
+                    c.draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        if width >= 6:  # glossy highlight makes thick strands read as round noodles, not flat ribbons
+            c.draw.line(pts, fill=tuple(min(255, v + 22) for v in col), width=width // 3)
 
-    draw_strands(strands)
-    tops = [k for k in range(5) if rng.random() < 0.5] or [int(rng.integers(5))]
-    slots = rng.permutation(8)  # spread toppings around the bowl at distinct angles
-    for j, kind in enumerate(tops):
-        t, q = slots[j] * np.pi / 4 + rng.normal(0, 0.2), rng.uniform(0.35, 0.6)
-        tx, ty, r = cx + q * rx * math.cos(t), cy + q * ry * math.sin(t), rx
-        if class_idx == 1 and kind == 0:  # halved soft-boiled egg
-            d.polygon(_poly_ellipse(tx, ty, 0.2 * r, 0.15 * r, t), fill=_col(rng, (245, 242, 230), 6))
-            d.polygon(_poly_ellipse(tx, ty, 0.11 * r, 0.08 * r, t), fill=_col(rng, (240, 145, 30), 12))
-        elif class_idx == 1 and kind == 1:  # naruto: white disc, pink swirl
-            rn = 0.14 * r
-            d.ellipse((tx - rn, ty - rn, tx + rn, ty + rn), fill=_col(rng, (248, 245, 240), 5))
-            sp = np.linspace(0, 4 * np.pi, 40)
-            rs = 0.8 * rn * sp / sp[-1]
-            swirl = zip((tx + rs * np.cos(sp)).tolist(), (ty + rs * np.sin(sp)).tolist(), strict=True)
-            d.line(list(swirl), fill=_col(rng, (230, 90, 140), 10), width=max(1, round(1.5 * u)))
-        elif class_idx == 1 and kind == 2:  # chashu pork slice
-            rc = 0.2 * r
-            d.ellipse((tx - rc, ty - rc, tx + rc, ty + rc), fill=_col(rng, (115, 65, 40), 10))
-            rc *= 0.8  # lighter meat inside a darker rind
-            d.ellipse((tx - rc, ty - rc, tx + rc, ty + rc), fill=_col(rng, (170, 110, 75), 10))
-        elif class_idx == 1 and kind == 3:  # nori sheet
-            d.polygon(_poly_ellipse(tx, ty, 0.25 * r, 0.35 * r, t, n=4), fill=_col(rng, (25, 45, 30), 6))
-        elif class_idx == 2 and kind in (0, 1):  # tempura: golden bumpy blob with crunchy specks
-            _blob(d, rng, tx, ty, 0.25 * r, _col(rng, (215, 165, 70), 10), n=9)
-            for _ in range(12):
-                mx, my, m = tx + rng.normal(0, 0.1) * r, ty + rng.normal(0, 0.1) * r, rng.uniform(1.5, 3) * u
-                d.ellipse((mx - m, my - m, mx + m, my + m), fill=_col(rng, (175, 115, 40), 12))
-        elif class_idx == 2 and kind == 2:  # kamaboko: pink-edged fish-cake slice
-            rk = 0.15 * r
-            d.polygon(_poly_ellipse(tx, ty, rk, 0.7 * rk, t), fill=_col(rng, (235, 110, 145), 10))
-            inner = _poly_ellipse(tx + 0.15 * rk, ty + 0.15 * rk, 0.85 * rk, 0.55 * rk, t)
-            d.polygon(inner, fill=(246, 242, 236))
-        else:  # green onions (both soups)
-            _onions(d, rng, (tx, ty), (0.25 * rx, 0.25 * ry), 2.5 * u)
-    return _finish(img, rng, size)
+
+def _draw_sauce(c: Canvas, style: ClassStyle) -> None:
+    """Tomato sauce blobs, sometimes with meat crumbs."""
+    rng, dish = c.rng, c.dish
+    if not style.sauce_chance or rng.random() >= style.sauce_chance:  # bowls: no draw at all
+        return
+    for _ in range(rng.integers(1, 3)):
+        sx, sy = dish.cx + rng.normal(0, 0.15) * dish.rx, dish.cy + rng.normal(0, 0.15) * dish.ry
+        _blob(c.draw, rng, sx, sy, dish.rx * rng.uniform(0.2, 0.32), _col(rng, (200, 55, 30), 12))
+        if rng.random() < 0.5:  # meat crumbs
+            for _ in range(rng.integers(8, 20)):
+                mx, my = sx + rng.normal(0, 0.12) * dish.rx, sy + rng.normal(0, 0.12) * dish.ry
+                q = rng.uniform(2, 4) * c.u
+                c.draw.ellipse((mx - q, my - q, mx + q, my + q), fill=_col(rng, (110, 60, 35), 12))
+
+
+def _draw_toppings(c: Canvas, style: ClassStyle) -> None:
+    """Maybe a basil leaf (plate), or some of the bowl's toppings at distinct angles around the bowl."""
+    if style.basil_chance and c.rng.random() < style.basil_chance:
+        _draw_basil(c)
+    if not style.toppings:
+        return
+    n = len(style.toppings)
+    picked = [k for k in range(n) if c.rng.random() < 0.5] or [int(c.rng.integers(n))]  # at least one
+    slots = c.rng.permutation(8)
+    for j, kind in enumerate(picked):
+        t, q = slots[j] * np.pi / 4 + c.rng.normal(0, 0.2), c.rng.uniform(0.35, 0.6)
+        x, y = c.dish.cx + q * c.dish.rx * math.cos(t), c.dish.cy + q * c.dish.ry * math.sin(t)
+        style.toppings[kind](c, x, y, t)
+
+
+def _draw_basil(c: Canvas) -> None:
+    """A basil leaf with pointed ends, somewhere near the middle of the plate."""
+    rng, dish = c.rng, c.dish
+    lx, ly = dish.cx + rng.normal(0, 0.2) * dish.rx, dish.cy + rng.normal(0, 0.2) * dish.ry
+    la, ll = rng.uniform(0, 2 * np.pi), 0.18 * dish.rx
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    px, py = ll * np.cos(t), 0.45 * ll * np.sin(t) * (1 - 0.6 * np.abs(np.cos(t)))
+    ca, sa = math.cos(la), math.sin(la)
+    leaf = zip((lx + ca * px - sa * py).tolist(), (ly + sa * px + ca * py).tolist(), strict=True)
+    c.draw.polygon(list(leaf), fill=_col(rng, (55, 130, 45), 12))
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,35 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM as GradCamGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import Tensor, nn
+from torch import Tensor
 
-from noodlenext.explain.scorecam import eval_mode
+from noodlenext.explain.base import BaseCAM, register_cam
 
 
-def gradcam(
-    model: nn.Module,
-    target_layer: nn.Module,
-    images: Tensor,
-    targets: Sequence[int] | None = None,
-    reshape_transform: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """Grad-CAM maps (B, H, W) in [0, 1], float32 on CPU; targets default to the argmax class."""
-    # GradCAM zeroes and fills .grad and leaves the model in eval mode: put both back afterwards.
-    grads = [(p, p.grad) for p in model.parameters()]
-    device = next(model.parameters()).device
-    wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    maps = None
-    try:
-        with eval_mode(model), torch.enable_grad(), GradCAM(model, [target_layer], reshape_transform) as cam:
-            maps = torch.from_numpy(cam(images.to(device), wanted))
-    finally:
-        for p, grad in grads:
-            p.grad = grad
-    if maps is None:  # GradCAM's __exit__ prints and swallows an IndexError
-        raise IndexError(f"a Grad-CAM target in {list(targets or [])} is not a class of the model")
-    return maps
+@register_cam
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): channels weighted by the mean gradient of the target logit.
+
+    pytorch-grad-cam computes the map; this wrapper gives it BaseCAM's calling shape and undoes its side
+    effects (it zeroes and fills parameters' `.grad`, and leaves the model in eval mode). One forward and
+    one backward pass per batch, so it is the fast first look; ScoreCAM is the gradient-free check.
+    """
+
+    name = "gradcam"
+
+    def compute(self, images: Tensor, targets: Sequence[int] | Tensor | None) -> Tensor:
+        grads = [(p, p.grad) for p in self.model.parameters()]
+        wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+        maps = None
+        try:
+            with (
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                GradCamGradCAM(self.model, [self.target_layer], self.reshape_transform) as cam,
+            ):
+                maps = torch.from_numpy(cam(images.to(self.device).clone(), wanted))
+        finally:
+            for p, grad in grads:
+                p.grad = grad
+        if maps is None:  # pytorch-grad-cam's __exit__ prints and swallows an IndexError
+            raise IndexError(f"a Grad-CAM target in {list(targets or [])} is not a class of the model")
+        return maps.float()

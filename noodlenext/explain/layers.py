@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The timm model itself: `NoodleClassifier` keeps it in `.net`."""
     net = getattr(model, "net", None)
     return net if isinstance(net, nn.Module) else model
@@ -33,7 +33,7 @@ def _resolve(net: nn.Module, path: str) -> nn.Module | None:
 
 def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
     """The layer to explain: a default for ConvNeXt and ViT, or `path`, e.g. `stages.3.blocks.2.conv_dw`."""
-    net = _unwrap(model)
+    net = unwrap(model)
     if path:
         layer = _resolve(net, path)
         if layer is None:
@@ -54,7 +54,7 @@ def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
 
 def reshape_transform(model: nn.Module) -> Callable[[Tensor], Tensor] | None:
     """None for CNNs; for a ViT, a function mapping tokens (B, N, C) to a patch grid (B, C, H, W)."""
-    net = _unwrap(model)
+    net = unwrap(model)
     if not isinstance(net, VisionTransformer):
         return None
     prefix = net.num_prefix_tokens  # class and register tokens

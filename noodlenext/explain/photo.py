@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from noodlenext.core.devices import resolve_device
 from noodlenext.data.transforms import eval_transform
-from noodlenext.explain.heatmaps import Heatmap, explain_batch, parse_methods
-from noodlenext.explain.overlay import overlay
-from noodlenext.llm.prompt import ExplainRequest
-from noodlenext.model import load_classifier
-from noodlenext.predict import resolve_device
+from noodlenext.explain.heatmaps import Heatmap, explain_batch
+from noodlenext.explain.overlays import overlay
+from noodlenext.explain.registry import parse_methods
+from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.models.classifier import load_classifier
 
 
 @dataclass
@@ -44,42 +45,30 @@ class PhotoAnalysis:
         self.overlay(method).save(overlay_path)
         return [str(photo_path), str(overlay_path)]
 
-    def request(
-        self, file: str, true_label: str | None = None, images: list[str] | None = None
-    ) -> ExplainRequest:
-        """What the LLM is told about this photo (ScoreCAM facts)."""
-        if true_label is not None and true_label not in self.class_names:
-            raise ValueError(
-                f"true_label={true_label!r} is not one of the checkpoint's classes {self.class_names}"
-            )
-        return ExplainRequest(
-            file=file,
-            class_names=self.class_names,
-            probabilities=self.probabilities,
-            predicted=self.predicted,
-            facts=self.heatmaps["scorecam"].facts,
-            true_label=true_label,
-            images=images or [],
-        )
-
 
 class PhotoExplainer:
-    """A checkpoint loaded once; each call classifies one RGB photo and computes its heatmaps."""
+    """A checkpoint loaded once; each call classifies one RGB photo and computes its heatmaps.
+
+    Args:
+        ckpt_path: a noodlenext checkpoint (the model, classes and transform are rebuilt from it).
+        device: `auto` (a CUDA GPU when there is one), `cpu`, `cuda:1`, ...
+        methods: heatmap methods to compute (`scorecam`, `gradcam`, `both`, or a list); ScoreCAM is
+            needed, since its facts are what an explanation is built on.
+        settings: the shared heatmap settings (target layer, top-k, mask batch size).
+    """
 
     def __init__(
         self,
         ckpt_path: str | Path,
         device: str = "auto",
-        methods: str = "scorecam",
-        target_layer: str | None = None,
-        top_k: int | None = None,
-        mask_batch_size: int | None = None,
+        methods: str | list[str] = "scorecam",
+        settings: HeatmapSettings | None = None,
     ) -> None:
         self.model = load_classifier(ckpt_path).to(resolve_device(device))
         self.methods = parse_methods(methods)
         if "scorecam" not in self.methods:
             raise ValueError(f"methods={methods!r}: the LLM's facts need scorecam")
-        self.target_layer, self.top_k, self.mask_batch_size = target_layer, top_k, mask_batch_size
+        self.settings = HeatmapSettings.of(settings)
         hp = self.model.hparams
         self.image_size = hp.image_size
         self.transform = eval_transform(hp.image_size, hp.mean, hp.std)
@@ -93,9 +82,7 @@ class PhotoExplainer:
         with torch.no_grad():
             probs = self.model(x).float().softmax(dim=1)[0].cpu()
         pred = int(probs.argmax())
-        heatmaps = explain_batch(
-            self.model, x, [pred], self.methods, self.target_layer, self.top_k, self.mask_batch_size
-        )[0]
+        heatmaps = explain_batch(self.model, x, [pred], self.methods, self.settings)[0]
         names = self.class_names
         return PhotoAnalysis(
             photo=photo.resize((self.image_size, self.image_size)),

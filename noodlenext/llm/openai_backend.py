@@ -7,17 +7,15 @@ go out at once (servers batch concurrent requests), images as base64 data URLs w
 from __future__ import annotations
 
 import base64
-import json
 import math
 import mimetypes
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 
 from noodlenext.llm.base import Backend, LLMError, Message, text_only
@@ -183,18 +181,25 @@ class OpenAIBackend(Backend):
     def _server_count(self, messages: list[Message]) -> int | None:
         """vLLM's POST /tokenize (beside /v1, not under it); None where the server gives no count."""
         root = self.base_url.removesuffix("/v1")
-        headers = {"Content-Type": "application/json"}
+        headers = {}
         if os.environ.get(self.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        body = json.dumps({"model": self.model, "messages": self._wire(messages)}).encode()
-        request = urllib.request.Request(f"{root}/tokenize", data=body, headers=headers, method="POST")
+        body = {"model": self.model, "messages": self._wire(messages)}
         try:
-            with urllib.request.urlopen(request, timeout=min(self.timeout, 10.0)) as response:
-                answer = json.load(response)
-        except urllib.error.HTTPError:  # 404/405: no such endpoint (Ollama, llama.cpp); don't ask again
+            # No redirects: a redirect must never carry the key to another host.
+            response = httpx.post(
+                f"{root}/tokenize", json=body, headers=headers, timeout=min(self.timeout, 10.0),
+                follow_redirects=False,
+            )  # fmt: skip
+            response.raise_for_status()
+            answer = response.json()
+        except httpx.HTTPStatusError:  # 404/405: no such endpoint (Ollama, llama.cpp); don't ask again
             self._server_counts = False
             return None
-        except (OSError, ValueError):  # unreachable or not JSON: estimate this time, ask again next time
+        except (
+            httpx.HTTPError,
+            ValueError,
+        ):  # unreachable or not JSON: estimate this time, ask again next time
             return None
         count = answer.get("count") if isinstance(answer, dict) else None
         self._server_counts = isinstance(count, int)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from noodlenext.files import write_json_atomic
+from noodlenext.core.files import write_json_atomic
 from noodlenext.llm.base import Backend, LLMError, Message, text_of
 from noodlenext.llm.prompt import ExplainRequest, explain_messages
 

@@ -284,7 +284,7 @@ def _resolve(model: str, local_files_only: bool | None) -> tuple[str, bool]:
             "downloaded snapshot) or a hub id such as google/gemma-3-4b-it"
         )
     if local_files_only is None:
-        from noodlenext.backbone import hub_reachable
+        from noodlenext.core.hub import hub_reachable
 
         local_files_only = not hub_reachable()
     if local_files_only and not _cached(model):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image
 
@@ -17,7 +18,10 @@ def overlay(image: Image.Image | np.ndarray, cam: np.ndarray, alpha: float = 0.5
         rgb = rgb / 255.0
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != rgb.shape[:2]:
-        cam = cv2.resize(cam, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        # Bilinear with half-pixel centres, as cv2.resize (pytorch-grad-cam's resize).
+        cam = F.interpolate(torch.from_numpy(cam)[None, None], size=rgb.shape[:2], mode="bilinear")[
+            0, 0
+        ].numpy()
     heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3]
     blended = (1.0 - alpha) * rgb[..., :3] + alpha * heat
     return Image.fromarray(np.uint8(np.clip(blended, 0.0, 1.0) * 255 + 0.5))

@@ -3,114 +3,24 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from noodlenext.callbacks.samples import Sample, SampleCollector, surest_hits, worst_mistakes
+from noodlenext.core.files import write_json_atomic
 from noodlenext.data.images import load_rgb
 from noodlenext.explain.faithfulness import deletion_insertion
-from noodlenext.explain.heatmaps import Heatmap, explain_batch, parse_methods
-from noodlenext.explain.overlay import overlay
-from noodlenext.files import write_json_atomic
+from noodlenext.explain.heatmaps import Heatmap, explain_batch
+from noodlenext.explain.overlays import overlay
+from noodlenext.explain.registry import parse_methods
+from noodlenext.explain.settings import HeatmapSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Sample:
-    """One evaluated image: where it is in the dataset and how the model did on it."""
-
-    index: int
-    target: int
-    pred: int
-    loss: float
-    probs: list[float]
-
-
-class SampleCollector(Callback):
-    """Collects every test sample's target, prediction, loss and probabilities (and, for subclasses
-    that ask, every N validation epochs'), and hands them to `_render` at epoch end.
-
-    Under DDP every rank sends its samples to rank 0, which alone renders; the others get [].
-    """
-
-    every_n_val_epochs: int = 0
-
-    def __init__(self) -> None:
-        self._samples: list[Sample] = []
-        self._order: list[int] = []
-
-    def _start(self, loader: Any) -> None:
-        self._samples = []
-        # The dataset index of each position: the sampler's order (a DistributedSampler's share under DDP).
-        self._order = list(iter(loader.sampler))
-
-    def _collect(self, outputs: Any, batch: Any, batch_idx: int, batch_size: int) -> None:
-        logits = outputs["logits"].detach().float()
-        targets = batch[1]
-        losses = F.cross_entropy(logits, targets, reduction="none").cpu().tolist()
-        probs = logits.softmax(dim=1).cpu()
-        preds, targets = probs.argmax(dim=1).tolist(), targets.cpu().tolist()
-        start = batch_idx * batch_size
-        for i, (loss, target, pred) in enumerate(zip(losses, targets, preds, strict=True)):
-            self._samples.append(Sample(self._order[start + i], target, pred, loss, probs[i].tolist()))
-
-    def _gathered(self, trainer: Trainer) -> list[Sample]:
-        """All ranks' samples on rank 0 (each once: DistributedSampler pads with repeats), [] elsewhere."""
-        samples, self._samples = self._samples, []
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[list[Sample]] = [[] for _ in range(trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, samples)
-            samples = [s for part in gathered for s in part]
-        return list({s.index: s for s in samples}.values()) if trainer.is_global_zero else []
-
-    def _val_epoch_active(self, trainer: Trainer) -> bool:
-        n = self.every_n_val_epochs
-        return n > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0
-
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start(_single(trainer.test_dataloaders))
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        self._collect(outputs, batch, batch_idx, _single(trainer.test_dataloaders).batch_size)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        samples = self._gathered(trainer)
-        if samples:
-            self._render(trainer, pl_module, _single(trainer.test_dataloaders).dataset, "test", samples)
-
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._val_epoch_active(trainer):
-            self._start(_single(trainer.val_dataloaders))
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:  # noqa: ANN001
-        if self._val_epoch_active(trainer):
-            self._collect(outputs, batch, batch_idx, _single(trainer.val_dataloaders).batch_size)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._val_epoch_active(trainer):
-            samples = self._gathered(trainer)
-            if samples:
-                dataset = _single(trainer.val_dataloaders).dataset
-                self._render(trainer, pl_module, dataset, f"val_epoch_{trainer.current_epoch:03d}", samples)
-
-    def _render(
-        self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
-    ) -> None:
-        raise NotImplementedError
-
-
-def worst_mistakes(samples: list[Sample], k: int) -> list[Sample]:
-    """The k misclassified samples with the largest loss."""
-    return sorted((s for s in samples if s.pred != s.target), key=lambda s: -s.loss)[:k]
 
 
 class HeatmapGallery(SampleCollector):
@@ -129,23 +39,20 @@ class HeatmapGallery(SampleCollector):
         num_correct: int = 3,
         every_n_val_epochs: int = 0,
         methods: str | list[str] = "both",
-        target_layer: str | None = None,
-        top_k: int | None = None,
-        batch_size: int | None = None,
+        settings: HeatmapSettings | None = None,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.num_misclassified, self.num_correct = num_misclassified, num_correct
         self.every_n_val_epochs = every_n_val_epochs
         self.methods = parse_methods(methods)
-        self.target_layer, self.top_k, self.batch_size = target_layer, top_k, batch_size
+        self.settings = HeatmapSettings.of(settings)
         self.test_heatmaps: dict[int, dict[str, Heatmap]] = {}
 
     # ---------------------------------------------------------------------------- rendering
     def _pick(self, samples: list[Sample]) -> list[tuple[str, Sample]]:
-        right = sorted((s for s in samples if s.pred == s.target), key=lambda s: s.loss)
         return [("misclassified", s) for s in worst_mistakes(samples, self.num_misclassified)] + [
-            ("correct", s) for s in right[: self.num_correct]
+            ("correct", s) for s in surest_hits(samples, self.num_correct)
         ]
 
     def _render(
@@ -155,12 +62,7 @@ class HeatmapGallery(SampleCollector):
         if not picked:
             return
         images = torch.stack([dataset[s.index][0] for _, s in picked])
-        # Lightning evaluates under inference mode; GradCAM needs gradients.
-        with torch.inference_mode(False), torch.enable_grad():
-            heatmaps = explain_batch(
-                pl_module, images.clone(), [s.pred for _, s in picked], self.methods,
-                self.target_layer, self.top_k, self.batch_size,
-            )  # fmt: skip
+        heatmaps = explain_batch(pl_module, images, [s.pred for _, s in picked], self.methods, self.settings)
         if stage == "test":
             self.test_heatmaps = {s.index: maps for (_, s), maps in zip(picked, heatmaps, strict=True)}
         rows = [
@@ -224,10 +126,6 @@ class HeatmapGallery(SampleCollector):
             "_photo": photo,
             "_overlays": {m: overlay(photo, h.cam) for m, h in maps.items()},
         }
-
-
-def _single(loaders: Any) -> Any:
-    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
 
 
 def save_grid(rows: list[dict[str, Any]], methods: tuple[str, ...], path: Path) -> None:

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
-from noodlenext.files import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+from noodlenext.core.files import write_json_atomic
 
 
 def results_table(results: dict[str, Any], title: str = "Test results") -> Table:
@@ -30,36 +30,18 @@ def results_table(results: dict[str, Any], title: str = "Test results") -> Table
 
 
 def save_confusion_png(confusion: Sequence[Sequence[float]], class_names: Sequence[str], path: Path) -> None:
-    """Confusion matrix (rows: true class) as a PNG with counts in the cells."""
+    """Confusion matrix (rows: true class) as a PNG with counts in the cells (torchmetrics' plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from torchmetrics.classification import MulticlassConfusionMatrix
 
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 2))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set(
-        xticks=range(n),
-        yticks=range(n),
-        xticklabels=class_names,
-        yticklabels=class_names,
-        xlabel="predicted",
-        ylabel="true",
-        title="Confusion matrix",
-    )
-    peak = max(max(row) for row in confusion) or 1
-    for i in range(n):
-        for j in range(n):
-            value = confusion[i][j]
-            ax.text(
-                j,
-                i,
-                f"{int(value)}",
-                ha="center",
-                va="center",
-                color="white" if value > peak / 2 else "black",
-            )
+    values = torch.as_tensor(confusion, dtype=torch.long)
+    MulticlassConfusionMatrix(n).plot(val=values, ax=ax, labels=list(class_names), cmap="Blues")
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,8 +13,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from noodlenext import __version__
-from noodlenext.backbone import create_backbone
-from noodlenext.optim import build_optimizer
+from noodlenext.models.backbone import create_backbone
+from noodlenext.models.optim import build_optimizer
 
 CHECKPOINT_KEY = "noodlenext"
 DEFAULT_OPTIM = {
@@ -118,14 +118,15 @@ class NoodleClassifier(LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        loss = self.criterion(logits, y)
+        loss = self.criterion(logits, y)  # y: class indices, or (B, classes) mixtures from mixup/cutmix
         preds = logits.argmax(dim=1)
+        labels = y.argmax(dim=1) if y.ndim == 2 else y  # a mixture counts as its larger part
         # One copy per sample: with nan_strategy="disable" torchmetrics ignores `weight`, which made the
         # epoch loss a mean of batch means (wrong for a short last batch and uneven DDP shards).
-        metrics["loss"].update(loss.detach().expand(y.numel()))
+        metrics["loss"].update(loss.detach().expand(labels.numel()))
         for key in ("acc", "f1", "confusion"):
             if key in metrics:
-                metrics[key].update(preds, y)
+                metrics[key].update(preds, labels)
         return loss, logits
 
     def _epoch_results(self, metrics: nn.ModuleDict) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Bigger jobs: out-of-memory advice that names the batch size and the overrides to retry with."""
+"""Out-of-memory advice that names the batch size and the overrides to retry with."""
 
 from __future__ import annotations
 

@@ -11,12 +11,14 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from noodlenext.callbacks.heatmap_gallery import HeatmapGallery
+from noodlenext.callbacks.samples import Sample, SampleCollector, worst_mistakes
+from noodlenext.core.files import write_text_atomic
 from noodlenext.data.images import load_rgb
 from noodlenext.explain.facts import heatmap_facts
-from noodlenext.explain.gallery import HeatmapGallery, Sample, SampleCollector, worst_mistakes
 from noodlenext.explain.heatmaps import explain_batch
-from noodlenext.explain.overlay import overlay
-from noodlenext.files import write_text_atomic
+from noodlenext.explain.overlays import overlay
+from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.prompt import ExplainRequest, explain_messages
 
@@ -39,14 +41,13 @@ class LLMExplanations(SampleCollector):
         llm: Any,
         prompt: Any,
         output_dir: str | Path,
-        target_layer: str | None = None,
-        top_k: int | None = None,
-        batch_size: int | None = None,
+        settings: HeatmapSettings | Any = None,
     ) -> None:
         super().__init__()
         self.llm, self.prompt = llm, prompt
         self.output_dir = Path(output_dir)
-        self.target_layer, self.top_k, self.batch_size = target_layer, top_k, batch_size
+        # _recursive_ is off (the LLM is built at test end), so the settings arrive as a config.
+        self.settings = HeatmapSettings.of(settings)
 
     @property
     def enabled(self) -> bool:
@@ -97,11 +98,7 @@ class LLMExplanations(SampleCollector):
         missing = [s for s in mistakes if "scorecam" not in cached.get(s.index, {})]
         if missing:
             images = torch.stack([dataset[s.index][0] for s in missing])
-            with torch.inference_mode(False), torch.enable_grad():
-                maps = explain_batch(
-                    pl_module, images.clone(), [s.pred for s in missing], "scorecam",
-                    self.target_layer, self.top_k, self.batch_size,
-                )  # fmt: skip
+            maps = explain_batch(pl_module, images, [s.pred for s in missing], "scorecam", self.settings)
             cached = {**cached, **{s.index: m for s, m in zip(missing, maps, strict=True)}}
         names = pl_module.class_names
         image_dir = self.output_dir / "llm"

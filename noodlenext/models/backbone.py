@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +11,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from noodlenext.core.hub import hub_reachable
+
 log = logging.getLogger(__name__)
-
-HUB_HOST = ("huggingface.co", 443)
-NETWORK_TIMEOUT_S = 3.0
-
-
-def hub_reachable(timeout: float = NETWORK_TIMEOUT_S) -> bool:
-    """Can the model hub be reached? DNS and connect both bounded by timeout (no hanging offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(HUB_HOST, timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def cached_weights(name: str) -> Path | None:
