@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -131,24 +130,17 @@ def test_classes_are_separable_by_simple_colour_statistics(tmp_path: Path) -> No
     assert correct / len(x) >= 0.7
 
 
-# sha256 of the raw RGB bytes of a few renders (class, index, seed, size), taken from the renderer as it
-# was at GENERATOR_VERSION 1. A change that alters any pixel must bump GENERATOR_VERSION (stale datasets
-# then re-render) and re-pin these. A numpy or Pillow upgrade that changes float maths or drawing shows
-# up here too.
-PINNED_RENDERS = {
-    (0, 0, 0, 48): "5dee7a727abff2dc1de189f6a21b4a08c34e75bb999e0915c0b9d7a68e6ac0a8",
-    (1, 0, 0, 48): "d0d2fdb555b70f7a7fa08577507c872eb07cea9beff6bdb60e6743f2d3afe816",
-    (2, 0, 0, 48): "a1458c9768e6074d0a5f07e9f294b8d03de26d6ae7391b5680935835a15e12e3",
-    (0, 3, 1, 64): "16201d280c922c77c0d39dd935d244ed606a3a41cded354732a5698b5aed3be3",
-    (1, 5, 1, 64): "94b8899ee9fec96beeeb1bd4d07e929920976f6d460f3e386762d90448be28bc",
-    (2, 7, 1, 64): "93a057ca2dc84d6e335e438b6b60cab1025c3576b0ddfe9e5244a80e20e0da05",
-}
+# A few renders (class, index, seed, size) as the renderer drew them at GENERATOR_VERSION 1. A change to
+# the drawing must bump GENERATOR_VERSION (stale datasets then re-render) and re-save this file. A numpy or
+# Pillow build may round a few pixels differently, so a handful of off-by-a-few values is tolerated; a real
+# change to the drawing moves far more.
+REFERENCE_RENDERS = Path(__file__).parent / "data" / "synthetic_v1_renders.npz"
 
 
-def test_pixels_are_pinned_to_the_generator_version() -> None:
-    assert GENERATOR_VERSION == 1, "re-pin PINNED_RENDERS for the new generator version"
-    got = {
-        args: hashlib.sha256(np.asarray(_render_image(*args)).tobytes()).hexdigest()
-        for args in PINNED_RENDERS
-    }
-    assert got == PINNED_RENDERS, "rendering changed: bump GENERATOR_VERSION and re-pin PINNED_RENDERS"
+def test_pixels_match_the_generator_versions_reference() -> None:
+    assert GENERATOR_VERSION == 1, "re-save tests/data/synthetic_v1_renders.npz for the new generator version"
+    with np.load(REFERENCE_RENDERS) as reference:
+        for key in reference.files:
+            c, i, s, px = (int(part.lstrip("cisp x")) for part in key.split("_"))  # c0_i3_s1_px64
+            diff = np.abs(np.asarray(_render_image(c, i, s, px), np.int16) - reference[key].astype(np.int16))
+            assert (diff > 3).mean() < 0.005, f"{key}: rendering changed; bump GENERATOR_VERSION"

@@ -59,7 +59,20 @@ class NoodleImages(Dataset):
 
 
 class NoodleDataModule(LightningDataModule):
-    """Reads root/train/<class>/*, optional root/val/<class>/*, and root/test/<class>/* or test/unknown/*."""
+    """Reads root/train/<class>/*, optional root/val/<class>/*, and root/test/<class>/* or test/unknown/*.
+
+    Args:
+        root: the ImageFolder tree (with `synthetic`, where the embedded dataset is rendered).
+        image_size: the model's input side in pixels; mean, std: its per-channel normalisation (0..1 scale).
+        batch_size: images per step and process; num_workers: loader processes.
+        val_fraction: share of each training class held out for validation when there is no val/ folder.
+        split_seed: seeds that split. augment: an `augment` group choice by name (`writeup`,
+            `randaugment`, `none`), what Hydra composes from it ({train, mixup}), or an Augmentation.
+        sampler: None, or `weighted` (inverse class frequency). on_bad_image: `skip` or `error`.
+        classes: the class names in label order (from a checkpoint); default: train/'s folders.
+        allow_leakage: train and test even when test images are byte-identical to train/val ones.
+        file_list: root-relative paths of the only images to use (the data doctor's fix=list).
+    """
 
     def __init__(
         self,

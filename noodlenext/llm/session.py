@@ -20,6 +20,11 @@ class ChatSession:
     When the prompt would no longer leave room for `max_new_tokens`, the oldest follow-up exchanges are
     dropped (the system prompt and the first question, which holds the facts, always stay) and the next
     kept question starts with a note saying so. `transcript` keeps everything that was said.
+
+    Args:
+        backend: the loaded language model; messages: the conversation so far (OpenAI-shaped).
+        max_new_tokens: the longest answer, in tokens; temperature: 0 for greedy (reproducible) answers.
+        max_context_tokens: a cap below the backend's context length, in tokens (prompt and answer).
     """
 
     def __init__(

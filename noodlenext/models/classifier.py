@@ -41,7 +41,21 @@ def _stage_metrics(num_classes: int, full: bool = True) -> nn.ModuleDict:
 
 
 class NoodleClassifier(LightningModule):
-    """Image classifier over a timm backbone, with separate head and backbone learning rates."""
+    """Image classifier over a timm backbone, with separate head and backbone learning rates.
+
+    Args:
+        name: a timm model name (`convnext_base.fb_in22k_ft_in1k_384`); num_classes, class_names: the
+            classes in label order.
+        image_size, mean, std: the input side in pixels and the normalisation, stored in checkpoints so
+            eval and predict rebuild the same transform.
+        pretrained: `auto` (weights when they can be had), `true` (fail without) or `false`; weights: a
+            local weights file for the backbone. drop_path_rate, model_kwargs: passed to timm.
+        label_smoothing: of the cross-entropy (0..1); class_weighted_loss with class_counts: inverse
+            frequency class weights.
+        compile: torch.compile the network; channels_last: on GPU.
+        optim: head_lr, backbone_lr (per step, before the schedule), weight_decay, layer_decay,
+            warmup_frac (share of all steps), betas.
+    """
 
     def __init__(
         self,
