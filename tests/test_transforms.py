@@ -84,8 +84,10 @@ def test_writeup_experiment_composes_to_exactly_the_writeup_stack_in_order(compo
 
 
 def test_the_composed_config_shows_every_writeup_number(compose_cfg) -> None:
-    # What `python -m noodlenext.train experiment=writeup --cfg job --resolve` prints.
-    shown = OmegaConf.to_container(compose_cfg("train", ["experiment=writeup"]).data.augment, resolve=True)
+    # What `python -m noodlenext.train experiment=writeup --cfg job --resolve` prints (Hydra resolves in place).
+    cfg = compose_cfg("train", ["experiment=writeup"])
+    OmegaConf.resolve(cfg)
+    shown = OmegaConf.to_container(cfg.data.augment)
     steps = {s["_target_"].rsplit(".", 1)[1]: s for s in shown["train"]["transforms"]}
     assert steps["Resize"]["size"] == [420, 420] and steps["RandomResizedCrop"]["size"] == 384
     assert steps["RandomGrayscale"]["p"] == 0.02 and steps["RandomErasing"]["p"] == 0.2

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,8 @@ def timm_input(name: str, key: str) -> Any:
         )
     if key == "image_size":
         return int(cfg.input_size[-1])
-    return [float(v) for v in (cfg.mean if key == "mean" else cfg.std)]
+    # A ListConfig, not a list: OmegaConf.resolve (`--cfg job --resolve`) only accepts containers.
+    return ListConfig([float(v) for v in (cfg.mean if key == "mean" else cfg.std)])
 
 
 def scale_size(image_size: int, size: int, at: int) -> int:
