@@ -9,7 +9,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from timm.data import Mixup
 from torchvision import transforms as T
@@ -84,8 +84,11 @@ def test_writeup_experiment_composes_to_exactly_the_writeup_stack_in_order(compo
 
 
 def test_the_composed_config_shows_every_writeup_number(compose_cfg) -> None:
-    # What `python -m noodlenext.train experiment=writeup --cfg job --resolve` prints (Hydra resolves in place).
-    cfg = compose_cfg("train", ["experiment=writeup"])
+    # What `noodlenext.train experiment=writeup --cfg job --resolve` prints (Hydra resolves in place).
+    cfg = compose_cfg("train", ["experiment=writeup"]).copy()
+    OmegaConf.set_readonly(cfg, False)
+    with open_dict(cfg):
+        del cfg["hydra"]
     OmegaConf.resolve(cfg)
     shown = OmegaConf.to_container(cfg.data.augment)
     steps = {s["_target_"].rsplit(".", 1)[1]: s for s in shown["train"]["transforms"]}
