@@ -207,6 +207,28 @@ def test_heatmap_gallery_writes_grids_facts_and_a_wandb_table(trained: Path) -> 
     keys = history_keys(read_records(run_file))
     assert any(k.startswith("test/heatmaps") for k in keys)
     assert {"test/faithfulness/scorecam/deletion", "test/faithfulness/gradcam/insertion"} <= keys
+    assert {
+        "test/faithfulness/scorecam/random_deletion",
+        "test/faithfulness/scorecam/informative_share",
+    } <= keys
+
+
+def test_every_gallery_sample_carries_the_evidence_the_model_produced(trained: Path) -> None:
+    from noodlenext.explain.evidence import Evidence
+
+    report = json.loads((trained / "heatmaps" / "test" / "heatmaps.json").read_text())
+    for row in report["samples"]:
+        evidence = Evidence.from_dict(row["evidence"])
+        assert evidence.predicted == row["predicted"] and evidence.true_label == row["true"]
+        expected = row["true"] if row["kind"] == "misclassified" else None
+        assert expected is None or evidence.contrast_class == expected  # wrong: explained against the truth
+        assert evidence.contrast_class != evidence.predicted
+        assert evidence.counterfactual is not None and evidence.appearance is not None
+        assert set(evidence.trust) == {"scorecam", "gradcam"} and evidence.agreement is not None
+        assert len(evidence.neighbours) == 5 and all(Path(n.file).is_file() for n in evidence.neighbours)
+        assert "/train/" in evidence.neighbours[0].file  # from the training set, not the test photo itself
+        assert row["evidence_lines"] == evidence.lines() and row["evidence_lines"][0].startswith("1. ")
+    assert (trained / "heatmaps" / "train_features.npz").is_file()
 
 
 def test_explain_cli_writes_overlays_and_facts_for_a_folder(trained: Path, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pytorch_grad_cam import GradCAM as GradCamGradCAM
@@ -25,7 +25,7 @@ class GradCAM(BaseCAM):
 
     def compute(self, images: Tensor, targets: Sequence[int] | Tensor | None) -> Tensor:
         grads = [(p, p.grad) for p in self.model.parameters()]
-        wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+        wanted = self.output_targets(targets)
         maps = None
         try:
             with (
@@ -40,3 +40,11 @@ class GradCAM(BaseCAM):
         if maps is None:  # pytorch-grad-cam's __exit__ prints and swallows an IndexError
             raise IndexError(f"a Grad-CAM target in {list(targets or [])} is not a class of the model")
         return maps.float()
+
+    def output_targets(
+        self, targets: Sequence[int] | Tensor | None
+    ) -> list[Callable[[Tensor], Tensor]] | None:
+        """What is explained, per image: a function of its logits (C,) to a scalar (default: one class's
+        logit); None explains the predicted class. Subclasses override it (a contrastive map explains a
+        logit difference)."""
+        return None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
