@@ -305,8 +305,8 @@ def _look(look: RegionLook) -> str:
 
 def _trust_sentence(t: MapTrust) -> str:
     numbers = (
-        f"deletion {t.deletion:.2f} vs {t.random_deletion:.2f}, insertion {t.insertion:.2f} vs "
-        f"{t.random_insertion:.2f}"
+        f"deletion {t.deletion:.3f} vs {t.random_deletion:.3f}, insertion {t.insertion:.3f} vs "
+        f"{t.random_insertion:.3f}"
     )
     name = _method_name(t.method)
     if t.informative:
