@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from noodlenext.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, _render_image, render_dataset
+from noodlenext.data.synthetic import (
+    CLASS_NAMES,
+    GENERATOR_VERSION,
+    _render,
+    _render_image,
+    load_mask,
+    mask_path,
+    render_dataset,
+)
 
 SMALL = {"images_per_class": 6, "image_size": 48}  # 6 * 0.2 -> 1 test + 5 train images per class
 
@@ -35,7 +44,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_layout(rendered: Path) -> None:
     assert CLASS_NAMES == ("0_spaghetti", "1_ramen", "2_udon")
-    assert sorted(p.name for p in rendered.iterdir()) == ["SYNTHETIC.json", "test", "train"]
+    assert sorted(p.name for p in rendered.iterdir()) == ["SYNTHETIC.json", "masks", "test", "train"]
     assert [p.name for p in rendered.parent.iterdir()] == ["noodles"]  # no temp dir left behind
     for split, n in (("train", 5), ("test", 1)):
         assert sorted(p.name for p in (rendered / split).iterdir()) == list(CLASS_NAMES)
@@ -47,12 +56,13 @@ def test_layout(rendered: Path) -> None:
                 assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (48, 48))
     meta = json.loads((rendered / "SYNTHETIC.json").read_text())
     assert meta["seed"] == 0 and meta["images_per_class"] == 6 and meta["image_size"] == 48
+    assert meta["masks"] == 1
     assert meta["counts"] == {"train": dict.fromkeys(CLASS_NAMES, 5), "test": dict.fromkeys(CLASS_NAMES, 1)}
 
 
 def test_val_split_and_unique_names(tmp_path: Path) -> None:
     root = render_dataset(tmp_path / "d", images_per_class=10, image_size=32, val_fraction=0.2)
-    assert sorted(p.name for p in root.iterdir()) == ["SYNTHETIC.json", "test", "train", "val"]
+    assert sorted(p.name for p in root.iterdir()) == ["SYNTHETIC.json", "masks", "test", "train", "val"]
     assert [len(list((root / s / "2_udon").iterdir())) for s in ("train", "val", "test")] == [6, 2, 2]
     assert len({p.name for p in root.rglob("udon_*.jpg")}) == 10  # names are unique across splits
 
@@ -87,15 +97,15 @@ def test_partial_dataset_without_marker_is_rerendered(tmp_path: Path) -> None:
 def test_crash_mid_render_leaves_nothing_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import noodlenext.data.synthetic as synthetic
 
-    real, calls = synthetic._render_image, []
+    real, calls = synthetic._render, []
 
-    def crash_on_fourth(*args: int) -> Image.Image:
+    def crash_on_fourth(*args: int) -> tuple[Image.Image, Image.Image]:
         calls.append(args)
         if len(calls) == 4:
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(synthetic, "_render_image", crash_on_fourth)
+    monkeypatch.setattr(synthetic, "_render", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         render_dataset(tmp_path / "d", **SMALL)
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor the temp dir exists
@@ -108,6 +118,75 @@ def test_refuses_to_delete_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         render_dataset(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_every_image_has_a_mask_of_its_size_where_the_dish_is(rendered: Path) -> None:
+    images = sorted(p for split in ("train", "test") for p in (rendered / split).rglob("*.jpg"))
+    masks = sorted((rendered / "masks").rglob("*"))
+    assert len(images) == 18 and len([m for m in masks if m.is_file()]) == 18
+    for image in images:
+        path = mask_path(rendered, image)
+        assert path == rendered / "masks" / image.relative_to(rendered).with_suffix(".png")
+        assert mask_path(rendered, image.relative_to(rendered)) == path  # a root-relative photo too
+        with Image.open(path) as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "L", (48, 48))
+            assert set(np.unique(np.asarray(im)).tolist()) == {0, 255}
+        mask = load_mask(path)
+        assert mask.dtype == bool and mask.shape == (48, 48)
+        assert 0.05 <= mask.mean() <= 0.7, f"{image.name}: evidence covers {mask.mean():.0%}"
+        ys, xs = np.nonzero(mask)
+        cy, cx = round(ys.mean()), round(xs.mean())
+        assert mask[cy, cx], f"{image.name}: the mask's centroid is not evidence"
+        assert 0.3 * 48 <= cx <= 0.7 * 48 and 0.3 * 48 <= cy <= 0.7 * 48  # the dish centre is within 15 %
+        assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
+
+
+def test_mask_is_the_food_of_the_photo() -> None:
+    # Rendering the mask leaves the photo as it was, and the mean share is plausible per class: a plate's
+    # noodles cover less of the image than a bowl's broth.
+    for c, (low, high) in enumerate(((0.08, 0.3), (0.15, 0.45), (0.15, 0.45))):
+        shares = []
+        for i in range(8):
+            photo, mask = _render(c, i, 0, 64)
+            assert np.array_equal(np.asarray(photo), np.asarray(_render_image(c, i, 0, 64)))
+            shares.append((np.asarray(mask) == 255).mean())
+        assert low <= np.mean(shares) <= high, f"{CLASS_NAMES[c]}: mean evidence share {np.mean(shares):.2f}"
+
+
+def test_mask_path_refuses_a_file_outside_the_splits(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a photo"):
+        mask_path(tmp_path, tmp_path / "masks" / "train" / "0_spaghetti" / "a.png")
+    with pytest.raises(ValueError, match="not a photo"):
+        mask_path(tmp_path, "train/a.jpg")
+
+
+def test_data_module_and_doctor_see_no_mask(rendered: Path) -> None:
+    from noodlenext.data.datamodule import NoodleDataModule
+    from noodlenext.data.rules import check_dataset
+
+    dm = NoodleDataModule(rendered, image_size=48, num_workers=0, val_fraction=0.2)
+    dm.setup("fit")
+    dm.setup("test")
+    seen = [p for ds in (dm.train_set, dm.val_set, dm.test_set) for p, _ in ds.samples]
+    assert len(seen) == 18 and all(p.suffix == ".jpg" and "masks" not in p.parts for p in seen)
+    assert not dm.report.non_images and not dm.report.skipped
+    report = check_dataset(rendered, image_size=48, workers=1)
+    assert len(report.files) == 18 and all(
+        f.is_image and not f.rel.startswith("masks/") for f in report.files
+    )
+
+
+def test_a_dataset_without_masks_is_rerendered(tmp_path: Path) -> None:
+    root = render_dataset(tmp_path / "d", **SMALL)
+    meta = json.loads((root / "SYNTHETIC.json").read_text())
+    del meta["masks"]  # as rendered before the masks existed
+    (root / "SYNTHETIC.json").write_text(json.dumps(meta))
+    shutil.rmtree(root / "masks")
+    render_dataset(root, **SMALL)
+    assert len(list((root / "masks").rglob("*.png"))) == 18
+    before = _stamps(root)
+    render_dataset(root, **SMALL)  # complete with masks: reused
+    assert _stamps(root) == before
 
 
 def test_classes_are_separable_by_simple_colour_statistics(tmp_path: Path) -> None:

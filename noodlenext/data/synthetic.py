@@ -1,4 +1,14 @@
-"""Procedural noodle "photos" (spaghetti / ramen / udon): embedded default data, no download needed."""
+"""Procedural noodle "photos" (spaghetti / ramen / udon): embedded default data, no download needed.
+
+Each photo comes with its evidence mask, root/masks/<split>/<class>/<stem>.png (8-bit L, 255 = evidence,
+0 = not), drawn from the same geometry as the photo. The evidence is the dish's food area: the ellipse the
+noodles are laid in (the region `_draw_vessel` returns: 0.6 of the dish radii on a plate, 0.72 in a bowl),
+unioned with every shape drawn from the broth on (the broth surface, fat droplets, strands with their
+outlines, sauce, meat crumbs, basil, toppings), so whatever pokes out of that ellipse is in too. Not
+evidence: the table, the shadow, the plate or bowl, its well and its rim where no food covers them. A
+pixel is evidence when at least half of its supersampled sub-pixels are; the photo's blur, lighting and
+noise do not move the mask.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +30,8 @@ from PIL import Image, ImageDraw, ImageFilter
 CLASS_NAMES: tuple[str, ...] = ("0_spaghetti", "1_ramen", "2_udon")
 GENERATOR_VERSION = 1  # bump whenever rendering changes: stale datasets then re-render
 MARKER = "SYNTHETIC.json"
+MASKS = "masks"  # root/masks/<split>/<class>/<stem>.png, beside (not inside) the split folders
+MASKS_VERSION = 1  # in the marker: a dataset rendered before masks (or with other masks) re-renders
 _SS = 2  # draw at 2x and downscale: antialiases 1 px strands for free
 _SPLITS = ("train", "val", "test")
 
@@ -94,7 +106,7 @@ def _strands(
 
 
 def _blob(
-    draw: ImageDraw.ImageDraw,
+    draw: ImageDraw.ImageDraw | _FoodDraw,
     rng: np.random.Generator,
     cx: float,
     cy: float,
@@ -108,7 +120,7 @@ def _blob(
         draw.ellipse((x - rc, y - rc, x + rc, y + rc), fill=fill)
 
 
-def _onions(draw: ImageDraw.ImageDraw, rng: np.random.Generator, c: Pt, r: Pt, sz: float) -> None:
+def _onions(draw: ImageDraw.ImageDraw | _FoodDraw, rng: np.random.Generator, c: Pt, r: Pt, sz: float) -> None:
     for _ in range(rng.integers(8, 22)):
         t, d = rng.uniform(0, 2 * np.pi), math.sqrt(rng.uniform(0, 1))
         x, y, q = c[0] + r[0] * d * math.cos(t), c[1] + r[1] * d * math.sin(t), sz * rng.uniform(0.7, 1.3)
@@ -126,11 +138,31 @@ class Dish:
     ry: float
 
 
+class _FoodDraw:
+    """Draws each shape into the photo with its fill and, as evidence (255), into the mask: one call, one
+    geometry, so the mask never drifts from the photo and draws nothing from the rng."""
+
+    def __init__(self, photo: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw) -> None:
+        self.photo, self.mask = photo, mask
+
+    def ellipse(self, xy: tuple[float, ...], fill: tuple[int, ...]) -> None:
+        self.photo.ellipse(xy, fill=fill)
+        self.mask.ellipse(xy, fill=255)
+
+    def polygon(self, xy: list[Pt], fill: tuple[int, ...]) -> None:
+        self.photo.polygon(xy, fill=fill)
+        self.mask.polygon(xy, fill=255)
+
+    def line(self, xy: list[Pt], fill: tuple[int, ...], width: int = 0) -> None:
+        self.photo.line(xy, fill=fill, width=width)
+        self.mask.line(xy, fill=255, width=width)
+
+
 @dataclass(frozen=True)
 class Canvas:
     """What every drawing step shares: the supersampled image, the image's one rng, the dish, the unit."""
 
-    draw: ImageDraw.ImageDraw
+    draw: ImageDraw.ImageDraw | _FoodDraw
     rng: np.random.Generator
     dish: Dish
     u: float  # geometry unit: 1 at 128 px output (sizes were tuned there)
@@ -245,10 +277,16 @@ BOWL_RGB = ((235, 235, 230), (30, 30, 32), (150, 40, 35), (40, 60, 110))
 
 
 def _render_image(class_idx: int, index: int, seed: int, size: int) -> Image.Image:
-    """Render one image; depends only on (seed, class, index) so order/parallelism never matters.
+    """Render one photo (RGB, size x size); depends only on (seed, class, index)."""
+    return _render(class_idx, index, seed, size)[0]
 
-    Every step draws from the one rng in turn: keep the steps, and the draws inside them, in this
-    order, or the pixels change (then bump GENERATOR_VERSION).
+
+def _render(class_idx: int, index: int, seed: int, size: int) -> tuple[Image.Image, Image.Image]:
+    """One photo (RGB) and its evidence mask (L, 0 or 255), both size x size; see the module docstring.
+
+    Depends only on (seed, class, index) so order/parallelism never matters. Every step draws from the
+    one rng in turn: keep the steps, and the draws inside them, in this order, or the pixels change (then
+    bump GENERATOR_VERSION). The mask draws nothing from the rng.
     """
     style = CLASS_STYLES[class_idx]
     rng = np.random.default_rng([seed, class_idx, index])
@@ -257,6 +295,11 @@ def _render_image(class_idx: int, index: int, seed: int, size: int) -> Image.Ima
     img = _draw_table(rng, dish, size)
     canvas = Canvas(ImageDraw.Draw(img), rng, dish, u=s / 256)
     food = _draw_vessel(canvas, style)
+    mask = Image.new("L", (s, s), 0)
+    mask_draw = ImageDraw.Draw(mask)
+    fx, fy = food
+    mask_draw.ellipse((dish.cx - fx, dish.cy - fy, dish.cx + fx, dish.cy + fy), fill=255)
+    canvas = replace(canvas, draw=_FoodDraw(canvas.draw, mask_draw))  # from here on every shape is food
     _draw_broth(canvas, style)
     strands, noodle_rgb, width = _lay_strands(canvas, style, food, s)
     under = int(len(strands) * style.strands_under_sauce)
@@ -264,7 +307,8 @@ def _render_image(class_idx: int, index: int, seed: int, size: int) -> Image.Ima
     _draw_sauce(canvas, style)
     _draw_strands(canvas, strands[under:], noodle_rgb, width)  # on top, so the sauce sits *in* the pasta
     _draw_toppings(canvas, style)
-    return _finish(img, rng, size)
+    # evidence where at least half of the SSxSS sub-pixels are (reduce averages them)
+    return _finish(img, rng, size), mask.reduce(_SS).point(lambda v: 255 if v >= 128 else 0)
 
 
 def _place_dish(rng: np.random.Generator, s: int) -> Dish:
@@ -434,6 +478,7 @@ def _metadata(
     counts = _split_counts(images_per_class, val_fraction, test_fraction)
     return {
         "generator_version": GENERATOR_VERSION,
+        "masks": MASKS_VERSION,
         "seed": seed,
         "images_per_class": images_per_class,
         "image_size": image_size,
@@ -460,13 +505,19 @@ def render_dataset(
     test_fraction: float = 0.2,
     overwrite: bool = False,
 ) -> Path:
-    """Render (or reuse, if already complete with the same parameters) an ImageFolder tree under `root`."""
+    """Render (or reuse, if already complete with the same parameters) an ImageFolder tree under `root`.
+
+    root/<split>/<class>/<stem>_<index>.jpg are the photos (`image_size` px square, JPEG quality 90);
+    root/masks/<split>/<class>/<stem>_<index>.png their evidence masks (see `mask_path`, `load_mask`).
+    """
     root = Path(root)
     meta = _metadata(images_per_class, image_size, seed, val_fraction, test_fraction)
     counts = {split: per_class[CLASS_NAMES[0]] for split, per_class in meta["counts"].items()}
     if not overwrite and _read_marker(root) == meta:
         return root
-    if root.exists() and (root.is_file() or any(p.name not in (*_SPLITS, MARKER) for p in root.iterdir())):
+    if root.exists() and (
+        root.is_file() or any(p.name not in (*_SPLITS, MASKS, MARKER) for p in root.iterdir())
+    ):
         # refuse to delete a directory that does not look like one of ours
         raise FileExistsError(f"{root} is not a synthetic noodle dataset; remove it or pick another root")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -478,9 +529,12 @@ def render_dataset(
             start, stem = 0, cls.split("_", 1)[1]
             for split, k in counts.items():
                 (tmp / split / cls).mkdir(parents=True)
+                (tmp / MASKS / split / cls).mkdir(parents=True)
                 for i in range(start, start + k):  # global index: file names stay unique across splits
                     out = tmp / split / cls / f"{stem}_{i:05d}.jpg"
-                    _render_image(c, i, seed, image_size).save(out, quality=90)
+                    photo, mask = _render(c, i, seed, image_size)
+                    photo.save(out, quality=90)
+                    mask.save(mask_path(tmp, out))
                 start += k
         (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")  # written last = completeness marker
         if root.exists():
@@ -494,6 +548,39 @@ def render_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def mask_path(root: str | Path, image_path: str | Path) -> Path:
+    """The evidence mask of a photo of the dataset at `root`: root/masks/<split>/<class>/<stem>.png.
+
+    image_path: the photo, absolute or relative to `root` (root/<split>/<class>/<stem>.jpg).
+    """
+    root, image_path = Path(root), Path(image_path)
+    if image_path.is_relative_to(root):
+        rel = image_path.relative_to(root)
+    elif image_path.is_absolute() and image_path.resolve().is_relative_to(root.resolve()):
+        rel = image_path.resolve().relative_to(root.resolve())  # e.g. a relative root, an absolute photo
+    else:
+        rel = image_path
+    if len(rel.parts) != 3 or rel.parts[0] not in _SPLITS:
+        raise ValueError(f"{image_path} is not a photo <split>/<class>/<file> of the dataset at {root}")
+    return root / MASKS / rel.with_suffix(".png")
+
+
+def load_mask(path: str | Path, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file as a boolean array (H, W): True where the class evidence is (pixel value >= 128).
+
+    size: a side or (width, height) in px to resize to first, e.g. the model's input size (as the eval
+    transform resizes the photo); a box filter averages, so a pixel is evidence when at least half of what
+    it covers is. None keeps the file's size.
+    """
+    with Image.open(path) as im:
+        im = im.convert("L")
+        if size is not None:
+            wh = (size, size) if isinstance(size, int) else tuple(size)
+            if im.size != wh:
+                im = im.resize(wh, Image.Resampling.BOX)
+        return np.asarray(im) >= 128
 
 
 def main(argv: list[str] | None = None) -> None:
