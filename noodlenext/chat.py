@@ -31,8 +31,8 @@ def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
     if problem:
         raise ValueError(f"image={cfg.image}: {problem}")
     explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain))
-    analysis = explainer(load_rgb(image))
     true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
+    analysis = explainer(load_rgb(image), true_label, str(image))
     return ExplainRequest.from_analysis(analysis, str(image), true_label, analysis.save_images(output_dir))
 
 

@@ -19,13 +19,12 @@ from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
-from noodlenext.explain.neighbours import FeatureIndex
+from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.registry import parse_methods
 from noodlenext.explain.settings import HeatmapSettings
 
 log = logging.getLogger(__name__)
-FEATURE_INDEX_FILE = "train_features.npz"
 
 
 class HeatmapGallery(SampleCollector):

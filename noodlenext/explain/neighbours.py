@@ -23,6 +23,9 @@ from noodlenext.explain.layers import unwrap
 
 UNLABELLED = "unlabelled"  # NoodleImages' label -1
 
+# Where a training run leaves its index: <run dir>/heatmaps/<this> (HeatmapGallery, then PhotoExplainer).
+FEATURE_INDEX_FILE = "train_features.npz"
+
 
 def embed(model: nn.Module, images: Tensor) -> Tensor:
     """Pooled pre-logit features (B, D), L2-normalised, float32 on the CPU.

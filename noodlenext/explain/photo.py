@@ -5,19 +5,26 @@ The chat CLI and the web app share this, so a photo is classified and explained 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from noodlenext.core.devices import resolve_device
 from noodlenext.data.transforms import eval_transform
+from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
+from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.registry import parse_methods
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.models.classifier import load_classifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,13 +36,19 @@ class PhotoAnalysis:
     probabilities: dict[str, float]
     predicted: str
     heatmaps: dict[str, Heatmap]
+    evidence: Evidence | None = None  # what the model's own tests say (noodlenext.explain.evidence)
+    contrastive: np.ndarray | None = None  # (H, W) map of the predicted class over the contrast class
 
     @property
     def confidence(self) -> float:
         return self.probabilities[self.predicted]
 
     def overlay(self, method: str = "scorecam", alpha: float = 0.5) -> Image.Image:
-        return overlay(self.photo, self.heatmaps[method].cam, alpha)
+        """The photo with one map blended on: a heatmap method's, or `contrastive`."""
+        cam = self.contrastive if method == "contrastive" else self.heatmaps[method].cam
+        if cam is None:
+            raise ValueError("no contrastive map: the analysis was made without evidence")
+        return overlay(self.photo, cam, alpha)
 
     def save_images(self, folder: Path, method: str = "scorecam") -> list[str]:
         """photo.png and <method>.png in folder: the images an LLM is shown."""
@@ -55,6 +68,8 @@ class PhotoExplainer:
         methods: heatmap methods to compute (`scorecam`, `gradcam`, `both`, or a list); ScoreCAM is
             needed, since its facts are what an explanation is built on.
         settings: the shared heatmap settings (target layer, top-k, mask batch size).
+        evidence: also gather the Evidence (contrastive map, counterfactuals, appearance, trust check and,
+            when the checkpoint's run left `heatmaps/train_features.npz`, the nearest training photos).
     """
 
     def __init__(
@@ -63,8 +78,11 @@ class PhotoExplainer:
         device: str = "auto",
         methods: str | list[str] = "scorecam",
         settings: HeatmapSettings | None = None,
+        evidence: bool = True,
     ) -> None:
         self.model = load_classifier(ckpt_path).to(resolve_device(device))
+        self.with_evidence = evidence
+        self.index = _run_feature_index(Path(ckpt_path), self.model) if evidence else None
         self.methods = parse_methods(methods)
         if "scorecam" not in self.methods:
             raise ValueError(f"methods={methods!r}: the LLM's facts need scorecam")
@@ -77,17 +95,47 @@ class PhotoExplainer:
     def class_names(self) -> list[str]:
         return list(self.model.class_names)
 
-    def __call__(self, photo: Image.Image) -> PhotoAnalysis:
+    def __call__(
+        self, photo: Image.Image, true_label: str | None = None, file: str = "photo"
+    ) -> PhotoAnalysis:
+        """Classify and explain one RGB photo; `true_label` (a class name), when known, is what the
+        contrastive map and the evidence compare the prediction with."""
+        names = self.class_names
+        if true_label is not None and true_label not in names:
+            raise ValueError(f"true_label={true_label!r} is not one of the checkpoint's classes {names}")
         x = self.transform(photo)[None].to(self.model.device)
         with torch.no_grad():
             probs = self.model(x).float().softmax(dim=1)[0].cpu()
         pred = int(probs.argmax())
         heatmaps = explain_batch(self.model, x, [pred], self.methods, self.settings)[0]
-        names = self.class_names
+        resized = photo.resize((self.image_size, self.image_size))
+        evidence, contrastive = None, None
+        if self.with_evidence:
+            maps: list[np.ndarray] = []
+            truth = names.index(true_label) if true_label is not None else None
+            (evidence,) = gather_evidence(
+                self.model, x, [resized], [pred], [truth], [heatmaps], index=self.index,
+                settings=self.settings, files=[file], class_names=names, contrastive_out=maps,
+            )  # fmt: skip
+            contrastive = maps[0]
         return PhotoAnalysis(
-            photo=photo.resize((self.image_size, self.image_size)),
+            photo=resized,
             class_names=names,
             probabilities=dict(zip(names, probs.tolist(), strict=True)),
             predicted=names[pred],
             heatmaps=heatmaps,
+            evidence=evidence,
+            contrastive=contrastive,
         )
+
+
+def _run_feature_index(ckpt_path: Path, model: torch.nn.Module) -> FeatureIndex | None:
+    """The training photos' features the checkpoint's run saved (HeatmapGallery), if they are there."""
+    saved = ckpt_path.expanduser().resolve().parent.parent / "heatmaps" / FEATURE_INDEX_FILE
+    if not saved.is_file():
+        return None
+    try:
+        return FeatureIndex.load(saved, model)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring %s (%s): no nearest training photos", saved, err)
+        return None
