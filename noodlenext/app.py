@@ -24,9 +24,9 @@ from noodlenext.data.images import find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, text_of
+from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import ExplainRequest
-from noodlenext.llm.session import explain_session
+from noodlenext.llm.session import evidence_session
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -81,7 +81,10 @@ class PageComponents:
     photo: Any
     scorecam: Any
     gradcam: Any
+    contrastive: Any
     facts: Any
+    evidence: Any
+    neighbours: Any
     explanation: Any
     chat: Any
     question: Any
@@ -108,7 +111,8 @@ class NoodleApp:
         self.ui: PageComponents | None = None  # set by build()
 
     def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[Updates]:
-        """Classify, show both heatmaps and facts, then stream the LLM's explanation into the chat."""
+        """Classify, show the maps, the evidence and the nearest training photos, then the explanation
+        once the grounding gate has checked it."""
         ui = self.ui
         if not path:
             return
@@ -116,7 +120,8 @@ class NoodleApp:
             photo = open_photo(path, self.max_pixels)
         except ValueError as err:  # clear the page; the session state (and its conversation) stays
             yield {ui.status: f"⚠ {err}", ui.probabilities: None, ui.photo: None, ui.scorecam: None,
-                   ui.gradcam: None, ui.facts: "", ui.explanation: "", ui.chat: [], ui.overlay_file: None,
+                   ui.gradcam: None, ui.contrastive: None, ui.facts: "", ui.evidence: "", ui.neighbours: [],
+                   ui.explanation: "", ui.chat: [], ui.overlay_file: None,
                    ui.transcript_file: None}  # fmt: skip
             return
         with self.lock:
@@ -131,6 +136,8 @@ class NoodleApp:
             ui.photo: analysis.photo,
             **self._overlays(analysis, alpha),
             ui.facts: "\n".join(f"{m}: {h.facts.describe()}" for m, h in analysis.heatmaps.items()),
+            ui.evidence: "\n".join(analysis.evidence.lines()) if analysis.evidence else "",
+            ui.neighbours: _neighbour_thumbnails(analysis),
             ui.chat: [],
             ui.overlay_file: images[1],
             ui.transcript_file: None,
@@ -139,22 +146,19 @@ class NoodleApp:
         if self.backend is None:
             yield {**shown, ui.explanation: "(no language model: llm=none)"}
             return
-        request = ExplainRequest.from_analysis(analysis, Path(path).name, images=images)
-        session, first = explain_session(self.backend, request, self.prompt, self.llm)
+        session, first = evidence_session(self.backend, analysis.evidence, self.prompt, self.llm, images)
         state["session"] = session
-        yield {**shown, ui.explanation: ""}
-        # While the explanation streams only its box changes: the images are not sent again per token.
-        text = ""
+        # Nothing unchecked reaches the reader: the text shows once the grounding gate has passed it.
+        yield {**shown, ui.explanation: "(writing the explanation and checking it against the evidence…)"}
         with self.lock:
-            for piece in session.ask_stream(first):
-                text += piece
-                yield {ui.explanation: text}
+            result = session.ask_grounded(first, analysis.evidence, *self._gate())
         transcript = session.save(folder / "chat.json")
-        yield {ui.explanation: text.strip(), ui.chat: self._history(state),
+        yield {ui.explanation: result.for_reader(), ui.chat: self._history(state),
                ui.transcript_file: str(transcript), ui.state: state}  # fmt: skip
 
     def ask(self, question: str, state: dict | None) -> Iterator[Updates]:
-        """A follow-up about the same photo, streamed into the chat; clears the question box."""
+        """A follow-up about the same photo, checked against the evidence, into the chat; clears the
+        question box."""
         ui = self.ui
         session = (state or {}).get("session")
         if session is None:
@@ -167,36 +171,43 @@ class NoodleApp:
                    ui.status: status}  # fmt: skip
             return
         history = [*self._history(state), {"role": "user", "content": question}]
-        # The first piece also clears the question box and restores the status; later ones only the chat.
-        settled = {ui.question: "", ui.transcript_file: str(state["folder"] / "chat.json"), ui.status: status}
-        answer = ""
+        checking = {
+            "role": "assistant",
+            "content": "(answering and checking the answer against the evidence…)",
+        }
+        yield {ui.chat: [*history, checking], ui.question: "", ui.status: status}
         with self.lock:
-            for piece in session.ask_stream(question):
-                answer += piece
-                yield {ui.chat: [*history, {"role": "assistant", "content": answer}], **settled}
-                settled = {}
+            result = session.ask_grounded(question, state["analysis"].evidence, *self._gate())
         transcript = session.save(state["folder"] / "chat.json")
+        state.setdefault("shown", {})[len(session.transcript) - 1] = result.for_reader()
         yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: str(transcript),
                ui.status: status}  # fmt: skip
 
     def reblend(self, alpha: float, state: dict | None) -> Updates:
         """The overlays at another opacity."""
         if not state:
-            return {self.ui.scorecam: None, self.ui.gradcam: None}
+            return {self.ui.scorecam: None, self.ui.gradcam: None, self.ui.contrastive: None}
         return self._overlays(state["analysis"], alpha)
 
     def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
-        """Both overlay boxes: the heatmap over the photo at opacity `alpha`, None for a missing method."""
-        boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam}
-        return {
-            box: analysis.overlay(m, alpha) if m in analysis.heatmaps else None for m, box in boxes.items()
-        }
+        """Every overlay box: a map over the photo at opacity `alpha`, None for a map that is missing."""
+        boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam, "contrastive": self.ui.contrastive}
+        present = {*analysis.heatmaps, *(["contrastive"] if analysis.contrastive is not None else [])}
+        return {box: analysis.overlay(m, alpha) if m in present else None for m, box in boxes.items()}
+
+    def _gate(self) -> tuple[int, str]:
+        """The grounding gate's settings from the prompt config: the longest answer, the retry's turn."""
+        return int(self.prompt.get("max_words", MAX_WORDS)), str(self.prompt.get("retry", FEEDBACK))
 
     @staticmethod
     def _history(state: dict) -> list[dict[str, str]]:
-        """What the chat box shows: everything after the facts prompt."""
+        """What the chat box shows: the follow-ups (the first explanation has its own box above), each
+        answer marked with what the grounding gate said."""
+        shown = state.get("shown", {})
         return [
-            {"role": m["role"], "content": text_of(m["content"])} for m in state["session"].transcript[2:]
+            {"role": m["role"], "content": shown.get(i, text_of(m["content"]))}
+            for i, m in enumerate(state["session"].transcript)
+            if i >= 3
         ]
 
     def build(self) -> Any:
@@ -214,14 +225,25 @@ class NoodleApp:
                     status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                     probabilities = gr.Label(label="Class probabilities", elem_id="probabilities")
                 with gr.Column(scale=2):
-                    with gr.Row():
-                        photo = gr.Image(label="Photo", interactive=False)
-                        scorecam = gr.Image(label="ScoreCAM", interactive=False, elem_id="scorecam")
-                        gradcam = gr.Image(label="GradCAM", interactive=False)
-                    alpha = gr.Slider(
-                        0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="alpha"
-                    )
-                    facts = gr.Textbox(label="Heatmap facts", interactive=False, lines=2, elem_id="facts")
+                    evidence = gr.Textbox(
+                        label="Evidence: what the model's own tests show (the explanation cites these lines)",
+                        interactive=False, lines=10, elem_id="evidence",
+                    )  # fmt: skip
+            # Each map at least 320 px: a heatmap too small to see explains nothing.
+            big = {"interactive": False, "height": 320, "min_width": 320}
+            with gr.Row():
+                photo = gr.Image(label="Photo", elem_id="photo-view", **big)
+                scorecam = gr.Image(label="ScoreCAM (predicted class)", elem_id="scorecam", **big)
+                gradcam = gr.Image(label="GradCAM (predicted class)", elem_id="gradcam", **big)
+                contrastive = gr.Image(
+                    label="Contrastive (predicted over the other class)", elem_id="contrastive", **big
+                )
+            alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="alpha")
+            facts = gr.Textbox(label="Heatmap facts", interactive=False, lines=2, elem_id="facts")
+            neighbours = gr.Gallery(
+                label="Nearest training photos (the classifier's feature space)", columns=5, height=200,
+                elem_id="neighbours",
+            )  # fmt: skip
             explanation = gr.Textbox(label="Explanation", interactive=False, lines=4, elem_id="explanation")
             chat = gr.Chatbot(label="Conversation", elem_id="chat")
             with gr.Row():
@@ -233,19 +255,26 @@ class NoodleApp:
 
             self.ui = ui = PageComponents(
                 state=state, status=status, probabilities=probabilities, photo=photo, scorecam=scorecam,
-                gradcam=gradcam, facts=facts, explanation=explanation, chat=chat, question=question,
+                gradcam=gradcam, contrastive=contrastive, facts=facts, evidence=evidence,
+                neighbours=neighbours, explanation=explanation, chat=chat, question=question,
                 overlay_file=overlay_file, transcript_file=transcript_file,
             )  # fmt: skip
             # Each event lists every component its handler may update (order no longer matters).
-            analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam, ui.facts,
-                                ui.explanation, ui.chat, ui.overlay_file, ui.transcript_file,
-                                ui.state]  # fmt: skip
+            analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam,
+                                ui.contrastive, ui.facts, ui.evidence, ui.neighbours, ui.explanation,
+                                ui.chat, ui.overlay_file, ui.transcript_file, ui.state]  # fmt: skip
             upload.upload(self.analyze, [upload, alpha, ui.state], analysis_outputs)
             example.input(self.analyze, [example, alpha, ui.state], analysis_outputs)
-            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam])
+            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam, ui.contrastive])
             for event in (ask.click, question.submit):
                 event(self.ask, [question, ui.state], [ui.chat, ui.question, ui.transcript_file, ui.status])
         return page
+
+
+def _neighbour_thumbnails(analysis: PhotoAnalysis) -> list[tuple[Image.Image, str]]:
+    """The nearest training photos that are still on disk, captioned with label and similarity."""
+    found = analysis.evidence.neighbours if analysis.evidence else []
+    return [(load_rgb(n.file), f"{n.label} ({n.similarity:.2f})") for n in found if Path(n.file).is_file()]
 
 
 def serve(cfg: DictConfig) -> None:

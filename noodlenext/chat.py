@@ -6,26 +6,28 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import hydra
 from omegaconf import DictConfig
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.data.images import check_image, display_name, load_rgb
-from noodlenext.explain.photo import PhotoExplainer
+from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, LLMError
+from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import ExplainRequest
-from noodlenext.llm.session import ChatSession, explain_session
+from noodlenext.llm.session import ChatSession, evidence_session
 
 log = logging.getLogger(__name__)
 EXIT_WORDS = {"exit", "quit", ":q"}
 
 
-def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
-    """Prediction and ScoreCAM facts for cfg.image; the photo and its overlay are saved in output_dir."""
+def classify(cfg: DictConfig, output_dir: Path) -> tuple[PhotoAnalysis, list[str]]:
+    """Prediction, ScoreCAM and the evidence for cfg.image; the photo and its overlay are saved in
+    output_dir (their paths are returned too)."""
     image = Path(cfg.image).expanduser()
     problem, _ = check_image(image) if image.is_file() else ("no such file", None)
     if problem:
@@ -33,12 +35,12 @@ def classify(cfg: DictConfig, output_dir: Path) -> ExplainRequest:
     explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain))
     true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
     analysis = explainer(load_rgb(image), true_label, str(image))
-    return ExplainRequest.from_analysis(analysis, str(image), true_label, analysis.save_images(output_dir))
+    return analysis, analysis.save_images(output_dir)
 
 
 def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:
     if given is not None:
-        return given  # checked against the classes by PhotoAnalysis.request
+        return given  # checked against the classes by PhotoExplainer
     folder = display_name(image.parent.name)
     return folder if folder in names else None
 
@@ -51,15 +53,17 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
         raise ValueError(
             "llm=none: the chat needs a language model, e.g. llm=smollm2 (offline) or llm=gemma3_4b"
         )
-    request = None if cfg.chat.get("resume") else classify(cfg, output_dir)
+    analysed = None if cfg.chat.get("resume") else classify(cfg, output_dir)
     backend = load_backend(cfg.llm)
     assert backend is not None
     try:
-        if request is None:
+        if analysed is None:
             session = ChatSession.load(cfg.chat.resume, backend)
+            saved = session.metadata.get("evidence")
+            evidence = Evidence.from_dict(saved) if saved else None  # chats saved before evidence: none
             print(f"resumed {cfg.chat.resume} ({len(session.transcript)} messages)", file=out)
         else:
-            session = _explain(cfg, backend, request, transcript, out)
+            session, evidence = _explain(cfg, backend, *analysed, transcript, out)
         scripted = questions is not None or cfg.chat.get("questions") is not None
         if questions is None:
             questions = cfg.chat.questions if cfg.chat.get("questions") is not None else _stdin_questions(out)
@@ -70,7 +74,7 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
                 continue
             if scripted:  # typed questions are already on the screen
                 print(f"you> {question}", file=out)
-            _stream(session.ask_stream(question), out)
+            _answer(session, question, evidence, cfg.prompt, out)
             session.save(transcript)
     finally:
         backend.close()
@@ -79,19 +83,41 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
 
 
 def _explain(
-    cfg: DictConfig, backend: Backend, request: ExplainRequest, transcript: Path, out: TextIO
-) -> ChatSession:
-    session, first = explain_session(backend, request, cfg.prompt, cfg.llm)
+    cfg: DictConfig,
+    backend: Backend,
+    analysis: PhotoAnalysis,
+    images: list[str],
+    transcript: Path,
+    out: TextIO,
+) -> tuple[ChatSession, Evidence]:
+    evidence = analysis.evidence
+    assert evidence is not None  # PhotoExplainer gathers it by default
+    session, first = evidence_session(backend, evidence, cfg.prompt, cfg.llm, images)
     session.metadata["checkpoint"] = str(cfg.ckpt_path)
-    truth = f", true label {request.true_label}" if request.true_label else ""
+    truth = f", true label {evidence.true_label}" if evidence.true_label else ""
+    lines = "\n".join(f"  {line}" for line in evidence.lines())
     print(
-        f"{request.file}: predicted {request.predicted} ({request.confidence:.0%}){truth}\n"
-        f"ScoreCAM: {request.facts.describe()}\nheatmap: {request.images[1]}",
+        f"{evidence.file}: predicted {evidence.predicted} ({evidence.confidence:.0%}){truth}\n"
+        f"ScoreCAM: {evidence.facts['scorecam'].describe()}\nheatmap: {images[1]}\nevidence:\n{lines}",
         file=out,
     )
-    _stream(session.ask_stream(first), out)
+    _answer(session, first, evidence, cfg.prompt, out)
     session.save(transcript)
-    return session
+    return session, evidence
+
+
+def _answer(
+    session: ChatSession, question: str | list, evidence: Evidence | None, prompt: Any, out: TextIO
+) -> None:
+    """The answer, checked against the evidence before it is shown (a resumed chat without saved
+    evidence streams unchecked, and says so)."""
+    if evidence is None:
+        _stream(session.ask_stream(question), out)
+        print("(not checked: this saved chat holds no evidence to check the answer against)", file=out)
+        return
+    max_words, feedback = int(prompt.get("max_words", MAX_WORDS)), str(prompt.get("retry", FEEDBACK))
+    result = session.ask_grounded(question, evidence, max_words, feedback)
+    print(f"llm> {result.for_reader()}", file=out, flush=True)
 
 
 def _stream(pieces: Iterator[str], out: TextIO) -> None:

@@ -146,7 +146,15 @@ def test_a_user_uploads_a_photo_reads_the_explanation_and_asks_a_follow_up(
         time.sleep(0.5)
     (saved,) = conversation_files(run_dir)
     explanation = json.loads(saved.read_text())["transcript"][2]["content"]
-    expect(page.locator("#explanation textarea")).to_have_value(explanation, timeout=30_000)
+    shown = re.compile(
+        re.escape(explanation) + r"\n\n\((checked against the evidence|from the evidence template)"
+    )
+    expect(page.locator("#explanation textarea")).to_have_value(shown, timeout=30_000)
+    # The evidence the model produced, numbered; every map (the contrastive one too) at least 320 px tall.
+    assert page.locator("#evidence textarea").input_value().startswith("1. The classifier predicted")
+    for box in ("#scorecam", "#gradcam", "#contrastive"):
+        assert page.locator(f"{box} img").get_attribute("src")
+        assert page.locator(box).bounding_box()["height"] >= 320, box
 
     page.locator("#question textarea").fill("Why not udon?")
     page.locator("#ask").click()

@@ -9,6 +9,7 @@ import pytest
 
 from noodlenext.llm.base import LLMError, Message, text_only
 from noodlenext.llm.gguf_backend import GGUFBackend, smollm2_path
+from noodlenext.llm.text import cut_to_sentence, ends_on_sentence
 
 EXPLAIN = [
     {"role": "system", "content": "You explain an image classifier's decisions to a cook, briefly."},
@@ -65,10 +66,44 @@ def test_greedy_is_deterministic_and_stream_adds_up_to_it(backend: GGUFBackend) 
     a, b = backend.generate([messages, messages], max_new_tokens=40)
     assert a == b and a.strip()
     pieces = list(backend.stream(messages, max_new_tokens=40))
-    assert len(pieces) > 1 and "".join(pieces) == a
+    assert len(pieces) > 1 and cut_to_sentence("".join(pieces)) == a
     # sampling repeats too: the seed is set on every call
     sampled = [backend.generate([messages], max_new_tokens=20, temperature=0.8)[0] for _ in range(2)]
     assert sampled[0] == sampled[1]
+
+
+# Greedy SmolLM2 answers this with one line over and over.
+LOOP: list[Message] = [{"role": "user", "content": "List ten noodle dishes, one per line."}]
+LOOPED = "Noodles with a side of garlic butter"
+
+
+def repeated_token_4grams(backend: GGUFBackend, text: str) -> int:
+    tokens = backend.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    grams = [tuple(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
+    return len(grams) - len(set(grams))
+
+
+def test_repetition_control_reaches_llama_cpp(backend: GGUFBackend) -> None:
+    (plain,) = backend.generate([LOOP], max_new_tokens=48)
+    assert plain.count(LOOPED) >= 3 and repeated_token_4grams(backend, plain) > 10
+    (penalised,) = backend.generate([LOOP], max_new_tokens=48, repetition_penalty=1.3)
+    (banned,) = backend.generate([LOOP], max_new_tokens=48, no_repeat_ngram_size=4)
+    assert penalised.count(LOOPED) == 1 and penalised != plain
+    assert banned.count(LOOPED) == 1 and repeated_token_4grams(backend, banned) == 0
+    both = {"repetition_penalty": 1.15, "no_repeat_ngram_size": 4}
+    (answer,) = backend.generate([LOOP], max_new_tokens=48, **both)
+    assert "".join(backend.stream(LOOP, max_new_tokens=48, **both)) == answer  # a list: nothing to cut
+    with pytest.raises(LLMError, match="llm.repetition_penalty=0"):
+        backend.generate([LOOP], max_new_tokens=4, repetition_penalty=0)
+    with pytest.raises(LLMError, match="llm.no_repeat_ngram_size=-1"):
+        list(backend.stream(LOOP, max_new_tokens=4, no_repeat_ngram_size=-1))
+
+
+def test_an_answer_cut_by_the_token_limit_ends_on_a_full_sentence(backend: GGUFBackend) -> None:
+    raw = "".join(backend.stream(EXPLAIN, max_new_tokens=24))
+    (answer,) = backend.generate([EXPLAIN], max_new_tokens=24)
+    assert not ends_on_sentence(raw)  # the limit struck mid-sentence ...
+    assert ends_on_sentence(answer) and raw.startswith(answer) and answer == cut_to_sentence(raw)  # ... cut
 
 
 def test_count_tokens_is_the_prompt_llama_cpp_evaluates(backend: GGUFBackend) -> None:

@@ -17,12 +17,14 @@ import pytest
 from noodlenext.llm.base import LLMError, Message
 from noodlenext.llm.gguf_backend import GGUFBackend, smollm2_path
 from noodlenext.llm.openai_backend import OpenAIBackend, image_data_url
+from noodlenext.llm.text import cut_to_sentence, ends_on_sentence
 
 KEY_ENV = "NOODLENEXT_TEST_LLM_KEY"
 KEY = "noodle-secret"  # the server demands a key, so the 401 path is tested too
 
 TOMATO: list[Message] = [{"role": "user", "content": "What colour is a ripe tomato? Answer in one word."}]
 NOODLE: list[Message] = [{"role": "user", "content": "Name a Japanese noodle dish."}]
+LOOP: list[Message] = [{"role": "user", "content": "List ten noodle dishes, one per line."}]
 
 
 def free_port() -> int:
@@ -88,7 +90,41 @@ def test_concurrent_generate_keeps_order(backend: OpenAIBackend) -> None:
 @pytest.mark.slow
 def test_stream_adds_up_to_generate(backend: OpenAIBackend) -> None:
     pieces = list(backend.stream(NOODLE, 40))
-    assert len(pieces) > 1 and "".join(pieces) == backend.generate([NOODLE], 40)[0]
+    assert len(pieces) > 1 and cut_to_sentence("".join(pieces)) == backend.generate([NOODLE], 40)[0]
+
+
+@pytest.mark.slow
+def test_repetition_penalty_reaches_the_server(backend: OpenAIBackend, base_url: str) -> None:
+    """frequency_penalty (any OpenAI API) by default; llama.cpp's own repeat_penalty when asked for."""
+    (plain,) = backend.generate([LOOP], 48)
+    (penalised,) = backend.generate([LOOP], 48, repetition_penalty=1.5)
+    assert backend._penalty(1.5) == {"frequency_penalty": 1.0} and backend._penalty(1.0) == {}
+    assert penalised != plain
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, KEY)
+        native = OpenAIBackend(
+            base_url=base_url, model="smollm2", api_key_env=KEY_ENV, repetition="repeat_penalty"
+        )
+    try:
+        assert native._penalty(1.5) == {"extra_body": {"repeat_penalty": 1.5}}
+        (strong,) = native.generate([LOOP], 48, repetition_penalty=1.5)
+        assert strong not in (plain, penalised)
+        # the n-gram ban cannot be sent: accepted, and the answer is the same
+        assert native.generate([LOOP], 48, repetition_penalty=1.5, no_repeat_ngram_size=4) == [strong]
+    finally:
+        native.close()
+    with pytest.raises(LLMError, match="llm.backend.repetition='vllm'.*repetition_penalty: vLLM"):
+        OpenAIBackend(base_url=base_url, model="smollm2", repetition="vllm")
+
+
+@pytest.mark.slow
+def test_an_answer_cut_by_the_token_limit_ends_on_a_full_sentence(backend: OpenAIBackend) -> None:
+    question: list[Message] = [
+        {"role": "user", "content": "The heatmap is brightest on the thick white noodles. Why udon? Explain."}
+    ]
+    raw = "".join(backend.stream(question, 48))
+    (answer,) = backend.generate([question], 48)
+    assert not ends_on_sentence(raw) and ends_on_sentence(answer) and raw.startswith(answer)
 
 
 @pytest.mark.slow

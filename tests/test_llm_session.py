@@ -7,10 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from noodlenext.core.config import CONFIG_DIR
+from noodlenext.explain.facts import heatmap_facts
 from noodlenext.llm.base import LLMError
 from noodlenext.llm.gguf_backend import GGUFBackend
-from noodlenext.llm.session import ChatSession
+from noodlenext.llm.prompt import ExplainRequest
+from noodlenext.llm.session import ChatSession, explain_session
+from noodlenext.llm.text import ends_on_sentence
 
 SYSTEM = {"role": "system", "content": "You answer questions about noodles in one short sentence."}
 FOLLOW_UPS = [
@@ -43,7 +48,52 @@ def test_each_turn_sends_the_whole_conversation(smollm2: GGUFBackend) -> None:
 def test_streaming_records_the_same_answer_it_yields(smollm2: GGUFBackend) -> None:
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24)
     pieces = list(session.ask_stream("What is udon made of?"))
-    assert len(pieces) > 1 and session.messages[-1]["content"] == "".join(pieces).strip()
+    assert pieces and session.messages[-1]["content"] == "".join(pieces).strip()
+
+
+def test_streaming_yields_whole_sentences_only(smollm2: GGUFBackend) -> None:
+    """The token limit strikes mid-sentence; the reader never sees that tail, and neither does the record."""
+    question = "Describe ramen, udon and spaghetti, two sentences each."
+    raw = "".join(smollm2.stream([SYSTEM, {"role": "user", "content": question}], max_new_tokens=60))
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=60)
+    pieces = list(session.ask_stream(question))
+    answer = session.messages[-1]["content"]
+    assert not ends_on_sentence(raw) and raw.startswith(answer)
+    assert len(pieces) > 1 and all(ends_on_sentence(p) for p in pieces) and "".join(pieces).strip() == answer
+    assert session.ask(question) == answer  # ask cuts the same way
+
+
+def test_repetition_settings_come_from_the_llm_config_and_reach_generation(
+    smollm2: GGUFBackend, tmp_path: Path
+) -> None:
+    llm = OmegaConf.load(Path(CONFIG_DIR) / "llm" / "base" / "generation.yaml")
+    assert llm.repetition_penalty > 1 and llm.no_repeat_ngram_size > 0
+    llm.max_new_tokens = 48
+    cam = [[1.0, 0.0], [0.0, 0.0]]
+    request = ExplainRequest(
+        "bowl.jpg", ["ramen", "udon"], {"ramen": 0.6, "udon": 0.4}, "ramen", heatmap_facts(cam)
+    )
+    session, _ = explain_session(
+        smollm2, request, {"system": "You list things.", "explain": "", "ask_unknown": ""}, llm
+    )
+    assert session.options == {
+        "max_new_tokens": 48,
+        "temperature": 0.0,
+        "repetition_penalty": llm.repetition_penalty,
+        "no_repeat_ngram_size": llm.no_repeat_ngram_size,
+    }
+    loop = "List ten noodle dishes, one per line."
+    plain = ChatSession(smollm2, [SYSTEM], max_new_tokens=48).ask(loop)
+    controlled = session.ask(loop)
+    looped = plain.splitlines()[0].split(". ", 1)[1]  # greedy SmolLM2 lists one dish over and over
+    assert plain.count(looped) >= 2 and controlled.count(looped) <= 1  # the session's settings were used
+    loaded = ChatSession.load(session.save(tmp_path / "chat.json"), smollm2)
+    assert loaded.options == session.options
+    old = json.loads((tmp_path / "chat.json").read_text())
+    for key in ("repetition_penalty", "no_repeat_ngram_size"):
+        del old[key]  # a chat saved before these settings existed
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert ChatSession.load(tmp_path / "old.json", smollm2).options["repetition_penalty"] == 1.0
 
 
 def test_a_full_context_drops_the_oldest_follow_ups_with_a_note(smollm2: GGUFBackend) -> None:

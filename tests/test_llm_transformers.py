@@ -9,12 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from tiny_llms import BOS, save_tiny_gemma3, save_tiny_llama
+from tiny_llms import BOS, PAD, save_tiny_gemma3, save_tiny_llama
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.llm.base import LLMError, Message, text_only
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.transformers_backend import TransformersBackend
+from noodlenext.llm.text import cut_to_sentence
+from noodlenext.llm.transformers_backend import AnswerRepetition, TransformersBackend
 
 MM_TOKENS = 4  # the tiny Gemma 3's tokens per image
 
@@ -122,10 +123,59 @@ def test_stream_pieces_add_up_to_the_answer(
 ) -> None:
     pieces = list(gemma.stream(conversations[0], max_new_tokens=16))
     assert len(pieces) > 1
-    assert "".join(pieces) == gemma.generate([conversations[0]], max_new_tokens=16)[0]
+    assert cut_to_sentence("".join(pieces)) == gemma.generate([conversations[0]], max_new_tokens=16)[0]
     early = gemma.stream(conversations[1], max_new_tokens=200)
     next(early)
     early.close()  # a reader that stops early ends the generation thread too (join would hang otherwise)
+
+
+def repeats(tokens: list[int], n: int) -> int:
+    """How many n-grams of `tokens` (trailing padding dropped) repeat an earlier one."""
+    while tokens and tokens[-1] == PAD:
+        tokens = tokens[:-1]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_repetition_control_reaches_generate(
+    models: dict[str, Path], conversations: list[list[Message]]
+) -> None:
+    backend = TransformersBackend(str(models["gemma3"]), batch_size=2)
+    batch = conversations[1:]
+    inputs = backend.encode(batch)
+    prompt = inputs["input_ids"].shape[1]
+
+    def answers(penalty: float, ngram: int) -> list[list[int]]:
+        out = backend._run(inputs, **backend._generate_kwargs(prompt, 40, 0.0, penalty, ngram))
+        return out[:, prompt:].tolist()
+
+    plain = answers(1.0, 0)
+    assert all(repeats(row, 3) > 5 for row in plain)  # a random model loops
+    assert all(repeats(row, 3) == 0 for row in answers(1.0, 3))
+    penalised = answers(1.5, 0)
+    assert all(repeats(row, 3) < repeats(p, 3) for row, p in zip(penalised, plain, strict=True))
+    on = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}
+    batched = backend.generate(batch, max_new_tokens=20, **on)
+    assert batched == [backend.generate([c], max_new_tokens=20, **on)[0] for c in batch]  # padding-safe
+    assert batched != backend.generate(batch, max_new_tokens=20)
+    assert all(a == cut_to_sentence(a) for a in batched)
+    streamed = "".join(backend.stream(batch[0], max_new_tokens=20, **on))
+    assert cut_to_sentence(streamed) == batched[0]
+    with pytest.raises(LLMError, match="llm.no_repeat_ngram_size=-2"):
+        backend.generate(batch, max_new_tokens=4, no_repeat_ngram_size=-2)
+
+
+def test_repetition_control_looks_at_the_answer_only() -> None:
+    """The prompt's tokens may be quoted: transformers' own processors would penalise and ban them."""
+    prompt, answer = [5, 6, 7, 5, 6], [1, 2, 3, 1, 2]
+    scores = torch.full((1, 10), 2.0)
+    out = AnswerRepetition(len(prompt), penalty=2.0, ngram=3)(torch.tensor([prompt + answer]), scores.clone())
+    assert out[0, 3] == -float("inf")  # "1 2 3" is in the answer: 3 after "1 2" would repeat it
+    assert out[0, 7] == 2.0  # "5 6 7" is only in the prompt
+    assert out[0, 1] == out[0, 2] == 1.0 and out[0, 5] == 2.0  # answer tokens penalised, prompt ones not
+    assert AnswerRepetition(len(prompt + answer), 2.0, 3)(torch.tensor([prompt + answer]), scores).equal(
+        scores
+    )
 
 
 def test_sampling_gives_an_answer(gemma: TransformersBackend, conversations: list[list[Message]]) -> None:
@@ -195,6 +245,10 @@ def test_static_cache_with_compile_matches_eager_on_cpu(
     assert fast.generate(conversations, max_new_tokens=8) == expected
     assert fast.generate(conversations, max_new_tokens=8) == expected  # the compiled step, reused
     assert hasattr(fast.model, "_compiled_call")
+    on = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}  # our logits processor, outside the graph
+    assert fast.generate(conversations, max_new_tokens=8, **on) == eager.generate(
+        conversations, max_new_tokens=8, **on
+    )
 
 
 @pytest.mark.gpu

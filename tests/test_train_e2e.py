@@ -291,12 +291,24 @@ def test_llm_explains_the_worst_test_mistakes(trained: Path) -> None:
     records = read_jsonl(trained / "explanations.jsonl")
     assert len(records) == min(4, wrong)  # llm.num_explanations
     assert [r["loss"] for r in records] == sorted((r["loss"] for r in records), reverse=True)
+    from noodlenext.explain.evidence import Evidence
+    from noodlenext.llm.grounding import check_explanation
+
     for r in records:
         assert r["error"] is None and r["llm"] == "smollm2" and len(r["explanation"].split()) >= 3
         assert r["predicted"] != r["true_label"]
         question = r["messages"][1]["content"]
-        assert f'"{r["predicted"]}" with' in question and f"True label: {r['true_label']}" in question
+        assert all(line in question for line in r["evidence_lines"])  # the numbered facts, as sent
+        assert r["evidence_lines"][0].startswith("1. The classifier predicted")
         assert all(Path(p).is_file() for p in r["images"])
+        # No unchecked text reaches a reader: what is shown passed the gate, and says whose words it is.
+        evidence = Evidence.from_dict(r["evidence"])
+        assert evidence.predicted == r["predicted"] and evidence.contrast_class == r["true_label"]
+        assert r["source"] in ("llm", "llm_retry", "template")
+        assert check_explanation(r["explanation"], evidence).passed
+        verdicts = r["grounding"]["verdicts"]
+        assert len(verdicts) == {"llm": 1, "llm_retry": 2, "template": 2}[r["source"]]
+        assert all(not v["passed"] and v["reasons"] for v in verdicts[:-1])
     (run_file,) = (trained / "wandb").glob("offline-run-*/run-*.wandb")
     assert any(k.startswith("test/llm_explanations") for k in history_keys(read_records(run_file)))
 
@@ -304,8 +316,11 @@ def test_llm_explains_the_worst_test_mistakes(trained: Path) -> None:
 def test_an_llm_that_fails_keeps_the_run_and_says_why(resumed: Path) -> None:
     assert (resumed / "metrics.json").is_file() and (resumed / "checkpoints" / "last.ckpt").is_file()
     records = read_jsonl(resumed / "explanations.jsonl")
-    assert records and all(r["explanation"] is None for r in records)
-    assert all("/nowhere/gemma-3-4b-it.gguf" in r["error"] for r in records)
+    assert records and all("/nowhere/gemma-3-4b-it.gguf" in r["error"] for r in records)
+    # The reader still gets an explanation, written from the evidence and marked as such.
+    assert all(
+        r["source"] == "template" and r["explanation"] and not r["grounding"]["verdicts"] for r in records
+    )
     (run_file,) = (resumed / "wandb").glob("offline-run-*/run-*.wandb")
     assert any(k.startswith("test/llm_explanations") for k in history_keys(read_records(run_file)))
 
@@ -332,8 +347,15 @@ def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tm
     roles = [m["role"] for m in saved["transcript"]]
     assert roles == ["system"] + ["user", "assistant"] * 3
     assert saved["transcript"][3]["content"] == "Why not spaghetti?"
-    request = saved["metadata"]["request"]
-    assert request["true_label"] == "udon"  # from the image's class folder
+    evidence = saved["metadata"]["evidence"]
+    assert evidence["true_label"] == "udon"  # from the image's class folder
+    assert "evidence:\n  1. The classifier predicted" in proc.stdout
+    # Every answer was checked against the evidence before it was printed, and says so.
+    assert (
+        proc.stdout.count("(checked against the evidence") + proc.stdout.count("(from the evidence template")
+        == 3
+    )
+    assert len(saved["metadata"]["grounding"]) == 3
     assert (out / "photo.png").is_file() and (out / "scorecam.png").is_file()
 
 

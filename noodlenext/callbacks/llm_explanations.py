@@ -15,12 +15,15 @@ from noodlenext.callbacks.heatmap_gallery import HeatmapGallery
 from noodlenext.callbacks.samples import Sample, SampleCollector, worst_mistakes
 from noodlenext.core.files import write_text_atomic
 from noodlenext.data.images import load_rgb
-from noodlenext.explain.facts import heatmap_facts
+from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.llm.base import Message, generation_options
+from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, grounded_batch, template_explanation
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import ExplainRequest, explain_messages
+from noodlenext.llm.prompt import evidence_messages
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +31,16 @@ log = logging.getLogger(__name__)
 class LLMExplanations(SampleCollector):
     """Explains the `llm.num_explanations` misclassified test samples with the largest loss.
 
-    Each gets its ScoreCAM map for the predicted class (reused from a HeatmapGallery that ran first),
-    a prompt built from `prompt` (conf/prompt/*.yaml) and one answer from the `llm` backend, all in one
-    batched call. Writes `explanations.jsonl` (one record per sample, with the messages sent) and the
-    photos and overlays under `<output_dir>/llm/`, and logs the W&B table `test/llm_explanations`.
-    A backend that fails to load or answer is logged and written into every record and table row:
-    it never fails the run, so checkpoints, metrics and the other logs are kept.
+    Each gets its Evidence (reused from a HeatmapGallery that ran first): numbered facts the model itself
+    produced. The prompt (conf/prompt/*.yaml, the `evidence_*` templates) lists them and asks for a short
+    explanation citing them; every answer goes through the grounding gate (noodlenext.llm.grounding): a
+    rejected draft is regenerated once with the reasons named, then replaced by the template written from
+    the evidence, and `source` says whose words reached the reader (llm | llm_retry | template). All
+    first drafts go out in one batched call, the retries in a second. Writes `explanations.jsonl` (one
+    record per sample: evidence, explanation, source, the gate's verdicts and rejected drafts, messages)
+    and the photos and overlays under `<output_dir>/llm/`, and logs the W&B table
+    `test/llm_explanations`. A backend that fails to load or answer is logged and written into every
+    record (which then holds the template's explanation): it never fails the run.
     """
 
     def __init__(
@@ -69,93 +76,138 @@ class LLMExplanations(SampleCollector):
         self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
     ) -> None:
         mistakes = worst_mistakes(samples, int(self.llm.get("num_explanations", 4)))
-        requests = self._requests(trainer, pl_module, dataset, mistakes)
-        answers, error = self._answers(requests)
+        try:  # the run's results matter more than its explanations: nothing here may fail it
+            evidences, images = self._evidence(trainer, pl_module, dataset, mistakes)
+        except Exception as err:  # noqa: BLE001
+            log.exception("LLM explanations: gathering the evidence failed")
+            evidences, images, failure = [], [], f"{type(err).__name__}: {err}"
+        else:
+            failure = None
+        results, conversations, error = self._explain(evidences, images)
         records = [
             {
-                **r.to_dict(),
-                "confidence": r.confidence,
+                "file": ev.file,
+                "class_names": ev.class_names,
+                "probabilities": ev.probabilities,
+                "predicted": ev.predicted,
+                "true_label": ev.true_label,
+                "confidence": ev.confidence,
                 "loss": s.loss,
                 "llm": self.llm.get("name"),
-                "explanation": answer,
+                "explanation": result.text,
+                "source": result.source,  # llm | llm_retry | template: whose words these are
+                "grounding": result.to_dict(),
                 "error": error,
+                "evidence": ev.to_dict(),
+                "evidence_lines": ev.lines(),
+                "images": paths,
                 "messages": messages,
             }
-            for s, r, (messages, answer) in zip(mistakes, requests, answers, strict=True)
+            for s, ev, paths, result, messages in zip(
+                mistakes, evidences, images, results, conversations, strict=True
+            )
         ]
+        if failure is not None:
+            records = [{"loss": s.loss, "llm": self.llm.get("name"), "explanation": None, "error": failure}
+                       for s in mistakes]  # fmt: skip
         text = "".join(json.dumps(r) + "\n" for r in records)
         write_text_atomic(self.output_dir / "explanations.jsonl", text)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                log_wandb_table(logger, records, f"{stage}/llm_explanations")
-        log.info("LLM explanations of %d %s mistakes in %s", len(records), stage, self.output_dir)
+        if failure is None:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    log_wandb_table(logger, records, f"{stage}/llm_explanations")
+        sources = [r.get("source") for r in records]
+        log.info(
+            "LLM explanations of %d %s mistakes in %s (%d passed the grounding gate as written, %d after a "
+            "retry, %d from the evidence template)", len(records), stage, self.output_dir,
+            sources.count("llm"), sources.count("llm_retry"), sources.count("template"),
+        )  # fmt: skip
 
-    def _requests(
+    def _evidence(
         self, trainer: Trainer, pl_module: LightningModule, dataset: Any, mistakes: list[Sample]
-    ) -> list[ExplainRequest]:
+    ) -> tuple[list[Evidence], list[list[str]]]:
+        """Each mistake's Evidence (reused from a HeatmapGallery that ran first) and [photo, map] paths."""
         gallery = next((c for c in trainer.callbacks if isinstance(c, HeatmapGallery)), None)
-        cached = gallery.test_heatmaps if gallery is not None else {}
-        missing = [s for s in mistakes if "scorecam" not in cached.get(s.index, {})]
+        cached_maps = gallery.test_heatmaps if gallery is not None else {}
+        cached = gallery.test_evidence if gallery is not None else {}
+        missing = [
+            s for s in mistakes if s.index not in cached or "scorecam" not in cached_maps.get(s.index, {})
+        ]
         if missing:
-            images = torch.stack([dataset[s.index][0] for s in missing])
-            maps = explain_batch(pl_module, images, [s.pred for s in missing], "scorecam", self.settings)
-            cached = {**cached, **{s.index: m for s, m in zip(missing, maps, strict=True)}}
-        names = pl_module.class_names
+            batch = torch.stack([dataset[s.index][0] for s in missing])
+            maps = explain_batch(pl_module, batch, [s.pred for s in missing], "both", self.settings)
+            files = [str(dataset.samples[s.index][0]) for s in missing]
+            size = batch.shape[-1], batch.shape[-2]
+            index = gallery._feature_index(trainer, pl_module) if gallery is not None else None
+            found = gather_evidence(
+                pl_module, batch, [load_rgb(f).resize(size) for f in files], [s.pred for s in missing],
+                [s.target for s in missing], maps, index=index, settings=self.settings, files=files,
+                class_names=pl_module.class_names,
+            )  # fmt: skip
+            cached_maps = {**cached_maps, **{s.index: m for s, m in zip(missing, maps, strict=True)}}
+            cached = {**cached, **{s.index: ev for s, ev in zip(missing, found, strict=True)}}
         image_dir = self.output_dir / "llm"
         image_dir.mkdir(parents=True, exist_ok=True)
-        requests = []
+        images = []
         for i, s in enumerate(mistakes):
-            cam = cached[s.index]["scorecam"].cam
-            path = dataset.samples[s.index][0]
-            photo = load_rgb(path).resize((cam.shape[1], cam.shape[0]))
+            cam = cached_maps[s.index]["scorecam"].cam
+            photo = load_rgb(dataset.samples[s.index][0]).resize((cam.shape[1], cam.shape[0]))
             photo_path, overlay_path = image_dir / f"{i:02d}_photo.png", image_dir / f"{i:02d}_scorecam.png"
             photo.save(photo_path)
             overlay(photo, cam).save(overlay_path)
-            requests.append(
-                ExplainRequest(
-                    file=str(path),
-                    class_names=list(names),
-                    probabilities=dict(zip(names, s.probs, strict=True)),
-                    predicted=names[s.pred],
-                    facts=heatmap_facts(cam),
-                    true_label=names[s.target],
-                    images=[str(photo_path), str(overlay_path)],
-                )
-            )
-        return requests
+            images.append([str(photo_path), str(overlay_path)])
+        return [cached[s.index] for s in mistakes], images
 
-    def _answers(self, requests: list[ExplainRequest]) -> tuple[list[tuple[list, str | None]], str | None]:
-        """(messages, answer) per request and the error that stopped the LLM, if any."""
-        if not requests:
-            return [], None
+    def _explain(
+        self, evidences: list[Evidence], images: list[list[str]]
+    ) -> tuple[list[GroundedText], list[list[Message]], str | None]:
+        """A gated explanation per evidence (the model's, its retry, or the template's), the messages sent
+        and the error that stopped the model, if any (then every explanation is the template's)."""
+        if not evidences:
+            return [], [], None
+        max_words = int(self.prompt.get("max_words", MAX_WORDS))
+        feedback = str(self.prompt.get("retry", FEEDBACK))
+        conversations = [
+            evidence_messages(ev, self.prompt, False, paths)
+            for ev, paths in zip(evidences, images, strict=True)
+        ]
         backend = None
-        conversations = [explain_messages(r, self.prompt, multimodal=False) for r in requests]
         try:
             backend = load_backend(self.llm)
-            conversations = [explain_messages(r, self.prompt, backend.multimodal) for r in requests]
-            answers = backend.generate(
-                conversations, int(self.llm.max_new_tokens), float(self.llm.get("temperature", 0.0))
+            conversations = [
+                evidence_messages(ev, self.prompt, backend.multimodal, paths)
+                for ev, paths in zip(evidences, images, strict=True)
+            ]
+            results = grounded_batch(
+                backend, conversations, evidences, max_words, feedback, **generation_options(self.llm)
             )
-            return [(c, a.strip()) for c, a in zip(conversations, answers, strict=True)], None
+            return results, conversations, None
         except Exception as err:  # noqa: BLE001 - the run's results matter more than its explanations
             error = f"{type(err).__name__}: {err}"
             log.error("LLM explanations failed (llm=%s): %s", self.llm.get("name"), error)
-            return [(c, None) for c in conversations], error
+            templates = [GroundedText(template_explanation(ev, max_words), "template") for ev in evidences]
+            return templates, conversations, error
         finally:
             if backend is not None:
                 backend.close()
 
 
 def log_wandb_table(logger: WandbLogger, records: list[dict[str, Any]], key: str) -> None:
-    """image | overlay | true | predicted | confidence | explanation (or why there is none)."""
+    """image | overlay | true | predicted | confidence | explanation | whose words | gate | evidence."""
     import wandb
 
-    columns = ["image", "scorecam", "true", "predicted", "confidence", "explanation"]
-    table = wandb.Table(columns=columns)
+    columns = ["image", "scorecam", "true", "predicted", "confidence", "explanation", "source", "grounding"]
+    table = wandb.Table(columns=[*columns, "evidence"])
     for r in records:
         photo, heat = r["images"]
-        text = r["explanation"] if r["error"] is None else f"LLM failed: {r['error']}"
+        source = r["source"] if r["error"] is None else f"{r['source']} (LLM failed: {r['error']})"
+        verdicts = r["grounding"]["verdicts"]
+        gate = "; ".join(
+            f"draft {i + 1}: {'passed' if v['passed'] else 'rejected: ' + '; '.join(v['reasons'])}"
+            for i, v in enumerate(verdicts)
+        )  # fmt: skip
         table.add_data(
-            wandb.Image(photo), wandb.Image(heat), r["true_label"], r["predicted"], r["confidence"], text
-        )
+            wandb.Image(photo), wandb.Image(heat), r["true_label"], r["predicted"], r["confidence"],
+            r["explanation"], source, gate or "no model draft", "\n".join(r["evidence_lines"]),
+        )  # fmt: skip
     logger.experiment.log({key: table})

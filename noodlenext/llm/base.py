@@ -3,13 +3,26 @@
 A message is OpenAI-shaped: {"role": "system" | "user" | "assistant", "content": str | list[part]},
 a part being {"type": "text", "text": str} or {"type": "image", "path": str}. Images travel as file
 paths so that a conversation is plain JSON; text-only backends drop them (the facts are in words too).
+
+Repetition control, the same two settings in every backend (both off by default; conf/llm/base/generation.yaml
+turns them on): `repetition_penalty` (> 1 makes a token the answer already used less likely: a positive
+logit is divided by it, a negative one multiplied, as in transformers and llama.cpp) and
+`no_repeat_ngram_size` (n > 0: the answer never repeats one of its own n-token sequences). Both look at the
+answer only, not the prompt, so that an explanation may quote the facts it was given.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+from noodlenext.llm.text import cut_to_sentence
+
+__all__ = [
+    "Backend", "LLMError", "Message", "check_repetition", "cut_to_sentence", "generation_options",
+    "images_of", "repeated_ngram_bans", "text_of", "text_only",
+]  # fmt: skip
 
 Message = dict[str, Any]
 
@@ -27,15 +40,39 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(
-        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        conversations: Sequence[list[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
-        """The next assistant reply for each conversation (several at once where the backend can batch)."""
+        """The next assistant reply for each conversation (several at once where the backend can batch),
+        cut to its last complete sentence (`text.cut_to_sentence`).
+
+        max_new_tokens: the longest answer, in tokens; temperature: 0 for greedy answers;
+        repetition_penalty, no_repeat_ngram_size: see the module docstring (1.0 and 0: off).
+        """
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
-        """The next reply in pieces as they are produced; by default all at once."""
-        yield self.generate([messages], max_new_tokens, temperature)[0]
+        """The next reply in pieces as they are produced (by default all at once), not cut: a reader sees
+        it as it comes, and whoever keeps the whole answer cuts it (ChatSession does)."""
+        yield self.generate(
+            [messages],
+            max_new_tokens,
+            temperature,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )[0]
 
     @abstractmethod
     def count_tokens(self, messages: list[Message]) -> int:
@@ -61,3 +98,39 @@ def images_of(content: str | list[dict[str, Any]]) -> list[str]:
 def text_only(messages: list[Message]) -> list[Message]:
     """The conversation with images dropped and every content a plain string."""
     return [{"role": m["role"], "content": text_of(m["content"])} for m in messages]
+
+
+def generation_options(llm: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The keyword arguments of `Backend.generate`/`stream` that an `llm` config (conf/llm/*.yaml) sets:
+    max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size (absent keys: the defaults,
+    repetition control off)."""
+    return {
+        "max_new_tokens": int(llm.get("max_new_tokens", 256)),
+        "temperature": float(llm.get("temperature", 0.0)),
+        "repetition_penalty": float(_unset(llm.get("repetition_penalty"), 1.0)),
+        "no_repeat_ngram_size": int(_unset(llm.get("no_repeat_ngram_size"), 0)),
+    }
+
+
+def _unset(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def check_repetition(repetition_penalty: float, no_repeat_ngram_size: int) -> None:
+    """Refuse settings no backend can use, naming the config option."""
+    if not repetition_penalty > 0:
+        raise LLMError(f"llm.repetition_penalty={repetition_penalty}: use a value > 0 (1.0: off, 1.1-1.3)")
+    if no_repeat_ngram_size < 0:
+        raise LLMError(f"llm.no_repeat_ngram_size={no_repeat_ngram_size}: use 0 (off) or n >= 1 tokens")
+
+
+def repeated_ngram_bans(tokens: Sequence[int], n: int) -> set[int]:
+    """The token ids that, coming next, would repeat an n-token sequence already in `tokens` (the
+    answer so far): every token that followed an earlier occurrence of the last n-1 tokens."""
+    if n < 1 or len(tokens) < n - 1:
+        return set()
+    tokens = list(tokens)
+    if n == 1:
+        return set(tokens)
+    tail = tokens[len(tokens) - n + 1 :]
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i : i + n - 1] == tail}

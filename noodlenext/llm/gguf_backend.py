@@ -3,6 +3,10 @@
 
 The prompt is built with the GGUF's own chat template (`tokenizer.chat_template`), and one formatter object
 serves both generation and `count_tokens`, so the count is exactly the prompt llama.cpp evaluates.
+
+Repetition control: `repetition_penalty` is llama.cpp's `repeat_penalty` (its sampler sees only the
+answer's tokens, the last 64 of them); llama.cpp has no n-gram ban, so `no_repeat_ngram_size` is a logits
+processor here (`_NoRepeatNgram`) over the whole answer.
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from noodlenext.llm.base import Backend, LLMError, Message, text_only
+import numpy as np
+
+from noodlenext.llm.base import (
+    Backend,
+    LLMError,
+    Message,
+    check_repetition,
+    cut_to_sentence,
+    repeated_ngram_bans,
+    text_only,
+)
 
 INSTALL_HINT = "pip install 'noodlenext[llm]' (builds llama.cpp from source: ~4 min, needs a C++ compiler)"
 
@@ -143,14 +157,28 @@ class GGUFBackend(Backend):
         return len(tokens)
 
     def _complete(
-        self, messages: list[Message], max_new_tokens: int, temperature: float, stream: bool
+        self,
+        messages: list[Message],
+        max_new_tokens: int,
+        temperature: float,
+        stream: bool,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> Any:
+        check_repetition(repetition_penalty, no_repeat_ngram_size)
+        processors = None
+        if no_repeat_ngram_size > 0:
+            from llama_cpp import LogitsProcessorList
+
+            processors = LogitsProcessorList([_NoRepeatNgram(no_repeat_ngram_size)])
         return self.llama.create_chat_completion(
             messages=text_only(messages),
             max_tokens=max_new_tokens,
             temperature=temperature,  # 0: greedy
             seed=self.seed,  # the same seed every call: sampled answers repeat too
             stream=stream,
+            repeat_penalty=repetition_penalty,
+            logits_processor=processors,
         )
 
     def _too_long(self, e: ValueError) -> LLMError:
@@ -158,26 +186,44 @@ class GGUFBackend(Backend):
         return LLMError(f"{self.name}: {e}: shorten the conversation or raise llm.n_ctx")
 
     def generate(
-        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        conversations: Sequence[list[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
         """One conversation after another: llama.cpp here decodes a single sequence."""
         answers = []
         for messages in conversations:
             try:
                 with self._lock:
-                    response = self._complete(messages, max_new_tokens, temperature, stream=False)
+                    response = self._complete(
+                        messages, max_new_tokens, temperature, False, repetition_penalty, no_repeat_ngram_size
+                    )
             except ValueError as e:
                 raise self._too_long(e) from e
-            answers.append(response["choices"][0]["message"]["content"] or "")
+            answers.append(cut_to_sentence(response["choices"][0]["message"]["content"] or ""))
         return answers
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
-        """The reply in the pieces llama.cpp decodes; they add up to what `generate` answers."""
+        """The reply in the pieces llama.cpp decodes; cut to whole sentences they are what `generate`
+        answers."""
         with self._lock:
             try:  # the prompt is checked when the first chunk is asked for
-                for chunk in self._complete(messages, max_new_tokens, temperature, stream=True):
+                chunks = self._complete(
+                    messages, max_new_tokens, temperature, True, repetition_penalty, no_repeat_ngram_size
+                )
+                for chunk in chunks:
                     piece = chunk["choices"][0]["delta"].get("content")
                     if piece:
                         yield piece
@@ -189,3 +235,24 @@ class GGUFBackend(Backend):
         if getattr(self, "llama", None) is not None:
             self.llama.close()
             self.llama = None
+
+
+class _NoRepeatNgram:
+    """A llama.cpp logits processor: bans each token that would repeat an n-token sequence of the answer.
+
+    llama.cpp hands it every token so far (the prompt, then the answer); the first call sees exactly the
+    prompt, which is how the answer's start is found. One instance per request.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.prompt_tokens: int | None = None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = len(input_ids)
+        banned = repeated_ngram_bans(input_ids[self.prompt_tokens :].tolist(), self.n)
+        if banned:
+            scores = scores.copy()
+            scores[list(banned)] = -np.inf
+        return scores

@@ -2,6 +2,11 @@
 
 The server holds the model and its chat template, so this side only ships messages: several conversations
 go out at once (servers batch concurrent requests), images as base64 data URLs when the model sees them.
+
+Repetition control: the OpenAI API has `frequency_penalty` (additive, -2..2, per earlier occurrence) and
+no n-gram ban; servers differ in what else they take, so `repetition` picks what is sent (see
+REPETITION_STYLES). `no_repeat_ngram_size` cannot be sent to any of them; the grounding gate still
+rejects an answer that repeats itself.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import httpx
 import openai
 
-from noodlenext.llm.base import Backend, LLMError, Message, text_only
+from noodlenext.llm.base import Backend, LLMError, Message, check_repetition, cut_to_sentence, text_only
 
 # count_tokens without a server tokenizer: English runs ~4 characters a token, so chars/3 overcounts
 # (safe for fitting a context window); each message adds role markers, an image a vision model's fixed
@@ -28,6 +33,17 @@ CHARS_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_IMAGE = 256
 TOKENS_PER_TEMPLATE = 32
+
+# How a multiplicative repetition_penalty p becomes OpenAI's additive frequency_penalty: 2 * (p - 1), so
+# 1.15 -> 0.3. There is no exact conversion (one divides a logit, the other subtracts f per earlier use);
+# this lands inside the 0.1..1 that OpenAI's documentation calls reasonable for curbing repetition.
+FREQUENCY_PER_PENALTY = 2.0
+REPETITION_STYLES = {
+    "frequency_penalty": "OpenAI's frequency_penalty (every OpenAI-compatible server takes it)",
+    "repeat_penalty": "llama.cpp's server (python -m llama_cpp.server, llama-server): repeat_penalty as is",
+    "repetition_penalty": "vLLM, SGLang, TGI: repetition_penalty as is (an extra body field)",
+    "none": "send nothing: the server's own defaults",
+}
 
 
 def image_data_url(path: str) -> str:
@@ -53,8 +69,14 @@ class OpenAIBackend(Backend):
         context_length: int = 4096,
         multimodal: bool = False,
         max_parallel: int = 4,
+        repetition: str = "frequency_penalty",
     ) -> None:
-        """api_key_env: the environment variable holding the key (local servers need none)."""
+        """api_key_env: the environment variable holding the key (local servers need none). repetition:
+        how `repetition_penalty` is sent, one of REPETITION_STYLES."""
+        if repetition not in REPETITION_STYLES:
+            styles = "; ".join(f"{k}: {v}" for k, v in REPETITION_STYLES.items())
+            raise LLMError(f"llm.backend.repetition={repetition!r}: use one of {styles}")
+        self.repetition = repetition
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -122,7 +144,26 @@ class OpenAIBackend(Backend):
             return ""
         return f"; it serves {ids}"
 
-    def _create(self, messages: list[Message], max_new_tokens: int, temperature: float, stream: bool) -> Any:
+    def _penalty(self, repetition_penalty: float) -> dict[str, Any]:
+        """The request fields that carry `repetition_penalty` to this server (nothing when off, so that
+        servers and models keep their defaults)."""
+        if repetition_penalty == 1.0 or self.repetition == "none":
+            return {}
+        if self.repetition == "frequency_penalty":
+            penalty = FREQUENCY_PER_PENALTY * (repetition_penalty - 1.0)
+            return {"frequency_penalty": max(-2.0, min(2.0, penalty))}  # the API's range
+        return {"extra_body": {self.repetition: repetition_penalty}}
+
+    def _create(
+        self,
+        messages: list[Message],
+        max_new_tokens: int,
+        temperature: float,
+        stream: bool,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> Any:
+        check_repetition(repetition_penalty, no_repeat_ngram_size)
         try:
             return self.client.chat.completions.create(
                 model=self.model,
@@ -130,18 +171,28 @@ class OpenAIBackend(Backend):
                 max_tokens=max_new_tokens,  # not max_completion_tokens: older servers know only this one
                 temperature=temperature,
                 stream=stream,
+                **self._penalty(repetition_penalty),
             )
         except openai.OpenAIError as e:
             raise self._error(e) from e
 
     def generate(
-        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        conversations: Sequence[list[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
-        """All conversations in flight at once (up to max_parallel); answers in the conversations' order."""
+        """All conversations in flight at once (up to max_parallel); answers in the conversations' order.
+        no_repeat_ngram_size is checked but not sent: no OpenAI-compatible API takes it."""
 
         def answer(messages: list[Message]) -> str:
-            response = self._create(messages, max_new_tokens, temperature, stream=False)
-            return response.choices[0].message.content or ""
+            response = self._create(
+                messages, max_new_tokens, temperature, False, repetition_penalty, no_repeat_ngram_size
+            )
+            return cut_to_sentence(response.choices[0].message.content or "")
 
         if not conversations:
             return []
@@ -149,10 +200,19 @@ class OpenAIBackend(Backend):
             return list(pool.map(answer, conversations))
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
-        """The reply as the server sends it (server-sent events)."""
-        chunks = self._create(messages, max_new_tokens, temperature, stream=True)
+        """The reply as the server sends it (server-sent events); cut to whole sentences it is what
+        `generate` answers."""
+        chunks = self._create(
+            messages, max_new_tokens, temperature, True, repetition_penalty, no_repeat_ngram_size
+        )
         try:
             with chunks:
                 for chunk in chunks:

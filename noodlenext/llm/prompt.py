@@ -1,11 +1,17 @@
-"""From one classified image and its ScoreCAM heatmap to the chat messages that ask an LLM to explain it."""
+"""From one classified image to the chat messages that ask an LLM to explain it.
+
+Two paths: `evidence_messages` (the numbered lines of an `Evidence`, which the model cites and the grounding
+gate checks against; the one to use) and `explain_messages` (an `ExplainRequest`'s ScoreCAM facts in a
+paragraph; kept for the chat and the page until they move to evidence).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import HeatmapFacts
 from noodlenext.explain.photo import PhotoAnalysis
 from noodlenext.llm.base import Message
@@ -113,5 +119,43 @@ def explain_messages(request: ExplainRequest, prompt: Mapping[str, Any], multimo
         content.append({"type": "text", "text": f"{prompt.get('images_note', '')}\n{text}".strip()})
     return [
         {"role": "system", "content": render(prompt["system"], values, "prompt.system")},
+        {"role": "user", "content": content},
+    ]
+
+
+def evidence_fields(evidence: Evidence) -> dict[str, str]:
+    """The values an evidence prompt template can use, all as text: classes, predicted, confidence,
+    true_label ("unknown" when not known), verdict, lines (the numbered lines, one per line), n_lines."""
+    lines = evidence.lines()
+    return {
+        "classes": ", ".join(evidence.class_names),
+        "predicted": evidence.predicted,
+        "confidence": f"{evidence.confidence:.0%}",
+        "true_label": evidence.true_label or "unknown",
+        "verdict": evidence.verdict,
+        "lines": "\n".join(lines),
+        "n_lines": str(len(lines)),
+    }
+
+
+def evidence_messages(
+    evidence: Evidence, prompt: Mapping[str, Any], multimodal: bool, images: Sequence[str] = ()
+) -> list[Message]:
+    """System and first user message asking for an explanation grounded in `evidence.lines()`.
+
+    prompt: a conf/prompt config; its `evidence_system`, `evidence_explain` and `evidence_ask_<verdict>`
+    templates take the fields of `evidence_fields` (and `question`, in evidence_explain). images: [photo,
+    overlay] paths, sent before the text to a multimodal model (with `images_note`).
+    """
+    values = evidence_fields(evidence)
+    key = f"evidence_ask_{evidence.verdict}"
+    values["question"] = render(prompt[key], values, f"prompt.{key}")
+    text = render(prompt["evidence_explain"], values, "prompt.evidence_explain")
+    content: str | list[dict[str, str]] = text
+    if multimodal and images:
+        content = [{"type": "image", "path": path} for path in images]
+        content.append({"type": "text", "text": f"{prompt.get('images_note', '')}\n{text}".strip()})
+    return [
+        {"role": "system", "content": render(prompt["evidence_system"], values, "prompt.evidence_system")},
         {"role": "user", "content": content},
     ]

@@ -3,6 +3,11 @@
 On CUDA it generates in bf16 with a static KV cache, which lets `generate` torch.compile the decoding step
 (transformers compiles it by itself when the cache is static: `CompileConfig`, CUDA graphs), and it answers
 several conversations per `generate` call (left padding), which is where a GPU's throughput is.
+
+Repetition control is a logits processor of ours (`AnswerRepetition`) rather than transformers'
+`repetition_penalty` / `no_repeat_ngram_size`, whose processors look at the prompt too: they would push
+the model away from every word of the facts it is asked to explain, and forbid quoting a 4-token phrase of
+them. Ours applies the same two rules to the answer's tokens only, as llama.cpp's sampler does.
 """
 
 from __future__ import annotations
@@ -25,11 +30,21 @@ from transformers import (
     AutoTokenizer,
     CompileConfig,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
-from noodlenext.llm.base import Backend, LLMError, Message, text_only
+from noodlenext.llm.base import (
+    Backend,
+    LLMError,
+    Message,
+    check_repetition,
+    cut_to_sentence,
+    repeated_ngram_bans,
+    text_only,
+)
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -54,6 +69,33 @@ class _Stop:
         return torch.full(
             (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
         )
+
+
+class AnswerRepetition(LogitsProcessor):
+    """Repetition penalty and n-gram ban over the generated tokens only (the prompt is `prompt_tokens`
+    long; with left padding every row's answer starts there).
+
+    penalty: a token already in the answer has a positive logit divided by it, a negative one multiplied
+    (transformers' and llama.cpp's rule; 1.0: off); ngram: no n-token sequence of the answer repeats (0: off).
+    """
+
+    def __init__(self, prompt_tokens: int, penalty: float = 1.0, ngram: int = 0) -> None:
+        self.prompt_tokens, self.penalty, self.ngram = prompt_tokens, penalty, ngram
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.prompt_tokens :]
+        if answer.shape[1] == 0:
+            return scores
+        if self.penalty != 1.0:
+            used = scores.gather(1, answer)
+            used = torch.where(used > 0, used / self.penalty, used * self.penalty)
+            scores = scores.scatter(1, answer, used)
+        if self.ngram > 0:
+            for row, tokens in enumerate(answer.tolist()):
+                banned = repeated_ngram_bans(tokens, self.ngram)
+                if banned:
+                    scores[row, list(banned)] = -float("inf")
+        return scores
 
 
 class TransformersBackend(Backend):
@@ -174,11 +216,22 @@ class TransformersBackend(Backend):
         return int(self.encode([messages])["input_ids"].shape[1])
 
     # ---------------------------------------------------------------------------- generation
-    def _generate_kwargs(self, prompt_tokens: int, max_new_tokens: int, temperature: float) -> dict[str, Any]:
+    def _generate_kwargs(
+        self,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        temperature: float,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> dict[str, Any]:
+        check_repetition(repetition_penalty, no_repeat_ngram_size)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if repetition_penalty != 1.0 or no_repeat_ngram_size > 0:
+            repetition = AnswerRepetition(prompt_tokens, repetition_penalty, no_repeat_ngram_size)
+            kwargs["logits_processor"] = LogitsProcessorList([repetition])
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:  # greedy; unset the sampling knobs a model's generation_config may carry (they would warn)
@@ -208,21 +261,40 @@ class TransformersBackend(Backend):
             ) from err
 
     def generate(
-        self, conversations: Sequence[list[Message]], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        conversations: Sequence[list[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
         answers: list[str] = []
         for start in range(0, len(conversations), self.batch_size):
             inputs = self.encode(conversations[start : start + self.batch_size])
             prompt_tokens = inputs["input_ids"].shape[1]
-            out = self._run(inputs, **self._generate_kwargs(prompt_tokens, max_new_tokens, temperature))
+            kwargs = self._generate_kwargs(
+                prompt_tokens, max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size
+            )
+            out = self._run(inputs, **kwargs)
             answers += self.tokenizer.batch_decode(out[:, prompt_tokens:], skip_special_tokens=True)
-        return answers
+        return [cut_to_sentence(a) for a in answers]
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 256, temperature: float = 0.0
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
+        """The reply in decoded pieces; cut to whole sentences they are what `generate` answers."""
         inputs = self.encode([messages])
-        kwargs = self._generate_kwargs(inputs["input_ids"].shape[1], max_new_tokens, temperature)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        kwargs = self._generate_kwargs(
+            prompt_tokens, max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size
+        )
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, errors = _Stop(), []
 

@@ -1,0 +1,612 @@
+"""The grounding gate: every explanation is checked against the evidence before anyone reads it.
+
+`check_explanation(text, evidence)` runs plain, deterministic checks and says in words what failed.
+`template_explanation(evidence)` writes an explanation from the evidence alone, one that always passes.
+`grounded(generate, evidence)` asks a model, retries once with the reasons it was rejected, and falls back to
+the template; its `source` says whose text it is ("llm", "llm_retry" or "template").
+
+The checks read English with simple patterns, so they have limits (tests/test_grounding.py shows each):
+- classes are found by name (plural "s"/"es", "_" or "-" read as a space); a claim about which class the
+  photo *is* or what the classifier *predicted* is recognised in common phrasings only ("it is X", "the
+  photo shows X", "the true label is X", "predicted X", "took this X dish for Y"); "confused X with Y" and
+  "X instead of Y" are not read (their order is ambiguous), nor are claims split over two sentences;
+- regions are found by the 9 names of `noodlenext.explain.facts.REGIONS` and plain words ("top left",
+  "top-right corner", "bottom", "centre", "left side", "on the right"...); a region named in a clause that
+  says it is cold ("little heat in the lower left", "not the centre") is allowed when it is not hot, but a
+  "not only ... but also ..." clause is read as a negation too;
+- a cause the evidence does not give ("because of the broth") is caught only when it names a class or a
+  region the evidence does not, or when too many of the answer's content words come from nowhere in the
+  evidence (MAX_FOREIGN: a vocabulary heuristic, words compared by their first 5 letters, with a list of
+  words any explanation may use, EXPLANATION_WORDS); numbers are checked only as percentages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from noodlenext.explain.evidence import HOT_SHARE, Evidence
+from noodlenext.explain.facts import REGIONS
+from noodlenext.llm.base import Backend, Message
+from noodlenext.llm.text import ends_on_sentence, sentences, words
+
+MAX_WORDS = 90
+NGRAM = 4  # a repeated word 4-gram is a repeated phrase
+# An answer whose content words are more than this share foreign to the evidence (and at least
+# MIN_FOREIGN distinct ones) is inventing: measured on SmolLM2's drafts, the template scores <= 0.09,
+# answers that invent an "algorithm designed to evaluate performance" 0.25-0.55.
+MAX_FOREIGN = 0.25
+MIN_FOREIGN = 3
+MIN_SENTENCES = 2  # one sentence restates the verdict at most; the prompt asks for 2 to 4
+# Talk about the instructions instead of the photo, as a small model parrots them ("citing the facts you
+# use like [2]", "in 2 to 4 short sentences").
+_META = re.compile(
+    r"\b(?:cit(?:e|es|ed|ing)\s+(?:the\s+|these\s+|those\s+)?(?:facts?|lines?|numbers?)|the\s+facts\s+you\b|"
+    r"numbered\s+facts?|\d\s+to\s+\d\s+(?:short\s+)?sentences|short\s+sentences)",
+    re.I,
+)
+# The user turn a rejected draft is answered with; {reasons}: the failed checks, joined by "; ".
+FEEDBACK = (
+    "Your answer was rejected: {reasons}. Rewrite it using only the numbered facts, citing them like [2]."
+)
+
+
+@dataclass
+class GroundingVerdict:
+    """The gate's answer for one text: passed when no check failed; one plain reason per failed check."""
+
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GroundedText:
+    """An explanation that passed the gate, or the template's.
+
+    text: what a reader may see; source: "llm" (first draft passed), "llm_retry" (the second passed) or
+    "template" (both failed, or no model); verdicts: the gate's verdict on each model attempt, in order;
+    drafts: the rejected drafts, in order.
+    """
+
+    text: str
+    source: str
+    verdicts: list[GroundingVerdict] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)
+
+    def for_reader(self) -> str:
+        """The text as a reader sees it: marked with whose words it is and what the gate said."""
+        if self.source == "llm":
+            return f"{self.text}\n\n(checked against the evidence: passed)"
+        if self.source == "llm_retry":
+            return f"{self.text}\n\n(checked against the evidence: passed on the second try)"
+        why = "; ".join(self.verdicts[-1].reasons) if self.verdicts else "there was no model answer"
+        return f"{self.text}\n\n(from the evidence template; the model's answer failed the check: {why})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "source": self.source,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "drafts": list(self.drafts),
+        }
+
+
+# ------------------------------------------------------------------------------------------ regions
+_ROW = {"upper": 0, "top": 0, "middle": 1, "center": 1, "centre": 1, "central": 1, "lower": 2, "bottom": 2}
+_COL = {"left": 0, "middle": 1, "center": 1, "centre": 1, "central": 1, "right": 2}
+_CELL = rf"(?:{'|'.join(_ROW)})[\s-]+(?:{'|'.join(_COL)})(?:-hand)?"
+_BAND_NOUN = r"(?:half|halves|parts?|edges?|sides?|row|column|third|portion|area|region|section|border|strip)"
+_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], frozenset[str]]]] = []
+
+
+def _cells(rows: Sequence[int], cols: Sequence[int]) -> frozenset[str]:
+    return frozenset(REGIONS[3 * r + c] for r in rows for c in cols)
+
+
+def _cell(m: re.Match[str]) -> frozenset[str]:
+    first, second = re.split(r"[\s-]+", m.group(0).lower().removesuffix("-hand"))[:2]
+    return _cells([_ROW[first]], [_COL[second]])
+
+
+def _row_band(m: re.Match[str]) -> frozenset[str]:
+    return _cells([_ROW[m.group("row").lower()]], range(3))
+
+
+def _col_band(m: re.Match[str]) -> frozenset[str]:
+    return _cells(range(3), [_COL[m.group("col").lower()]])
+
+
+_PATTERNS += [
+    # "upper left", "top-right", "bottom middle", "centre left" (a row word, then a column word)
+    (re.compile(rf"\b{_CELL}\b", re.I), _cell),
+    # "the top half", "lower part", "bottom edge"
+    (re.compile(rf"\b(?P<row>upper|top|lower|bottom)\s+{_BAND_NOUN}\b", re.I), _row_band),
+    # "at the top", "near the bottom" (not "the top class", "the top two")
+    (
+        re.compile(
+            r"\b(?:at|in|on|near|along|towards?|across|to)\s+the\s+(?:very\s+)?(?P<w>(?P<row>top|bottom))\b"
+            r"(?!\s+(?:class|classes|prediction|guess|choice|candidates?|scores?|one|two|three|\d))",
+            re.I,
+        ),
+        _row_band,
+    ),
+    # "the left side", "right-hand edge", "on the left", "to the far right"
+    (re.compile(rf"\b(?P<col>left|right)(?:-hand)?\s+{_BAND_NOUN}\b", re.I), _col_band),
+    (
+        re.compile(
+            r"\b(?:on|to|at|in|near|towards?|along)\s+the\s+(?:far\s+)?(?P<w>(?P<col>left|right))\b", re.I
+        ),
+        _col_band,
+    ),
+    # "the centre", "in the middle", "central" (what is left once the cells above are taken)
+    (re.compile(r"\b(?:centre|center|central|middle)\b", re.I), lambda m: frozenset({"center"})),
+]
+_COLD = re.compile(
+    r"\b(?:not|no|little|less|least|low|cold|cool|without|barely|hardly|none|nothing|outside|ignor\w*|"
+    r"instead\s+of|rather\s+than|away\s+from)\b",
+    re.I,
+)
+_CLAUSE = re.compile(r"[.;!?]|,|\bbut\b|\bwhile\b|\bwhereas\b", re.I)
+
+
+def region_mentions(text: str) -> list[tuple[str, frozenset[str], int]]:
+    """(the words, the regions they can mean, where they start) for each place `text` names a region;
+    longer names first, so "middle left" is one mention, not "middle" and "left"."""
+    taken = [False] * len(text)
+    found = []
+    for pattern, regions in _PATTERNS:
+        for m in pattern.finditer(text):
+            if any(taken[m.start() : m.end()]):
+                continue
+            taken[m.start() : m.end()] = [True] * (m.end() - m.start())
+            said = m.groupdict().get("w") or m.group(0)  # "bottom", not "at the bottom"
+            found.append((said, regions(m), m.start()))
+    return sorted(found, key=lambda f: f[2])
+
+
+def allowed_regions(evidence: Evidence) -> set[str]:
+    """The regions an explanation may name: `Evidence.hot_regions`'s rule (the peak's region and any
+    holding at least HOT_SHARE of the heat) over every map the evidence lines describe (each method's and
+    the contrastive map), plus each map's largest share (its line names it even when that share is small).
+    An empty map (no pixel above half its peak) has no hot region: its neutral "center" peak is no finding.
+    """
+    allowed: set[str] = set()
+    for facts in [*evidence.facts.values(), evidence.contrastive]:
+        if facts is None or facts.area_above_half == 0.0:
+            continue
+        allowed.add(facts.peak_region)
+        allowed.add(max(facts.region_shares.items(), key=lambda kv: kv[1])[0])
+        allowed |= {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
+    return allowed
+
+
+def _clause_around(text: str, start: int) -> str:
+    """The clause of `text` around offset `start` (between commas, semicolons, "but", sentence ends)."""
+    cuts = [m for m in _CLAUSE.finditer(text)]
+    before = max((m.end() for m in cuts if m.end() <= start), default=0)
+    after = min((m.start() for m in cuts if m.start() > start), default=len(text))
+    return text[before:after]
+
+
+# ------------------------------------------------------------------------------------------ classes
+def _class_core(name: str) -> str:
+    """A class name as a regex: its words with any spaces, "_" or "-" between them."""
+    return r"[\s_-]+".join(re.escape(p) for p in re.split(r"[\s_-]+", name.strip()) if p)
+
+
+def _class_pattern(name: str) -> str:
+    return rf"\b{_class_core(name)}(?:s|es)?\b"
+
+
+def _canonical(found: str, names: Sequence[str]) -> str:
+    """The class name that the words `found` (a match of some _class_pattern) spell."""
+    flat = re.sub(r"[\s_-]+", " ", found.lower()).strip()
+    for name in names:
+        n = re.sub(r"[\s_-]+", " ", name.lower()).strip()
+        if flat in (n, n + "s", n + "es"):
+            return name
+    raise ValueError(f"{found!r} is none of {list(names)}")
+
+
+def class_mentions(text: str, class_names: Sequence[str]) -> dict[str, list[int]]:
+    """Where `text` names each class (start offsets), for the classes it names; a longer name wins over a
+    shorter one inside it ("pad thai" is not also "thai")."""
+    out: dict[str, list[int]] = {}
+    taken = [False] * len(text)
+    for name in sorted(class_names, key=len, reverse=True):
+        for m in re.finditer(_class_pattern(name), text, re.I):
+            if not any(taken[m.start() : m.end()]):
+                taken[m.start() : m.end()] = [True] * (m.end() - m.start())
+                out.setdefault(name, []).append(m.start())
+    return out
+
+
+# Words that make "it is X" someone's belief ("thinks it is ramen") or about another photo ("its nearest
+# training photo is udon") rather than a claim about this photo.
+_BELIEF = re.compile(
+    r"\b(?:thinks?|thought|believes?|believed|says?|said|predict\w*|decided?|guess\w*|conclude\w*|"
+    r"classif\w*|label\w*|calls?|called|considers?|considered|judged?|sure|confident|if|whether|as|"
+    r"training|nearest|neighbou?rs?|similar|other|another)\b",
+    re.I,
+)
+_ARTICLE = r"(?:(?:a|an|the)\s+)?(?:(?:photo|picture|image|dish|bowl)\s+of\s+)?[\"“']?"
+_PREDICTS = (
+    r"\b(?:predict(?:ed|s)?|chose|chooses|picked|picks|guessed|guesses|labell?ed\s+it|called\s+it|"
+    r"classif(?:ied|ies)\s+(?:it|this|the\s+\w+)\s+as|thinks?\s+(?:it\s+is|it's|it’s)|thought\s+it\s+was|"
+    r"says|said)\s+(?:it\s+(?:is|was)\s+|that\s+it\s+is\s+|as\s+)?"
+)
+_IS = (
+    r"\b(?:(?:it|this|that)(?:\s+is|\s+was|'s|’s)|(?:photo|picture|image|dish|bowl)\s+(?:is|was|shows?|"
+    r"showed|contains?|depicts?)|(?:true|real|actual|correct)\s+(?:label|class|dish|answer)\s+(?:is|was)|"
+    r"actually|really|in\s+fact)\s+(?:actually\s+|really\s+|in\s+fact\s+)?"
+)
+_TOOK = r"\b(?:mistook|mistaken|mistakes|took|taken|takes|mistaking|taking)\s+(?:(?:a|an|the|this|that)\s+)?"
+
+
+def _claims(text: str, names: Sequence[str]) -> dict[str, list[Any]]:
+    """What `text` says the classifier predicted ("predicted": class names), what the photo is ("truth"),
+    and the (true, predicted) pairs it names as "took X for Y" ("took")."""
+    alt = "|".join(_class_core(n) for n in sorted(names, key=len, reverse=True))
+    cls = rf"(?P<c>(?:{alt})(?:s|es)?)\b"
+    predicted = [_canonical(m.group("c"), names) for m in re.finditer(_PREDICTS + _ARTICLE + cls, text, re.I)]
+    truth = []
+    for m in re.finditer(_IS + _ARTICLE + cls, text, re.I):
+        clause = re.split(r"[,;:.!?]|\bbut\b|\band\b", text[: m.start()])[-1]
+        if not _BELIEF.search(" ".join(clause.split()[-3:])):
+            truth.append(_canonical(m.group("c"), names))
+    took = [
+        (_canonical(m.group("x"), names), _canonical(m.group("y"), names))
+        for m in re.finditer(
+            rf"{_TOOK}(?P<x>(?:{alt})(?:s|es)?)\s+(?:(?:dish|photo|picture|image|bowl)\s+)?for\s+{_ARTICLE}"
+            rf"(?P<y>(?:{alt})(?:s|es)?)\b",
+            text,
+            re.I,
+        )
+    ]
+    return {"predicted": predicted, "truth": truth, "took": took}
+
+
+_SAYS_WRONG = re.compile(
+    r"\b(?:(?:prediction|classifier|model|it|guess|answer)\s+(?:is|was)\s+(?:wrong|incorrect|mistaken)|"
+    r"misclassif\w*|mistook|mistaken|made\s+a\s+mistake|got\s+it\s+wrong)\b",
+    re.I,
+)
+_SAYS_RIGHT = re.compile(
+    r"\b(?:(?:prediction|classifier|model|it|guess|answer)\s+(?:is|was)\s+(?:correct|right)|"
+    r"correctly\s+(?:predict\w*|classif\w*|recogni[sz]\w*|identif\w*|label\w*)|got\s+it\s+right)\b",
+    re.I,
+)
+
+
+def _class_reasons(text: str, evidence: Evidence) -> list[str]:
+    """At most one reason, the first of: a misstated verdict, a misstated prediction or true class (a swap),
+    a missing predicted or true class, an uninvolved class."""
+    names = list(evidence.class_names)
+    pred, true = evidence.predicted, evidence.true_label
+    mentioned = class_mentions(text, names)
+    if evidence.verdict == "correct" and _SAYS_WRONG.search(text):
+        return ["calls the prediction wrong, but it is correct"]
+    if evidence.verdict == "wrong" and _SAYS_RIGHT.search(text):
+        return ["calls the prediction correct, but it is wrong"]
+    if evidence.verdict == "unknown" and (_SAYS_WRONG.search(text) or _SAYS_RIGHT.search(text)):
+        return ["calls the prediction right or wrong, but the true label is not known"]
+    claims = _claims(text, names)
+    for said in claims["predicted"]:
+        if said != pred:
+            return [f"says the classifier predicted {said}, but it predicted {pred}"]
+    for said in claims["truth"]:
+        if true is None and said != pred:
+            return [f"says the photo is {said}, but its true label is not known"]
+        if true is not None and said != true:
+            return [f"says the photo is {said}, but its true label is {true}"]
+    for x, y in claims["took"]:
+        if true is not None and (x, y) != (true, pred):
+            return [f"says the classifier took {x} for {y}, but it took {true} for {pred}"]
+    if pred not in mentioned:
+        return [f"does not name the predicted class, {pred}"]
+    if evidence.verdict == "wrong" and true not in mentioned:
+        return [f"does not name the true class, {true}"]
+    involved = set(evidence.involved_classes())
+    stray = [n for n in names if n in mentioned and n not in involved]
+    if stray:
+        return [f"blames {_join(stray)}, which the evidence does not involve"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ vocabulary
+# Words of 4+ letters any explanation may use although no evidence line does.
+EXPLANATION_WORDS = frozenset(
+    """classifier classified classify model decision decided decide evidence region regions area areas part
+    parts image images photo photos picture pictures heat heatmap heatmaps map maps confidence confident sure
+    trust trusted prediction predicted predicts predict label labels labelled labeled true truth wrong correct
+    correctly mistake mistaken mistook took take takes taken taking similar nearest training shows show showed
+    shown suggests suggest means mean looks look looked sees seen likely probably mostly mainly strongest
+    strong strongly weak weakly high higher highest lower lowest hidden hiding hide keeping kept keep drops
+    drop dropped raises raise raised support supports supported agree agrees disagree disagrees random rely
+    relies reason reasons explain explains based rest rests fact facts point points pointed focus focused
+    focuses cold left right upper middle center centre bottom corner side half dish dishes noodle noodles
+    recognised recognized says said think thinks thought call called because since while although however
+    instead also only both each other some most more less than which that this these those where when what
+    there their they them with from into onto over under about around across along within without very much
+    many well little enough quite rather still even just same different matter matters mattered use used
+    uses using chose choose chooses chosen like misclassified misclassification misclassifies""".split()
+)
+_STOPWORDS = frozenset(
+    """about above after again against also among another because been before being below between both
+    cannot could does doing down during each even every from further have having here into itself just
+    more most much must near nor once only other ought over same shall should some such than that their
+    theirs them then there these they this those though through thus under until upon were what when where
+    whether which while whom whose will with within would your yours""".split()
+)
+
+
+def _stem(word: str) -> str:
+    return word[:5]  # crude, and enough: "classifier", "classified" and "classifies" meet
+
+
+def foreign_words(text: str, evidence: Evidence) -> tuple[float, list[str]]:
+    """The share of `text`'s content words (4+ letters, not stopwords or numbers) found in no evidence line,
+    class name or EXPLANATION_WORDS, and those words (distinct, in order of appearance)."""
+    vocabulary = {_stem(w) for w in words(" ".join([*evidence.lines(), *evidence.class_names]))}
+    vocabulary |= {_stem(w) for w in EXPLANATION_WORDS}
+    content = [w for w in words(text) if len(w) >= 4 and w not in _STOPWORDS and not w.isdigit()]
+    foreign = [w for w in content if _stem(w) not in vocabulary]
+    return len(foreign) / max(1, len(content)), list(dict.fromkeys(foreign))
+
+
+# ------------------------------------------------------------------------------------------ the gate
+_CITATION = re.compile(r"\[\s*(\d+(?:\s*(?:[,;]|–|-|and)\s*\d+)*)\s*\]")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)", re.I)
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _cited(text: str) -> list[int]:
+    numbers = []
+    for m in _CITATION.finditer(text):
+        for part in re.split(r"\s*(?:[,;]|and)\s*", m.group(1)):
+            ends = [int(x) for x in re.split(r"\s*[–-]\s*", part) if x]
+            numbers += list(range(ends[0], ends[-1] + 1)) if len(ends) == 2 and ends[0] <= ends[1] else ends
+    return numbers
+
+
+def _repetition_reason(text: str) -> str | None:
+    seen: set[tuple[str, ...]] = set()
+    for sentence in sentences(text):
+        key = tuple(words(sentence))
+        if key and key in seen:
+            return f'repeats the sentence "{sentence}"'
+        seen.add(key)
+    ws = words(text)
+    grams: set[tuple[str, ...]] = set()
+    for i in range(len(ws) - NGRAM + 1):
+        gram = tuple(ws[i : i + NGRAM])
+        if gram in grams:
+            return f'repeats the phrase "{" ".join(gram)}"'
+        grams.add(gram)
+    return None
+
+
+def _percentages(text: str) -> list[float]:
+    return [float(m.group(1)) for m in _PERCENT.finditer(text)]
+
+
+def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS) -> GroundingVerdict:
+    """Check `text` against `evidence`; each failed check gives one plain reason.
+
+    The checks: it names the predicted class (and, for a mistake, the true one) without swapping them or
+    misstating the verdict; names only regions the evidence calls hot (`allowed_regions`); names no class
+    the evidence does not involve (`Evidence.involved_classes`); does not talk about its instructions
+    ("citing the facts"); has at least MIN_SENTENCES sentences; repeats no phrase (a word 4-gram) or
+    sentence; ends on a full sentence; has at most `max_words` words; cites (as "[2]") only line numbers
+    that `evidence.lines()` has; quotes only percentages an evidence line gives (within one point); takes
+    at most MAX_FOREIGN of its content words from outside the evidence (`foreign_words`).
+    """
+    if not text.strip():
+        return GroundingVerdict(False, ["is empty"])
+    lines = evidence.lines()
+    plain = _CITATION.sub(" ", text)  # citations are not words, phrases or numbers of the text
+    reasons = _class_reasons(plain, evidence)
+
+    allowed = allowed_regions(evidence)
+    stray = []
+    for said, regions, start in region_mentions(plain):
+        if regions & allowed:
+            continue
+        if _COLD.search(_clause_around(plain, start)):
+            continue  # "little heat in the lower left": a cold region called cold
+        if said.lower() not in stray:
+            stray.append(said.lower())
+    if stray:
+        names = " and ".join(f"the {s}" for s in stray)
+        reasons.append(f"names {names}, which the evidence does not call hot")
+
+    meta = _META.search(text)
+    if meta:
+        reasons.append(f'talks about the instructions ("{meta.group(0)}") instead of the photo')
+    n_sentences = len(sentences(text))
+    if n_sentences < MIN_SENTENCES:
+        reasons.append(f"has {n_sentences} sentence; an explanation needs at least {MIN_SENTENCES}")
+    repeated = _repetition_reason(plain)
+    if repeated:
+        reasons.append(repeated)
+    if not ends_on_sentence(text):
+        reasons.append("stops mid-sentence")
+    n_words = len(words(plain))
+    if n_words > max_words:
+        reasons.append(f"is {n_words} words long; the limit is {max_words}")
+    bad = sorted({n for n in _cited(text) if not 1 <= n <= len(lines)})
+    if bad:
+        listed = _join([f"[{n}]" for n in bad])
+        reasons.append(f"cites {listed}, but the evidence has lines [1] to [{len(lines)}] only")
+    share, foreign = foreign_words(plain, evidence)
+    if share > MAX_FOREIGN and len(foreign) >= MIN_FOREIGN:
+        reasons.append(
+            f"uses words no evidence line uses ({', '.join(foreign[:4])}): {share:.0%} of its words, "
+            "so it may give causes the evidence does not"
+        )
+    known = _percentages(" ".join(lines))
+    invented = [p for p in _percentages(plain) if not any(abs(p - k) <= 1.0 for k in known)]
+    if invented:
+        reasons.append(f"gives {_join([f'{p:g}%' for p in invented])}, which no evidence line gives")
+    return GroundingVerdict(not reasons, reasons)
+
+
+# ------------------------------------------------------------------------------------------ the template
+def _primary(evidence: Evidence) -> str | None:
+    if "scorecam" in evidence.facts:
+        return "scorecam"
+    return next(iter(evidence.facts), None)
+
+
+def _heat_sentence(evidence: Evidence, method: str | None) -> str:
+    if method is None:
+        return "No heatmap of this photo is available, so nothing shows where the classifier looked."
+    facts = evidence.facts[method]
+    label = {"scorecam": "ScoreCAM", "gradcam": "GradCAM"}.get(method, method)
+    trust = evidence.trust.get(method)
+    if facts.area_above_half == 0.0:
+        return f"Its {label} map is empty, so it shows no region that drove the decision."
+    shares = facts.region_shares
+    hot = [r for r in evidence.hot_regions(method) if r in allowed_regions(evidence)] or [facts.peak_region]
+    top = sorted(dict.fromkeys(hot), key=lambda r: -shares.get(r, 0.0))[:2]
+    where = f"Its {label} heat is strongest in the {' and '.join(top)}"
+    look = evidence.appearance.hot if evidence.appearance is not None else None
+    if look is not None and look.colours:
+        colours = " and ".join(look.colours[:2])
+        texture = {"strand-like edges": "with strand-like edges", "smooth surface": "with a smooth surface"}
+        where += f", which looks {colours} {texture.get(look.texture, f'with {look.texture} texture')}"
+    if trust is not None and not trust.informative:
+        where += ", but this map does no better than a random one, so do not rely on it"
+    return where + "."
+
+
+def _hiding_sentence(evidence: Evidence) -> str | None:
+    cf = evidence.counterfactual
+    if cf is None or cf.hot_area <= 0:
+        return None
+    before, after = cf.original[cf.predicted], cf.hidden[cf.predicted]
+    if f"{before:.0%}" == f"{after:.0%}":  # the same to the percent: no change worth a direction
+        change = f"leaves {cf.predicted} at {before:.0%}"
+    else:
+        verb = "drops" if after < before else "raises"
+        change = f"{verb} {cf.predicted} from {before:.0%} to {after:.0%}"
+    new = cf.hidden_prediction
+    outcome = f"the prediction stays {new}" if new == cf.predicted else f"the prediction becomes {new}"
+    return f"Hiding that region {change}, and {outcome}."
+
+
+def _neighbours_sentence(evidence: Evidence) -> str | None:
+    if not evidence.neighbours:
+        return None
+    counts: dict[str, int] = {}
+    for n in evidence.neighbours:
+        counts[n.label] = counts.get(n.label, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: nearer photo's label first on ties
+    label, count = ranked[0]
+    rest = "".join(f", {c} {name}" for name, c in ranked[1:])
+    support = "support" if label == evidence.predicted else "do not support"
+    return (
+        f"{count} of its {len(evidence.neighbours)} nearest training photos are {label}{rest}, so they "
+        f"{support} the prediction."
+    )
+
+
+def template_explanation(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
+    """2-4 sentences written from `evidence` alone: verdict and confidence; where the heat is and what it
+    looks like (with a warning when that map is uninformative); what hiding it did; what the nearest
+    training photos are. The last two are left out when they would pass `max_words` words (the first two,
+    at most about 45 words, always stay). Passes `check_explanation(text, evidence, max_words)`."""
+    pred, true, conf = evidence.predicted, evidence.true_label, f"{evidence.confidence:.0%}"
+    if evidence.verdict == "wrong":
+        first = f"The classifier took this {true} photo for {pred}, with {conf} confidence."
+    elif evidence.verdict == "correct":
+        first = f"The classifier correctly recognised {pred}, with {conf} confidence."
+    else:
+        first = f"The classifier says {pred} with {conf} confidence; the true label is not known."
+    out = [first, _heat_sentence(evidence, _primary(evidence))]
+    for extra in (_hiding_sentence(evidence), _neighbours_sentence(evidence)):
+        if extra is not None and len(words(" ".join([*out, extra]))) <= max_words:
+            out.append(extra)
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------ the retry loop
+def grounded(
+    generate: Callable[[str | None], str],
+    evidence: Evidence,
+    max_words: int = MAX_WORDS,
+    feedback: str = FEEDBACK,
+) -> GroundedText:
+    """An explanation that passed the gate: the model's, its retry, or the template's.
+
+    generate(None) is the first draft; if the gate rejects it, generate(message) once more, message being
+    `feedback` with the reasons filled in ({reasons}), which the caller appends to the conversation after
+    the rejected draft. If the retry fails too, the template (`template_explanation`).
+    """
+    verdicts: list[GroundingVerdict] = []
+    drafts: list[str] = []
+    message: str | None = None
+    for source in ("llm", "llm_retry"):
+        text = generate(message).strip()
+        verdict = check_explanation(text, evidence, max_words)
+        verdicts.append(verdict)
+        if verdict.passed:
+            return GroundedText(text, source, verdicts, drafts)
+        drafts.append(text)
+        message = feedback_message(verdict, feedback)
+    return GroundedText(template_explanation(evidence, max_words), "template", verdicts, drafts)
+
+
+def feedback_message(verdict: GroundingVerdict, feedback: str = FEEDBACK) -> str:
+    """The user turn that tells a model why its draft was rejected."""
+    return feedback.format(reasons="; ".join(verdict.reasons))
+
+
+def retry_conversation(messages: list[Message], draft: str, message: str) -> list[Message]:
+    """`messages` with the rejected draft as the model's turn and the feedback as the next user turn."""
+    return [*messages, {"role": "assistant", "content": draft}, {"role": "user", "content": message}]
+
+
+def grounded_batch(
+    backend: Backend,
+    conversations: Sequence[list[Message]],
+    evidences: Sequence[Evidence],
+    max_words: int = MAX_WORDS,
+    feedback: str = FEEDBACK,
+    **options: Any,
+) -> list[GroundedText]:
+    """`grounded` for many conversations at once, batched as the backend allows: all first drafts in one
+    `generate` call, the retries of the rejected ones in a second. options: `Backend.generate` keywords
+    (e.g. `**generation_options(cfg.llm)`)."""
+    if len(conversations) != len(evidences):
+        raise ValueError(f"{len(conversations)} conversations but {len(evidences)} evidences")
+    first = backend.generate(list(conversations), **options)
+    verdicts = [check_explanation(t.strip(), e, max_words) for t, e in zip(first, evidences, strict=True)]
+    results: list[GroundedText | None] = [
+        GroundedText(t.strip(), "llm", [v]) if v.passed else None
+        for t, v in zip(first, verdicts, strict=True)
+    ]
+    todo = [i for i, r in enumerate(results) if r is None]
+    retries = [
+        retry_conversation(list(conversations[i]), first[i].strip(), feedback_message(verdicts[i], feedback))
+        for i in todo
+    ]
+    second = backend.generate(retries, **options) if retries else []
+    for i, text in zip(todo, second, strict=True):
+        text = text.strip()
+        verdict = check_explanation(text, evidences[i], max_words)
+        if verdict.passed:
+            results[i] = GroundedText(text, "llm_retry", [verdicts[i], verdict], [first[i].strip()])
+        else:
+            template = template_explanation(evidences[i], max_words)
+            results[i] = GroundedText(template, "template", [verdicts[i], verdict], [first[i].strip(), text])
+    return [r for r in results if r is not None]

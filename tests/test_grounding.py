@@ -1,0 +1,456 @@
+"""The grounding gate: each check on hand-written texts, the template on many evidences, and the retry loop
+with the real SmolLM2 (llama.cpp) writing the drafts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from omegaconf import DictConfig
+
+from noodlenext.explain.evidence import (
+    Appearance,
+    Counterfactual,
+    Evidence,
+    MapTrust,
+    Neighbour,
+    RegionLook,
+)
+from noodlenext.explain.facts import heatmap_facts
+from noodlenext.llm.base import generation_options
+from noodlenext.llm.gguf_backend import GGUFBackend
+from noodlenext.llm.grounding import (
+    FEEDBACK,
+    GroundedText,
+    allowed_regions,
+    check_explanation,
+    grounded,
+    grounded_batch,
+    region_mentions,
+    retry_conversation,
+    template_explanation,
+)
+from noodlenext.llm.prompt import evidence_messages
+from noodlenext.llm.session import evidence_session
+from noodlenext.llm.text import ends_on_sentence, sentences
+
+NAMES = ["spaghetti", "ramen", "udon"]
+PROBS = {"spaghetti": 0.10, "ramen": 0.62, "udon": 0.28}
+
+
+def hot_upper_right() -> np.ndarray:
+    """A 30x30 map: all heat in the right column's top two cells (upper right hottest)."""
+    cam = np.zeros((30, 30), np.float32)
+    cam[:10, 20:] = 1.0
+    cam[10:20, 20:] = 0.5
+    return cam
+
+
+def evidence(true_label: str | None = "udon", predicted: str = "ramen", **changes: object) -> Evidence:
+    """A ramen prediction of an udon photo with every kind of evidence; `changes` replace fields."""
+    probs = dict(PROBS) if predicted == "ramen" else {"spaghetti": 0.1, "ramen": 0.28, "udon": 0.62}
+    other = "udon" if predicted == "ramen" else "ramen"
+    hidden = {"spaghetti": 0.1, predicted: 0.3, other: 0.6}
+    kept = {"spaghetti": 0.05, predicted: 0.8, other: 0.15}
+    e = Evidence(
+        file="test/2_udon/001.jpg",
+        class_names=NAMES,
+        probabilities=probs,
+        predicted=predicted,
+        true_label=true_label,
+        contrast_class=true_label if true_label not in (None, predicted) else other,
+        facts={"scorecam": heatmap_facts(hot_upper_right())},
+        counterfactual=Counterfactual(probs, hidden, kept, predicted, drop=0.32, hot_area=0.2),
+        appearance=Appearance(
+            RegionLook(["yellow", "white"], 0.7, 0.3, "strand-like edges"),
+            RegionLook(["brown"], 0.3, 0.1, "smooth surface"),
+        ),
+        neighbours=[Neighbour("a.jpg", "udon", 0.91), Neighbour("b.jpg", "ramen", 0.88)],
+        trust={"scorecam": MapTrust("scorecam", 0.2, 0.7, 0.4, 0.5)},
+        agreement=0.6,
+    )
+    return replace(e, **changes) if changes else e
+
+
+GOOD = "The classifier took this udon photo for ramen [1]. Its heat is in the upper right [2]."
+
+
+LEAD = "Here is what the evidence shows [1]. "  # a neutral first sentence: explanations need two
+
+
+def reasons(text: str, e: Evidence | None = None, lead: str = LEAD, **kw: int) -> list[str]:
+    """The gate's reasons for `text` after a neutral first sentence (lead="": `text` alone)."""
+    return check_explanation(lead + text, e or evidence(), **kw).reasons
+
+
+# ------------------------------------------------------------------------------------------ the checks
+def test_a_grounded_text_passes() -> None:
+    e = evidence()
+    assert e.hot_regions() == ["upper right", "middle right"] and set(e.involved_classes()) == {
+        "ramen",
+        "udon",
+    }
+    verdict = check_explanation(GOOD, e)
+    assert verdict.passed and verdict.reasons == []
+    assert json.loads(json.dumps(verdict.to_dict())) == {"passed": True, "reasons": []}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("The heat is in the upper right [2].", "does not name the predicted class, ramen"),
+        ("The classifier predicted ramen [1].", "does not name the true class, udon"),
+        # the swap of issue 12: the photo called what the classifier said
+        (
+            "It is ramen, and the classifier predicted ramen, not udon.",
+            "says the photo is ramen, but its true",
+        ),
+        (
+            "The photo shows ramen; udon was the runner-up.",
+            "says the photo is ramen, but its true label is udon",
+        ),
+        (
+            "The classifier predicted udon for this ramen.",
+            "says the classifier predicted udon, but it predicted",
+        ),
+        ("The classifier took this ramen photo for udon.", "says the classifier took ramen for udon, but it"),
+        ("The classifier correctly recognised ramen, though it is udon.", "calls the prediction correct"),
+    ],
+)
+def test_classes_must_be_named_and_not_swapped(text: str, reason: str) -> None:
+    found = reasons(text)
+    assert len(found) == 1 and found[0].startswith(reason), found
+
+
+def test_a_belief_is_not_a_claim_about_the_photo() -> None:
+    assert reasons("The classifier thinks it is ramen, but the true label is udon [1].") == []
+    assert reasons("It predicted ramen, but it is udon [1].") == []
+    assert reasons("The classifier may have taken a udon dish for ramen [1].") == []
+
+
+def test_the_verdict_and_truth_follow_the_evidence() -> None:
+    correct = evidence(true_label="ramen")
+    assert reasons("The classifier correctly recognised ramen [1].", correct) == []
+    assert reasons("The classifier misclassified this ramen [1].", correct) == [
+        "calls the prediction wrong, but it is correct"
+    ]
+    unknown = evidence(true_label=None)
+    assert reasons("The classifier predicted ramen [1].", unknown) == []
+    assert reasons("The classifier predicted ramen, but the photo shows udon.", unknown) == [
+        "says the photo is udon, but its true label is not known"
+    ]
+
+
+def test_a_class_the_evidence_does_not_involve_is_blamed() -> None:
+    assert reasons(f"{GOOD} Spaghetti also looks alike.") == [
+        "blames spaghetti, which the evidence does not involve"
+    ]
+    # Neighbours' labels are involved: a spaghetti neighbour makes spaghetti fair to name.
+    e = evidence(neighbours=[Neighbour("a.jpg", "spaghetti", 0.9)])
+    assert reasons(f"{GOOD} Its nearest training photo is spaghetti [1].", e) == []
+
+
+@pytest.mark.parametrize(
+    ("words", "regions"),
+    [
+        ("the upper right", {"upper right"}),
+        ("the top-right corner", {"upper right"}),
+        ("the Top Left", {"upper left"}),
+        ("the bottom middle", {"lower center"}),
+        ("the centre left", {"middle left"}),
+        ("the middle right", {"middle right"}),
+        ("the bottom half", {"lower left", "lower center", "lower right"}),
+        ("near the top", {"upper left", "upper center", "upper right"}),
+        ("on the left", {"upper left", "middle left", "lower left"}),
+        ("the right-hand side", {"upper right", "middle right", "lower right"}),
+        ("the centre", {"center"}),
+        ("in the middle", {"center"}),
+    ],
+)
+def test_plain_region_words_map_to_regions(words: str, regions: set[str]) -> None:
+    (mention,) = region_mentions(f"The heat is in {words} of the photo.")
+    assert mention[1] == regions
+
+
+def test_words_that_only_look_like_regions_are_not_regions() -> None:
+    text = "That is right: its top class was ramen, and what is left is the top two guesses."
+    assert region_mentions(text) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "ok"),
+    [
+        ("upper right", True),
+        ("top-right corner", True),
+        ("right side", True),  # a band holding a hot cell
+        ("top", True),
+        ("lower left", False),
+        ("bottom", False),
+        ("left side", False),
+        ("centre", False),
+    ],
+)
+def test_only_hot_regions_may_be_named(where: str, ok: bool) -> None:
+    text = f"The classifier took this udon photo for ramen [1]. Its heat is at the {where} [2]."
+    found = reasons(text)
+    assert found == [] if ok else found == [f"names the {where}, which the evidence does not call hot"]
+
+
+def test_a_cold_region_may_be_called_cold_and_all_maps_count() -> None:
+    assert reasons(f"{GOOD} There is little heat in the lower left [2].") == []
+    # A second map (GradCAM) in the lower left: its line names it, so it may be named.
+    cam = np.zeros((30, 30), np.float32)
+    cam[20:, :10] = 1.0
+    e = evidence(facts={"scorecam": heatmap_facts(hot_upper_right()), "gradcam": heatmap_facts(cam)})
+    assert "lower left" in allowed_regions(e)
+    assert reasons(f"{GOOD} GradCAM points at the lower left [3].", e) == []
+    # An empty map's neutral "center" peak is no finding.
+    empty = evidence(facts={"scorecam": heatmap_facts(np.zeros((30, 30)))}, counterfactual=None)
+    assert allowed_regions(empty) == set()
+
+
+def test_two_stray_regions_give_one_reason() -> None:
+    text = f"{GOOD} The lower left and the centre matter too."
+    assert reasons(text) == ["names the lower left and the centre, which the evidence does not call hot"]
+
+
+def test_repetition_is_rejected() -> None:
+    loop = f"{GOOD} The classifier took this udon photo for ramen [1]."
+    assert reasons(loop)[0].startswith('repeats the sentence "The classifier took this udon photo for ramen')
+    phrase = (
+        "The classifier took this udon photo for ramen, as the heat in the upper right shows the heat in the"
+    )
+    assert 'repeats the phrase "the heat in the"' in reasons(phrase + " upper right.")
+
+
+def test_unfinished_long_and_empty_answers_are_rejected() -> None:
+    assert reasons("The classifier took this udon photo for ramen because the") == ["stops mid-sentence"]
+    long = f"{GOOD} " + " ".join(f"{i}." for i in range(80))  # GOOD has 15 words, citations aside
+    assert reasons(long, lead="") == ["is 95 words long; the limit is 90"]
+    assert reasons(GOOD, lead="", max_words=10) == ["is 15 words long; the limit is 10"]
+    assert reasons("   ", lead="") == ["is empty"]
+
+
+def test_one_sentence_or_talk_about_the_instructions_is_rejected() -> None:
+    assert reasons("The classifier took this udon photo for ramen [1].", lead="") == [
+        "has 1 sentence; an explanation needs at least 2"
+    ]
+    parrot = (
+        "The classifier took a udon photo for ramen, citing the facts you use like [2]. Its heat is high [2]."
+    )
+    assert reasons(parrot, lead="") == [
+        'talks about the instructions ("citing the facts") instead of the photo'
+    ]
+
+
+def test_citations_and_numbers_must_exist() -> None:
+    e = evidence()
+    n = len(e.lines())
+    assert reasons("The classifier took this udon photo for ramen [1, 2]. It cited [2-3].") == []
+    assert reasons(f"The classifier took this udon photo for ramen [{n + 1}].") == [
+        f"cites [{n + 1}], but the evidence has lines [1] to [{n}] only"
+    ]
+    assert reasons("The classifier took this udon photo for ramen with 62% confidence [1].") == []
+    assert reasons("The classifier took this udon photo for ramen with 55% confidence [1].") == [
+        "gives 55%, which no evidence line gives"
+    ]
+
+
+def test_each_failed_check_gives_one_reason() -> None:
+    text = (
+        "The classifier predicted spaghetti in the lower left [99]. The classifier predicted spaghetti in the"
+    )
+    found = reasons(text)
+    assert len(found) == 5, found  # class, region, repetition, unfinished, citation
+    assert all(r and "\n" not in r for r in found)
+
+
+# ------------------------------------------------------------------------------------------ the template
+def uninformative() -> dict[str, MapTrust]:
+    return {"scorecam": MapTrust("scorecam", 0.6, 0.4, 0.5, 0.5)}
+
+
+EVIDENCES = {
+    "wrong": evidence(),
+    "correct": evidence(true_label="ramen"),
+    "unknown": evidence(true_label=None),
+    "udon-predicted": evidence(true_label="ramen", predicted="udon"),
+    "no-extras": evidence(counterfactual=None, appearance=None, neighbours=[], trust={}, agreement=None),
+    "no-maps": evidence(facts={}, counterfactual=None, appearance=None),
+    "empty-map": evidence(facts={"scorecam": heatmap_facts(np.zeros((30, 30)))}, counterfactual=None),
+    "uninformative": evidence(trust=uninformative()),
+    "spread-map": evidence(facts={"scorecam": heatmap_facts(np.ones((30, 30)))}),
+    "many-neighbours": evidence(
+        neighbours=[Neighbour(f"{i}.jpg", NAMES[i % 3], 0.9 - i / 100) for i in range(7)]
+    ),
+    "multi-word-class": evidence(
+        true_label="pad thai",
+        class_names=["spaghetti", "ramen", "pad thai"],
+        probabilities={"spaghetti": 0.1, "ramen": 0.62, "pad thai": 0.28},
+        counterfactual=None,
+        neighbours=[],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EVIDENCES))
+def test_the_template_always_passes(name: str) -> None:
+    e = EVIDENCES[name]
+    text = template_explanation(e)
+    verdict = check_explanation(text, e)
+    assert verdict.passed, (text, verdict.reasons)
+    assert 2 <= len(sentences(text)) <= 4 and ends_on_sentence(text)
+    assert e.predicted in text and (e.true_label or e.predicted) in text
+    if name == "uninformative":
+        assert "do not rely on it" in text
+
+
+def test_the_template_says_what_the_evidence_says() -> None:
+    text = template_explanation(evidence())
+    assert text.startswith("The classifier took this udon photo for ramen, with 62% confidence.")
+    assert "upper right and middle right" in text and "yellow and white" in text
+    assert "drops ramen from 62% to 30%, and the prediction becomes udon" in text
+    assert "1 of its 2 nearest training photos are udon, 1 ramen" in text
+    short = template_explanation(evidence(), max_words=40)
+    assert check_explanation(short, evidence(), max_words=40).passed and len(sentences(short)) == 2
+
+
+# ------------------------------------------------------------------------------------------ the retry loop
+def scripted(*answers: str) -> tuple[Callable[[str | None], str], list[str | None]]:
+    """A generate function answering `answers` in turn; it records the feedback it was given."""
+    given: list[str | None] = []
+
+    def generate(feedback: str | None) -> str:
+        given.append(feedback)
+        return answers[len(given) - 1]
+
+    return generate, given
+
+
+def test_a_passing_draft_is_the_models() -> None:
+    generate, given = scripted(GOOD)
+    result = grounded(generate, evidence())
+    assert (result.text, result.source, result.drafts, given) == (GOOD, "llm", [], [None])
+    assert GOOD.count(".") == 2  # GOOD is two sentences: it passes alone
+
+
+def test_a_rejected_draft_is_retried_with_its_reasons() -> None:
+    generate, given = scripted("The heat is in the lower left.", GOOD)
+    result = grounded(generate, evidence())
+    assert result.source == "llm_retry" and result.text == GOOD
+    assert result.drafts == ["The heat is in the lower left."]
+    assert given[0] is None and given[1] is not None
+    assert given[1].startswith(
+        "Your answer was rejected: does not name the predicted class, ramen; names the"
+    )
+    assert [v.passed for v in result.verdicts] == [False, True]
+
+
+def test_two_rejections_give_the_template_marked_as_such() -> None:
+    generate, _ = scripted("Spaghetti.", "Spaghetti again.")
+    e = evidence()
+    result = grounded(generate, e)
+    assert result.source == "template" and result.text == template_explanation(e)
+    assert result.drafts == ["Spaghetti.", "Spaghetti again."] and len(result.verdicts) == 2
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["source"] == "template" and data["verdicts"][0]["passed"] is False
+
+
+# ------------------------------------------------------------------------------------------ with SmolLM2
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[GGUFBackend]:
+    backend = GGUFBackend(n_ctx=2048)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def prompt(compose_cfg: Callable[..., DictConfig]) -> DictConfig:
+    return compose_cfg("train", ["llm=smollm2"]).prompt
+
+
+@pytest.fixture
+def llm(compose_cfg: Callable[..., DictConfig]) -> DictConfig:
+    cfg = compose_cfg("train", ["llm=smollm2", "llm.max_new_tokens=110"])
+    assert cfg.llm.repetition_penalty > 1 and cfg.llm.no_repeat_ngram_size > 0
+    return cfg.llm
+
+
+def _passes_or_is_the_template(result: GroundedText, e: Evidence) -> None:
+    if result.source == "template":
+        assert result.text == template_explanation(e) and len(result.drafts) == 2
+    else:
+        assert check_explanation(result.text, e).passed and result.verdicts[-1].passed
+    assert not any(v.passed for v in result.verdicts[:-1])
+
+
+def test_grounded_smollm2_answers_pass_the_gate_or_give_the_template(
+    smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
+) -> None:
+    e = evidence()
+    messages = evidence_messages(e, prompt, multimodal=False)
+    options = generation_options(llm)
+    drafts: list[str] = []
+
+    def generate(feedback: str | None) -> str:
+        conversation = messages if feedback is None else retry_conversation(messages, drafts[-1], feedback)
+        (answer,) = smollm2.generate([conversation], **options)
+        drafts.append(answer.strip())
+        return answer
+
+    result = grounded(generate, e, int(prompt.max_words), str(prompt.retry))
+    _passes_or_is_the_template(result, e)
+    assert result.drafts == drafts[: len(result.drafts)]
+
+
+def test_a_session_records_only_the_grounded_answer(
+    smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
+) -> None:
+    e = evidence(true_label=None)
+    session, first = evidence_session(smollm2, e, prompt, llm)
+    assert session.repetition_penalty == llm.repetition_penalty and "1. The classifier predicted" in first
+    result = session.ask_grounded(first, e, int(prompt.max_words), str(prompt.retry))
+    _passes_or_is_the_template(result, e)
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant"]
+    assert session.messages[-1]["content"] == result.text
+    assert session.metadata["grounding"] == [result.to_dict()] and session.metadata["evidence"]["file"]
+
+
+def test_grounded_batch_checks_every_answer(
+    smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
+) -> None:
+    evidences = [evidence(), evidence(true_label="ramen")]
+    conversations = [evidence_messages(e, prompt, multimodal=False) for e in evidences]
+    results = grounded_batch(
+        smollm2, conversations, evidences, int(prompt.max_words), FEEDBACK, **generation_options(llm)
+    )
+    assert len(results) == 2
+    for result, e in zip(results, evidences, strict=True):
+        _passes_or_is_the_template(result, e)
+
+
+def test_an_answer_made_of_words_from_nowhere_is_rejected() -> None:
+    """Like SmolLM2's drafts measured for issue 12: the right classes, and a cause from nowhere."""
+    invented = (
+        "The classifier took this udon photo for ramen [1]. The scoreCAM algorithm is designed to evaluate "
+        "the performance of a gradient model."
+    )
+    (reason,) = reasons(invented)
+    assert reason.startswith("uses words no evidence line uses (algorithm, designed, evaluate, performance)")
+    assert reasons(f"{GOOD} Its heat looks yellow and white, with strand-like edges [5].") == []
+
+
+def test_the_reader_is_told_whose_words_these_are() -> None:
+    e = evidence()
+    passed = grounded(scripted(GOOD)[0], e).for_reader()
+    assert passed == f"{GOOD}\n\n(checked against the evidence: passed)"
+    retried = grounded(scripted("Spaghetti.", GOOD)[0], e).for_reader()
+    assert retried == f"{GOOD}\n\n(checked against the evidence: passed on the second try)"
+    fallback = grounded(scripted("Spaghetti.", "Spaghetti again.")[0], e).for_reader()
+    assert fallback.startswith(
+        f"{template_explanation(e)}\n\n(from the evidence template; the model's answer"
+    )
+    assert "does not name the predicted class, ramen" in fallback  # why the model's answer is not shown
