@@ -257,6 +257,10 @@ def test_citations_and_numbers_must_exist() -> None:
     assert reasons("The classifier took this udon photo for ramen with 55% confidence [1].") == [
         "gives 55%, which no evidence line gives"
     ]
+    assert reasons("The classifier took this udon photo for ramen; the maps agree (r = 0.60).") == []
+    assert reasons("The classifier took this udon photo for ramen; its deletion score is 0.98.") == [
+        "gives 0.98, which no evidence line gives"
+    ]
 
 
 def test_each_failed_check_gives_one_reason() -> None:

@@ -17,7 +17,8 @@ The checks read English with simple patterns, so they have limits (tests/test_gr
 - a cause the evidence does not give ("because of the broth") is caught only when it names a class or a
   region the evidence does not, or when too many of the answer's content words come from nowhere in the
   evidence (MAX_FOREIGN: a vocabulary heuristic, words compared by their first 5 letters, with a list of
-  words any explanation may use, EXPLANATION_WORDS); numbers are checked only as percentages.
+  words any explanation may use, EXPLANATION_WORDS); numbers are checked as percentages and decimals
+  ("0.42"), not as counts or words ("five photos").
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class GroundedText:
             return f"{self.text}\n\n(checked against the evidence: passed)"
         if self.source == "llm_retry":
             return f"{self.text}\n\n(checked against the evidence: passed on the second try)"
-        why = "; ".join(self.verdicts[-1].reasons) if self.verdicts else "there was no model answer"
+        if not self.verdicts:
+            return f"{self.text}\n\n(from the evidence template: the language model gave no answer)"
+        why = "; ".join(self.verdicts[-1].reasons)
         return f"{self.text}\n\n(from the evidence template; the model's answer failed the check: {why})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,6 +365,7 @@ def foreign_words(text: str, evidence: Evidence) -> tuple[float, list[str]]:
 # ------------------------------------------------------------------------------------------ the gate
 _CITATION = re.compile(r"\[\s*(\d+(?:\s*(?:[,;]|–|-|and)\s*\d+)*)\s*\]")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)", re.I)
+_DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?!\d|\.\d|\s*%|\s*per)")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -399,6 +403,11 @@ def _percentages(text: str) -> list[float]:
     return [float(m.group(1)) for m in _PERCENT.finditer(text)]
 
 
+def _decimals(text: str) -> list[float]:
+    """Numbers written with a decimal point and no percent sign ("0.42", "r = 0.60")."""
+    return [float(m.group(0)) for m in _DECIMAL.finditer(text)]
+
+
 def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS) -> GroundingVerdict:
     """Check `text` against `evidence`; each failed check gives one plain reason.
 
@@ -407,8 +416,9 @@ def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS)
     the evidence does not involve (`Evidence.involved_classes`); does not talk about its instructions
     ("citing the facts"); has at least MIN_SENTENCES sentences; repeats no phrase (a word 4-gram) or
     sentence; ends on a full sentence; has at most `max_words` words; cites (as "[2]") only line numbers
-    that `evidence.lines()` has; quotes only percentages an evidence line gives (within one point); takes
-    at most MAX_FOREIGN of its content words from outside the evidence (`foreign_words`).
+    that `evidence.lines()` has; quotes only percentages (within one point) and decimals (within 0.01) that
+    an evidence line gives; takes at most MAX_FOREIGN of its content words from outside the evidence
+    (`foreign_words`). max_words: the longest answer accepted, in words (citations not counted).
     """
     if not text.strip():
         return GroundingVerdict(False, ["is empty"])
@@ -429,9 +439,10 @@ def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS)
         names = " and ".join(f"the {s}" for s in stray)
         reasons.append(f"names {names}, which the evidence does not call hot")
 
-    meta = _META.search(text)
+    meta = _META.search(plain)
     if meta:
-        reasons.append(f'talks about the instructions ("{meta.group(0)}") instead of the photo')
+        said = " ".join(meta.group(0).split())  # the citations taken out leave gaps
+        reasons.append(f'talks about the instructions ("{said}") instead of the photo')
     n_sentences = len(sentences(text))
     if n_sentences < MIN_SENTENCES:
         reasons.append(f"has {n_sentences} sentence; an explanation needs at least {MIN_SENTENCES}")
@@ -454,9 +465,11 @@ def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS)
             "so it may give causes the evidence does not"
         )
     known = _percentages(" ".join(lines))
-    invented = [p for p in _percentages(plain) if not any(abs(p - k) <= 1.0 for k in known)]
+    invented = [f"{p:g}%" for p in _percentages(plain) if not any(abs(p - k) <= 1.0 for k in known)]
+    known_decimals = _decimals(" ".join(lines))
+    invented += [f"{d:g}" for d in _decimals(plain) if not any(abs(d - k) <= 0.01 for k in known_decimals)]
     if invented:
-        reasons.append(f"gives {_join([f'{p:g}%' for p in invented])}, which no evidence line gives")
+        reasons.append(f"gives {_join(invented)}, which no evidence line gives")
     return GroundingVerdict(not reasons, reasons)
 
 
