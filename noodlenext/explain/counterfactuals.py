@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from noodlenext.explain.base import eval_mode
 from noodlenext.explain.evidence import HOT_THRESHOLD, Counterfactual, MapTrust
-from noodlenext.explain.faithfulness import blurred, deletion_insertion
+from noodlenext.explain.faithfulness import blurred, deletion_insertion, random_maps
 from noodlenext.explain.gradcam import GradCAM
 from noodlenext.explain.layers import unwrap
 from noodlenext.explain.settings import HeatmapSettings
@@ -164,18 +164,6 @@ def random_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     return max(2, math.ceil(size[0] / stride)), max(2, math.ceil(size[1] / stride))
 
 
-def random_maps(n: int, size: tuple[int, int], grid: tuple[int, int], seed: int = 0) -> Tensor:
-    """n random smooth maps (n, H, W) in [0, 1]: uniform noise on a `grid` (h, w), upsampled bilinearly.
-
-    Why smooth and not per-pixel noise: a CAM is itself a coarse grid upsampled, so deletion removes
-    whole blobs. Scattered random pixels barely change a blurred-baseline image until most are gone,
-    which makes per-pixel noise a weak straw man that nearly every map beats; blobs at the map's own
-    resolution are the fair chance level.
-    """
-    low = torch.rand(n, 1, *grid, generator=torch.Generator().manual_seed(seed))
-    return F.interpolate(low, size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
 def trust_check(
     model: nn.Module,
     images: Tensor,
@@ -193,7 +181,9 @@ def trust_check(
     against the same chance. steps: the AUCs' resolution (2 * steps forward passes per image and map).
     """
     b, _, h, w = images.shape
-    chance = random_maps(b, (h, w), grid or random_grid(model, (h, w)), seed)
+    # Smooth noise on the map's own grid, not per-pixel noise: a CAM deletes whole blobs, and scattered
+    # random pixels barely change a blurred image, a straw man nearly every map beats.
+    chance = random_maps(b, h, w, seed, grid or random_grid(model, (h, w)))
     net = unwrap(model)
     rand = deletion_insertion(net, images, chance, targets, steps=steps)
     scores = {

@@ -35,6 +35,26 @@ def blurred(images: Tensor) -> Tensor:
     return gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
 
 
+def random_maps(
+    batch: int, height: int, width: int, seed: int = 0, grid: int | tuple[int, int] | None = None
+) -> np.ndarray:
+    """Seeded random heatmaps (batch, height, width), float32 in [0, 1].
+
+    grid: None for independent uniform noise per pixel; a side or (rows, cols) for uniform noise on that
+    coarse grid, upsampled bilinearly and min-max scaled, so the random map is as smooth as a CAM of a
+    layer with that many cells (the fair comparison: a pixel-noise map deletes scattered pixels, which
+    hurts any model less than deleting a blob). The same seed gives the same maps.
+    """
+    rng = np.random.default_rng(seed)
+    if grid is None:
+        return rng.random((batch, height, width), dtype=np.float32)
+    gh, gw = (grid, grid) if isinstance(grid, int) else grid
+    cells = torch.from_numpy(rng.random((batch, 1, gh, gw), dtype=np.float32))
+    up = F.interpolate(cells, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    up = up - up.amin(dim=(1, 2), keepdim=True)
+    return (up / up.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).numpy()
+
+
 def deletion_insertion(
     model: nn.Module,
     images: Tensor,

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.models.convnext import ConvNeXt
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from noodlenext.explain.faithfulness import deletion_insertion
+from noodlenext.explain.faithfulness import deletion_insertion, random_maps
 from noodlenext.explain.layers import unwrap
 from noodlenext.explain.registry import create_cam, parse_methods
 from noodlenext.explain.settings import HeatmapSettings
@@ -79,26 +78,6 @@ def pointing_game(maps: ArrayLike, masks: ArrayLike) -> np.ndarray:
     peak = maps.max(axis=(1, 2), keepdims=True)
     top = maps >= peak - 1e-6 * np.maximum(np.abs(peak), 1e-12)  # float32 maps: exact ties, a hair's slack
     return (top & masks).sum(axis=(1, 2)) / top.sum(axis=(1, 2))
-
-
-def random_maps(
-    batch: int, height: int, width: int, seed: int = 0, grid: int | tuple[int, int] | None = None
-) -> np.ndarray:
-    """Seeded random heatmaps (batch, height, width), float32 in [0, 1].
-
-    grid: None for independent uniform noise per pixel; a side or (rows, cols) for uniform noise on that
-    coarse grid, upsampled bilinearly and min-max scaled, so the random map is as smooth as a CAM of a
-    layer with that many cells (the fair comparison: a pixel-noise map deletes scattered pixels, which
-    hurts any model less than deleting a blob). The same seed gives the same maps.
-    """
-    rng = np.random.default_rng(seed)
-    if grid is None:
-        return rng.random((batch, height, width), dtype=np.float32)
-    gh, gw = (grid, grid) if isinstance(grid, int) else grid
-    cells = torch.from_numpy(rng.random((batch, 1, gh, gw), dtype=np.float32))
-    up = F.interpolate(cells, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    up = up - up.amin(dim=(1, 2), keepdim=True)
-    return (up / up.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).numpy()
 
 
 def faithfulness_vs_random(
