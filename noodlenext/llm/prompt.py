@@ -13,7 +13,6 @@ from typing import Any
 
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import HeatmapFacts
-from noodlenext.explain.photo import PhotoAnalysis
 from noodlenext.llm.base import Message
 
 
@@ -28,29 +27,6 @@ class ExplainRequest:
     facts: HeatmapFacts  # ScoreCAM for the predicted class
     true_label: str | None = None  # None: unknown
     images: list[str] = field(default_factory=list)  # [photo, overlay] paths, for multimodal models
-
-    @classmethod
-    def from_analysis(
-        cls,
-        analysis: PhotoAnalysis,
-        file: str,
-        true_label: str | None = None,
-        images: list[str] | None = None,
-    ) -> ExplainRequest:
-        """What the LLM is told about a photo PhotoExplainer analysed (its ScoreCAM facts)."""
-        if true_label is not None and true_label not in analysis.class_names:
-            raise ValueError(
-                f"true_label={true_label!r} is not one of the checkpoint's classes {analysis.class_names}"
-            )
-        return cls(
-            file=file,
-            class_names=analysis.class_names,
-            probabilities=analysis.probabilities,
-            predicted=analysis.predicted,
-            facts=analysis.heatmaps["scorecam"].facts,
-            true_label=true_label,
-            images=images or [],
-        )
 
     @property
     def confidence(self) -> float:
