@@ -247,6 +247,32 @@ def test_convnext_target_is_the_last_depthwise_conv() -> None:
     assert reshape_transform(model) is None
 
 
+@pytest.mark.parametrize(("side", "stage", "cells"), [(64, 2, 4), (96, 2, 6), (128, 3, 4), (384, 3, 12)])
+def test_convnext_default_layer_gives_at_least_a_4x4_map_at_the_models_input_size(
+    side: int, stage: int, cells: int
+) -> None:
+    """At 64 px the last stage is 2x2, too coarse for a 3x3 grid of regions: the default moves to the
+    deepest stage with a map of 4x4 or more, and stays on the write-up's last stage from 128 px up."""
+    from noodlenext.explain.layers import target_layer_path
+    from noodlenext.models.classifier import NoodleClassifier
+
+    model = NoodleClassifier("convnext_atto", 3, ["a", "b", "c"], image_size=side, pretrained=False).eval()
+    layer = target_layer(model)
+    assert layer is model.net.stages[stage].blocks[-1].conv_dw
+    seen = []
+    handle = layer.register_forward_hook(lambda m, a, out: seen.append(out.shape[-2:]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    handle.remove()
+    assert tuple(seen[0]) == (cells, cells)
+    # A bare copy of the network finds the same layer by its path (the randomisation check needs it).
+    assert (
+        target_layer_path(model) == f"stages.{stage}.blocks.{len(model.net.stages[stage].blocks) - 1}.conv_dw"
+    )
+    maps = GradCAM(model)(torch.randn(2, 3, side, side), [0, 1])
+    assert maps.shape == (2, side, side)
+
+
 def test_vit_target_is_the_last_blocks_first_norm() -> None:
     model = vit()
     assert target_layer(model) is model.blocks[-1].norm1

@@ -51,7 +51,8 @@ class BaseCAM(ABC):
         model: a timm model, or a `NoodleClassifier` (its `.net` is explained).
         target_layer: the module whose activations are explained, a dotted path into the model
             (`stages.3.blocks.2.conv_dw`, negative indices allowed), or None for the architecture's
-            default (ConvNeXt: last depthwise conv of the last stage; ViT: last block's `norm1`).
+            default (ConvNeXt: last depthwise conv of the deepest stage with a map of at least 4x4 at the
+            model's input size, the last stage from 128 px; ViT: last block's `norm1`).
         reshape_transform: maps the layer's output to (B, C, h, w); `"auto"` (default) derives it from
             the model (a ViT's tokens to its patch grid, nothing for a CNN); None for none.
 
@@ -69,8 +70,9 @@ class BaseCAM(ABC):
         reshape_transform: Reshape | str | None = AUTO,
     ) -> None:
         self.model = unwrap(model)
+        # Resolved on the model as given: a NoodleClassifier's input size picks the default layer.
         self.target_layer = (
-            target_layer if isinstance(target_layer, nn.Module) else resolve_layer(self.model, target_layer)
+            target_layer if isinstance(target_layer, nn.Module) else resolve_layer(model, target_layer)
         )
         self.reshape_transform = (
             default_reshape(self.model) if reshape_transform == AUTO else reshape_transform

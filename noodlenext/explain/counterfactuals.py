@@ -20,7 +20,7 @@ from noodlenext.explain.base import eval_mode
 from noodlenext.explain.evidence import HOT_THRESHOLD, Counterfactual, MapTrust
 from noodlenext.explain.faithfulness import blurred, deletion_insertion, random_maps
 from noodlenext.explain.gradcam import GradCAM
-from noodlenext.explain.layers import unwrap
+from noodlenext.explain.layers import target_layer_path, unwrap
 from noodlenext.explain.settings import HeatmapSettings
 
 # The random map's grid when the model does not say its feature stride (7x7: an ImageNet CNN at 224 px).
@@ -153,14 +153,22 @@ def counterfactuals(
     return out
 
 
-def random_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """The native resolution of the model's maps at `size` (H, W): the input over the last feature
-    stride timm reports (ConvNeXt 32, ViT 16), at least 2x2; DEFAULT_RANDOM_GRID square without one."""
+def random_grid(model: nn.Module, size: tuple[int, int], target_layer: str | None = None) -> tuple[int, int]:
+    """The native resolution of the model's maps at `size` (H, W): the input over the feature stride of
+    the explained layer (`target_layer`, or the default one `layers.target_layer` picks; ConvNeXt's
+    stages 4-32, ViT 16), at least 2x2; DEFAULT_RANDOM_GRID square when the model reports no strides."""
     info = getattr(unwrap(model), "feature_info", None)
     try:
-        stride = int(info[-1]["reduction"])  # type: ignore[index]
+        strides = [(str(i["module"]), int(i["reduction"])) for i in info]  # type: ignore[union-attr]
+        stride = strides[-1][1]
     except (TypeError, KeyError, IndexError, ValueError):
         return DEFAULT_RANDOM_GRID, DEFAULT_RANDOM_GRID
+    try:
+        path = target_layer_path(model, target_layer)
+    except (ValueError, StopIteration):
+        path = ""
+    inside = [s for module, s in strides if path == module or path.startswith(module + ".")]
+    stride = inside[-1] if inside else stride
     return max(2, math.ceil(size[0] / stride)), max(2, math.ceil(size[1] / stride))
 
 
@@ -172,18 +180,20 @@ def trust_check(
     seed: int = 0,
     steps: int = 20,
     grid: tuple[int, int] | None = None,
+    target_layer: str | None = None,
 ) -> list[dict[str, MapTrust]]:
     """Per image, {method: MapTrust}: each map's deletion/insertion AUC against a random map's.
 
     images: (B, 3, H, W) as the model takes them; cams_by_method: {method: (B, H, W) maps}; targets: the
     class each map is of. The random map is one seeded random smooth map per image (`random_maps`, on
-    `grid` cells, default `random_grid(model, (H, W))`), shared by every method, so methods are judged
-    against the same chance. steps: the AUCs' resolution (2 * steps forward passes per image and map).
+    `grid` cells, default `random_grid(model, (H, W), target_layer)`: the explained layer's grid), shared
+    by every method, so methods are judged against the same chance. steps: the AUCs' resolution (2 *
+    steps forward passes per image and map). target_layer: the maps' layer path (None: the default).
     """
     b, _, h, w = images.shape
     # Smooth noise on the map's own grid, not per-pixel noise: a CAM deletes whole blobs, and scattered
     # random pixels barely change a blurred image, a straw man nearly every map beats.
-    chance = random_maps(b, h, w, seed, grid or random_grid(model, (h, w)))
+    chance = random_maps(b, h, w, seed, grid or random_grid(model, (h, w), target_layer))
     net = unwrap(model)
     rand = deletion_insertion(net, images, chance, targets, steps=steps)
     scores = {

@@ -10,7 +10,7 @@ the grounding gate checks against.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from noodlenext.explain.facts import HeatmapFacts
@@ -19,6 +19,8 @@ from noodlenext.explain.facts import HeatmapFacts
 HOT_SHARE = 0.2
 # Heat at least this share of a map's peak is the hot region (the counterfactuals' and appearance's rule).
 HOT_THRESHOLD = 0.5
+# Hiding the hot region moves the predicted class's probability by less than this: barely a change.
+BARELY = 0.05
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,24 @@ class MapTrust:
         return self.deletion < self.random_deletion and self.insertion > self.random_insertion
 
 
+@dataclass(frozen=True)
+class Finding:
+    """The result of a test the classifier ran on demand to answer a question (`noodlenext.explain.probes`).
+
+    probe: the test's name (`why_not`, `change_mind`, ...); arguments: what it was run with; lines: plain
+    sentences stating the result (they join the evidence lines, numbered after them); classes: the classes
+    the result involves; regions: the 3x3 regions it finds hot (an answer may name them); data: the raw
+    numbers, for the record.
+    """
+
+    probe: str
+    arguments: dict[str, Any]
+    lines: list[str]
+    classes: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Evidence:
     """Everything known about one explained photo; JSON-serialisable through to_dict / from_dict.
@@ -118,6 +138,7 @@ class Evidence:
     neighbours: list[Neighbour] = field(default_factory=list)
     trust: dict[str, MapTrust] = field(default_factory=dict)
     agreement: float | None = None
+    findings: list[Finding] = field(default_factory=list)  # tests run on demand (the chat), in order
 
     @property
     def confidence(self) -> float:
@@ -132,7 +153,10 @@ class Evidence:
     def hot_regions(self, method: str = "scorecam", min_share: float = HOT_SHARE) -> list[str]:
         """The 3x3 regions this evidence calls hot: the peak's, and any holding at least `min_share` of
         the heat of the map of `method` or of the contrastive map (most heat first)."""
-        maps = [f for f in (self.facts.get(method), self.contrastive) if f is not None]
+        # An empty map (nothing above half its peak) has no hot region: its neutral "center" is no finding.
+        maps = [
+            f for f in (self.facts.get(method), self.contrastive) if f is not None and f.area_above_half > 0
+        ]
         shares: dict[str, float] = {}
         for facts in maps:
             for region, share in facts.region_shares.items():
@@ -144,9 +168,10 @@ class Evidence:
         """The classes the evidence involves: predicted, true, contrast, the counterfactuals' predictions
         and the nearest training photos' labels. An explanation may blame no other class."""
         names = [self.predicted, self.true_label, self.contrast_class]
-        if self.counterfactual is not None:
+        if self.counterfactual is not None and self.counterfactual.hot_area > 0:  # else no line names them
             names += [self.counterfactual.hidden_prediction, self.counterfactual.kept_prediction]
         names += [n.label for n in self.neighbours]
+        names += [c for f in self.findings for c in f.classes]
         return [n for n in dict.fromkeys(names) if n is not None]
 
     def lines(self) -> list[str]:
@@ -170,10 +195,12 @@ class Evidence:
         if cf is not None and cf.hot_area > 0:  # an empty map has no hot region to hide or keep
             before, after = cf.original[cf.predicted], cf.hidden[cf.predicted]
             change = (
-                f"drops {cf.predicted} from {before:.0%} to {after:.0%}" if after < before
-                else f"raises {cf.predicted} from {before:.0%} to {after:.0%}" if after > before
-                else f"leaves {cf.predicted} at {before:.0%}"
+                f"leaves {cf.predicted} at {before:.0%}" if f"{before:.0%}" == f"{after:.0%}"
+                else f"drops {cf.predicted} from {before:.0%} to {after:.0%}" if after < before
+                else f"raises {cf.predicted} from {before:.0%} to {after:.0%}"
             )  # fmt: skip
+            if abs(before - after) < BARELY:
+                change += " (barely a change: the region alone does not decide)"
             out.append(
                 f"Hiding the hot region ({cf.hot_area:.0%} of the image) {change}; "
                 f"{_becomes(cf.hidden_prediction, cf.predicted)}."
@@ -197,7 +224,21 @@ class Evidence:
             verb = "agree" if r >= 0.5 else "partly agree" if r >= 0.2 else "disagree"
             names = " and ".join(_method_name(m) for m in ("scorecam", "gradcam"))
             out.append(f"{names} {verb} (r = {r:.2f}).")
+        out += [line for finding in self.findings for line in finding.lines]
         return [f"{i}. {line}" for i, line in enumerate(out, 1)]
+
+    def finding_lines(self, finding: Finding) -> list[int]:
+        """The numbers that the lines of `finding` (one of `findings`) have in `lines()`."""
+        end = len(self.lines())
+        for f in reversed(self.findings):
+            if f is finding:
+                return list(range(end - len(f.lines) + 1, end + 1))
+            end -= len(f.lines)
+        raise ValueError(f"{finding.probe}: not a finding of this evidence")
+
+    def with_finding(self, finding: Finding) -> Evidence:
+        """A copy of this evidence with `finding` added last (the original is left as it was)."""
+        return replace(self, findings=[*self.findings, finding])
 
     def _prediction_line(self) -> str:
         head = f"The classifier predicted {self.predicted} with {self.confidence:.0%} confidence"
@@ -264,6 +305,7 @@ class Evidence:
                 for m, t in d.get("trust", {}).items()
             },
             agreement=d.get("agreement"),
+            findings=[Finding(**f) for f in d.get("findings", [])],
         )
 
 

@@ -98,11 +98,13 @@ def gather_evidence(
 
     primary = PRIMARY if PRIMARY in methods else methods[0]
     cams = {m: np.stack([h[m].cam for h in heatmaps]) for m in methods}
-    contrastive = contrastive_maps(net, images, pred, contrast, settings)
+    # The model as given, not `net`: a NoodleClassifier's input size picks the default layer.
+    contrastive = contrastive_maps(model, images, pred, contrast, settings)
     if contrastive_out is not None:
         contrastive_out.extend(m.numpy() for m in contrastive)
     effects = counterfactuals(net, images, cams[primary], pred, names)
-    trust = trust_check(net, images, cams, pred, seed=seed)
+    layer = HeatmapSettings.of(settings).target_layer
+    trust = trust_check(model, images, cams, pred, seed=seed, target_layer=layer)
     neighbours = index.nearest(images, k=k, files=files) if index is not None else [[] for _ in range(b)]
     both = "scorecam" in methods and "gradcam" in methods
 

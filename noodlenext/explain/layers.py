@@ -31,8 +31,38 @@ def _resolve(net: nn.Module, path: str) -> nn.Module | None:
     return module
 
 
+# The default ConvNeXt layer's map must be at least this many cells a side: a 2x2 map (the last stage at
+# 64 px) cannot say which part of a 3x3 grid mattered, so small inputs explain an earlier stage.
+MIN_MAP_SIDE = 4
+
+
+def input_side(model: nn.Module) -> int | None:
+    """The side in pixels the model is run at: a NoodleClassifier's `image_size`, else timm's config."""
+    hparams = getattr(model, "hparams", None)
+    side = hparams.get("image_size") if hparams is not None and hasattr(hparams, "get") else None
+    if side:
+        return int(side)
+    size = (getattr(unwrap(model), "pretrained_cfg", None) or {}).get("input_size")
+    return int(size[-1]) if size else None
+
+
+def _convnext_default(net: ConvNeXt, side: int | None) -> nn.Module:
+    """The last depthwise conv of the deepest stage whose map is at least MIN_MAP_SIDE a side at `side`
+    pixels: the last stage (the write-up's layer) at 128 px and up; stage 3 of 4 at 64 px."""
+    reductions = [info["reduction"] for info in getattr(net, "feature_info", [])]
+    if side and len(reductions) == len(net.stages):
+        for stage, reduction in zip(reversed(net.stages), reversed(reductions), strict=True):
+            if side // reduction >= MIN_MAP_SIDE:
+                return stage.blocks[-1].conv_dw
+    return net.stages[-1].blocks[-1].conv_dw
+
+
 def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
-    """The layer to explain: a default for ConvNeXt and ViT, or `path`, e.g. `stages.3.blocks.2.conv_dw`."""
+    """The layer to explain: `path` (e.g. `stages.3.blocks.2.conv_dw`), or a default: for ConvNeXt the last
+    depthwise conv of the deepest stage whose map is at least MIN_MAP_SIDE cells a side at the model's
+    input size (the last stage, the write-up's layer, from 128 px up); for a ViT the last block's norm1.
+
+    model: a NoodleClassifier (its `image_size` decides) or a timm model (timm's input size decides)."""
     net = unwrap(model)
     if path:
         layer = _resolve(net, path)
@@ -44,12 +74,19 @@ def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
             )
         return layer
     if isinstance(net, ConvNeXt):
-        return net.stages[-1].blocks[-1].conv_dw  # the write-up's last depthwise conv of the last stage
+        return _convnext_default(net, input_side(model))
     if isinstance(net, VisionTransformer):
         return net.blocks[-1].norm1
     raise ValueError(
         f"no default Score-CAM layer for {type(net).__name__}: pass explain.target_layer=<dotted module path>"
     )
+
+
+def target_layer_path(model: nn.Module, path: str | None = None) -> str:
+    """The dotted name, inside the timm network, of the layer `target_layer(model, path)` picks: the same
+    layer of a copy of the network (which has no input size of its own to pick by)."""
+    layer = target_layer(model, path)
+    return next(name for name, module in unwrap(model).named_modules() if module is layer)
 
 
 def reshape_transform(model: nn.Module) -> Callable[[Tensor], Tensor] | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from noodlenext.explain.faithfulness import deletion_insertion, random_maps
-from noodlenext.explain.layers import unwrap
+from noodlenext.explain.layers import target_layer_path, unwrap
 from noodlenext.explain.registry import create_cam, parse_methods
 from noodlenext.explain.settings import HeatmapSettings
 
@@ -310,6 +310,8 @@ def randomisation_check(
     maps by method when already computed (computed here otherwise). depth, seed: `randomised_copy`.
     """
     settings = HeatmapSettings.of(settings)
+    # The copy is a bare timm network: name the trained model's layer so that both explain the same one.
+    settings = replace(settings, target_layer=target_layer_path(model, settings.target_layer))
     names = parse_methods(methods)
     randomised, layers = randomised_copy(model, depth, seed)
     rho, sim = {}, {}

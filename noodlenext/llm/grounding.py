@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from noodlenext.explain.evidence import HOT_SHARE, Evidence
+from noodlenext.explain.evidence import BARELY, HOT_SHARE, Evidence, Finding
 from noodlenext.explain.facts import REGIONS
 from noodlenext.llm.base import Backend, Message
 from noodlenext.llm.text import ends_on_sentence, sentences, words
@@ -175,8 +175,9 @@ def region_mentions(text: str) -> list[tuple[str, frozenset[str], int]]:
 def allowed_regions(evidence: Evidence) -> set[str]:
     """The regions an explanation may name: `Evidence.hot_regions`'s rule (the peak's region and any
     holding at least HOT_SHARE of the heat) over every map the evidence lines describe (each method's and
-    the contrastive map), plus each map's largest share (its line names it even when that share is small).
-    An empty map (no pixel above half its peak) has no hot region: its neutral "center" peak is no finding.
+    the contrastive map), plus each map's largest share (its line names it even when that share is small),
+    plus the regions of each finding (`Evidence.findings`: the tests the chat ran). An empty map (no pixel
+    above half its peak) has no hot region: its neutral "center" peak is no finding.
     """
     allowed: set[str] = set()
     for facts in [*evidence.facts.values(), evidence.contrastive]:
@@ -185,6 +186,8 @@ def allowed_regions(evidence: Evidence) -> set[str]:
         allowed.add(facts.peak_region)
         allowed.add(max(facts.region_shares.items(), key=lambda kv: kv[1])[0])
         allowed |= {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
+    for finding in evidence.findings:  # a test run on demand names the regions it found
+        allowed |= set(finding.regions)
     return allowed
 
 
@@ -286,9 +289,9 @@ _SAYS_RIGHT = re.compile(
 )
 
 
-def _class_reasons(text: str, evidence: Evidence) -> list[str]:
+def _class_reasons(text: str, evidence: Evidence, followup: bool = False) -> list[str]:
     """At most one reason, the first of: a misstated verdict, a misstated prediction or true class (a swap),
-    a missing predicted or true class, an uninvolved class."""
+    a missing predicted or true class (not asked of a follow-up answer), an uninvolved class."""
     names = list(evidence.class_names)
     pred, true = evidence.predicted, evidence.true_label
     mentioned = class_mentions(text, names)
@@ -310,9 +313,9 @@ def _class_reasons(text: str, evidence: Evidence) -> list[str]:
     for x, y in claims["took"]:
         if true is not None and (x, y) != (true, pred):
             return [f"says the classifier took {x} for {y}, but it took {true} for {pred}"]
-    if pred not in mentioned:
+    if not followup and pred not in mentioned:
         return [f"does not name the predicted class, {pred}"]
-    if evidence.verdict == "wrong" and true not in mentioned:
+    if not followup and evidence.verdict == "wrong" and true not in mentioned:
         return [f"does not name the true class, {true}"]
     involved = set(evidence.involved_classes())
     stray = [n for n in names if n in mentioned and n not in involved]
@@ -408,7 +411,9 @@ def _decimals(text: str) -> list[float]:
     return [float(m.group(0)) for m in _DECIMAL.finditer(text)]
 
 
-def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS) -> GroundingVerdict:
+def check_explanation(
+    text: str, evidence: Evidence, max_words: int = MAX_WORDS, followup: bool = False
+) -> GroundingVerdict:
     """Check `text` against `evidence`; each failed check gives one plain reason.
 
     The checks: it names the predicted class (and, for a mistake, the true one) without swapping them or
@@ -419,12 +424,14 @@ def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS)
     that `evidence.lines()` has; quotes only percentages (within one point) and decimals (within 0.01) that
     an evidence line gives; takes at most MAX_FOREIGN of its content words from outside the evidence
     (`foreign_words`). max_words: the longest answer accepted, in words (citations not counted).
+    followup: an answer to a follow-up question, which need not name the predicted and true classes again
+    and may be one sentence long; every other check holds.
     """
     if not text.strip():
         return GroundingVerdict(False, ["is empty"])
     lines = evidence.lines()
     plain = _CITATION.sub(" ", text)  # citations are not words, phrases or numbers of the text
-    reasons = _class_reasons(plain, evidence)
+    reasons = _class_reasons(plain, evidence, followup)
 
     allowed = allowed_regions(evidence)
     stray = []
@@ -444,8 +451,9 @@ def check_explanation(text: str, evidence: Evidence, max_words: int = MAX_WORDS)
         said = " ".join(meta.group(0).split())  # the citations taken out leave gaps
         reasons.append(f'talks about the instructions ("{said}") instead of the photo')
     n_sentences = len(sentences(text))
-    if n_sentences < MIN_SENTENCES:
-        reasons.append(f"has {n_sentences} sentence; an explanation needs at least {MIN_SENTENCES}")
+    least = 1 if followup else MIN_SENTENCES
+    if n_sentences < least:
+        reasons.append(f"has {n_sentences} sentence; an explanation needs at least {least}")
     repeated = _repetition_reason(plain)
     if repeated:
         reasons.append(repeated)
@@ -514,6 +522,8 @@ def _hiding_sentence(evidence: Evidence) -> str | None:
         change = f"{verb} {cf.predicted} from {before:.0%} to {after:.0%}"
     new = cf.hidden_prediction
     outcome = f"the prediction stays {new}" if new == cf.predicted else f"the prediction becomes {new}"
+    if abs(before - after) < BARELY:
+        return f"Hiding that region barely changes anything ({change}), so that region alone does not decide."
     return f"Hiding that region {change}, and {outcome}."
 
 
@@ -553,30 +563,46 @@ def template_explanation(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the retry loop
+def finding_answer(evidence: Evidence, finding: Finding) -> str:
+    """The template's answer to a follow-up that `finding` (one of `evidence.findings`) answers: its own
+    sentences, with the evidence line numbers cited. Passes `check_explanation(..., followup=True)`."""
+    numbers = evidence.finding_lines(finding)
+    cited = [
+        f"{line[:-1]} [{n}]." if line.endswith(".") else f"{line} [{n}]"
+        for line, n in zip(finding.lines, numbers, strict=True)
+    ]
+    return " ".join(cited)
+
+
 def grounded(
     generate: Callable[[str | None], str],
     evidence: Evidence,
     max_words: int = MAX_WORDS,
     feedback: str = FEEDBACK,
+    *,
+    followup: bool = False,
+    template: str | None = None,
 ) -> GroundedText:
     """An explanation that passed the gate: the model's, its retry, or the template's.
 
     generate(None) is the first draft; if the gate rejects it, generate(message) once more, message being
     `feedback` with the reasons filled in ({reasons}), which the caller appends to the conversation after
-    the rejected draft. If the retry fails too, the template (`template_explanation`).
+    the rejected draft. If the retry fails too, the template (`template_explanation`, or `template` when
+    given, e.g. `finding_answer`). followup: check as a follow-up answer (`check_explanation`).
     """
     verdicts: list[GroundingVerdict] = []
     drafts: list[str] = []
     message: str | None = None
     for source in ("llm", "llm_retry"):
         text = generate(message).strip()
-        verdict = check_explanation(text, evidence, max_words)
+        verdict = check_explanation(text, evidence, max_words, followup)
         verdicts.append(verdict)
         if verdict.passed:
             return GroundedText(text, source, verdicts, drafts)
         drafts.append(text)
         message = feedback_message(verdict, feedback)
-    return GroundedText(template_explanation(evidence, max_words), "template", verdicts, drafts)
+    fallback = template if template is not None else template_explanation(evidence, max_words)
+    return GroundedText(fallback, "template", verdicts, drafts)
 
 
 def feedback_message(verdict: GroundingVerdict, feedback: str = FEEDBACK) -> str:
