@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from noodlenext.core.config import CONFIG_DIR
+from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.llm.base import LLMError
 from noodlenext.llm.gguf_backend import GGUFBackend
@@ -51,16 +52,63 @@ def test_streaming_records_the_same_answer_it_yields(smollm2: GGUFBackend) -> No
     assert pieces and session.messages[-1]["content"] == "".join(pieces).strip()
 
 
+def fresh(backend: GGUFBackend) -> GGUFBackend:
+    """The backend with llama.cpp's KV cache emptied, for generations that are compared: a prompt evaluated
+    after a cached common prefix may differ in the last bits from one evaluated whole (some CPUs)."""
+    assert backend.llama is not None
+    backend.llama.reset()
+    return backend
+
+
 def test_streaming_yields_whole_sentences_only(smollm2: GGUFBackend) -> None:
     """The token limit strikes mid-sentence; the reader never sees that tail, and neither does the record."""
     question = "Describe ramen, udon and spaghetti, two sentences each."
-    raw = "".join(smollm2.stream([SYSTEM, {"role": "user", "content": question}], max_new_tokens=60))
-    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=60)
+    raw = "".join(fresh(smollm2).stream([SYSTEM, {"role": "user", "content": question}], max_new_tokens=60))
+    session = ChatSession(fresh(smollm2), [SYSTEM], max_new_tokens=60)
     pieces = list(session.ask_stream(question))
     answer = session.messages[-1]["content"]
     assert not ends_on_sentence(raw) and raw.startswith(answer)
     assert len(pieces) > 1 and all(ends_on_sentence(p) for p in pieces) and "".join(pieces).strip() == answer
+    fresh(smollm2)
+    session.messages[1:] = session.transcript[1:] = []
     assert session.ask(question) == answer  # ask cuts the same way
+
+
+def test_a_failed_or_abandoned_answer_leaves_the_chat_usable(smollm2: GGUFBackend) -> None:
+    """A stream dropped after its first sentence keeps that sentence, marked, and lets go of the model; a
+    question over the context window is refused and leaves no trace (not even the follow-up it dropped to
+    make room). Each next question goes out with roles alternating and the history as it should be."""
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=60)
+    stream = session.ask_stream("Describe ramen, udon and spaghetti, two sentences each.")
+    given = next(stream)
+    del stream  # dropped without a word, as when a browser tab closes
+    assert session.messages[-1] == {"role": "assistant", "content": given.strip(), "interrupted": True}
+    assert session.transcript[-1] is session.messages[-1]
+    assert not smollm2._lock.locked()  # the generation stopped; the model is free
+    assert session.ask("Which of them is the thickest?")
+    assert f"<|im_start|>assistant\n{given.strip()}<|im_end|>" in smollm2.format_prompt(session.prompt())
+
+    before = [list(session.messages), list(session.transcript)]
+    huge = "noodles " * 1200  # the context is 1024 tokens
+    with pytest.raises(LLMError, match="lower llm.max_new_tokens"):
+        session.ask(huge)
+    with pytest.raises(LLMError, match="lower llm.max_new_tokens"):
+        list(session.ask_stream(huge))
+    assert [session.messages, session.transcript] == before and session.dropped == 0
+    assert session.ask("How is it served?")
+    assert [m["role"] for m in session.messages] == ["system"] + ["user", "assistant"] * 3
+
+
+def test_an_open_stream_is_settled_when_the_next_question_starts(smollm2: GGUFBackend) -> None:
+    """A reader that neither finishes nor closes its stream (it keeps a reference) before asking again:
+    the new question closes the old stream first, whose given sentence stays, marked."""
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=60)
+    stream = session.ask_stream("Describe ramen, udon and spaghetti, two sentences each.")
+    given = next(stream)
+    answer = session.ask("Which of them is the thickest?")
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[2] == {"role": "assistant", "content": given.strip(), "interrupted": True}
+    assert session.messages[4]["content"] == answer and list(stream) == []  # the old stream is over
 
 
 def test_repetition_settings_come_from_the_llm_config_and_reach_generation(
@@ -117,6 +165,22 @@ def test_a_prompt_that_can_never_fit_is_a_clear_error(smollm2: GGUFBackend) -> N
     with pytest.raises(LLMError, match="lower llm.max_new_tokens"):
         session.ask("Why?")
     assert session.transcript == [huge]  # the failed question is not recorded
+
+
+def test_no_room_for_a_retry_gives_the_template(smollm2: GGUFBackend) -> None:
+    """The question fills the context: a rejected draft cannot be retried (neither after the draft nor
+    folded into the question), so the template answers rather than the model failing past its context."""
+    cam = [[1.0, 0.0], [0.0, 0.0]]
+    e = Evidence("bowl.jpg", ["ramen", "udon", "spaghetti"], {"ramen": 0.7, "udon": 0.2, "spaghetti": 0.1},
+                 "ramen", None, "udon", {"scorecam": heatmap_facts(cam)})  # fmt: skip
+    question = "Why ramen?"
+    needed = smollm2.count_tokens([SYSTEM, {"role": "user", "content": question}])
+    session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24, max_context_tokens=needed + 24)
+    result = session.ask_grounded(question, e, max_words=3)  # any answer of 24 tokens is too long
+    assert result.source == "template" and len(result.drafts) == 2 and result.drafts[0]
+    assert result.drafts[1] == "" and result.verdicts[1].reasons == ["is empty"]  # no retry was sent
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant"]
+    assert session.messages[-1]["content"] == result.text
 
 
 def test_save_and_load_continue_the_same_conversation(smollm2: GGUFBackend, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from tiny_llms import BOS, PAD, save_tiny_gemma3, save_tiny_llama
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.llm.base import LLMError, Message, text_only
 from noodlenext.llm.load import load_backend
+from noodlenext.llm.session import ChatSession
 from noodlenext.llm.text import cut_to_sentence
 from noodlenext.llm.transformers_backend import AnswerRepetition, TransformersBackend
 
@@ -127,6 +128,50 @@ def test_stream_pieces_add_up_to_the_answer(
     early = gemma.stream(conversations[1], max_new_tokens=200)
     next(early)
     early.close()  # a reader that stops early ends the generation thread too (join would hang otherwise)
+
+
+def test_a_failed_or_abandoned_answer_leaves_the_chat_usable(
+    gemma: TransformersBackend, models: dict[str, Path]
+) -> None:
+    """Gemma's template refuses roles that do not alternate, so each next question shows that an abandoned
+    or failed one left the history well formed: the abandoned answer's given sentence stays, marked; a
+    question whose image cannot be read leaves no trace."""
+    on = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}  # the random model then ends sentences
+    session = ChatSession(gemma, [], max_new_tokens=120, **on)
+    stream = session.ask_stream("Why?")
+    given = next(stream)
+    stream.close()  # a browser tab closed
+    assert session.messages == [
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": given.strip(), "interrupted": True},
+    ]
+    gone = [{"type": "image", "path": str(models["root"] / "gone.png")}, {"type": "text", "text": "And now?"}]
+    with pytest.raises(LLMError, match="cannot read the image"):
+        session.ask(gone)
+    with pytest.raises(LLMError, match="cannot read the image"):
+        list(session.ask_stream(gone))
+    assert len(session.messages) == len(session.transcript) == 2
+    with pytest.raises(LLMError, match="roles must alternate"):  # what a question left behind would cause
+        gemma.count_tokens(
+            [*session.messages, {"role": "user", "content": "?"}, {"role": "user", "content": "?"}]
+        )
+    session.max_new_tokens = 8
+    session.ask("Is it udon?")
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
+    assert f"<start_of_turn>model\n{given.strip()}<end_of_turn>" in gemma.prompt(session.messages)
+
+
+def test_a_prompt_over_the_context_is_an_llm_error(models: dict[str, Path]) -> None:
+    """Past max_position_embeddings (or max_context_tokens) a model computes nonsense or fails outright;
+    the backend refuses such a prompt and cuts an answer to the room the context leaves (as llama.cpp)."""
+    llama = TransformersBackend(str(models["llama"]), max_context_tokens=64)
+    long: list[Message] = [{"role": "user", "content": "noodles " * 80}]
+    with pytest.raises(LLMError, match="the model's context is 64: shorten"):
+        llama.generate([long], max_new_tokens=8)
+    with pytest.raises(LLMError, match="the model's context is 64: shorten"):
+        list(llama.stream(long, max_new_tokens=8))
+    assert llama._room(60, 30) == 4 and llama._room(10, 30) == 30
+    assert len(llama.generate([[{"role": "user", "content": "Why?"}]], max_new_tokens=200)) == 1
 
 
 def repeats(tokens: list[int], n: int) -> int:

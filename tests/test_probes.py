@@ -153,3 +153,25 @@ def test_the_gate_holds_a_follow_up_to_what_the_test_found() -> None:
     assert not made_up.passed and any("71%" in r for r in made_up.reasons)
     # A first explanation must still name the classes; a follow-up need not.
     assert not check_explanation("The upper left mattered. That is all.", evidence).passed
+
+
+def test_a_follow_up_must_cite_the_test_put_numbers_on_the_right_line_and_not_repeat_itself() -> None:
+    probe = probe_for()
+    finding = probe.run("how_sure").finding
+    evidence = probe.evidence.with_finding(finding)
+    first, mirrored = evidence.finding_lines(finding)
+    p = evidence.probabilities
+    right = f"The classifier gives ramen {p['ramen']:.0%} [{first}]."
+    assert check_explanation(right, evidence, followup=True, finding=finding).passed
+    # The probability is on line `first`, not on the mirrored photo's line: a misattribution.
+    wrong_line = check_explanation(
+        f"The classifier gives ramen {p['ramen']:.0%} [{mirrored}].", evidence, True
+    )
+    assert any(f"cites [{mirrored}] for" in r for r in wrong_line.reasons)
+    # An answer that does not rest on the test just run is no answer to the question.
+    unrelated = check_explanation(
+        "The classifier predicted ramen [1].", evidence, followup=True, finding=finding
+    )
+    assert any("does not cite the test's result" in r for r in unrelated.reasons)
+    again = check_explanation(right, evidence, followup=True, finding=finding, previous=[right])
+    assert any("repeats an earlier answer" in r for r in again.reasons)

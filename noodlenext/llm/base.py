@@ -28,15 +28,25 @@ Message = dict[str, Any]
 
 
 class LLMError(RuntimeError):
-    """A backend cannot load or answer; the message says why and what to do."""
+    """A backend cannot load or answer; the message says why and what to do.
+
+    The one error type of every backend's failures (llama.cpp's context and template errors, transformers'
+    out-of-memory and runtime errors, an OpenAI-compatible server's HTTP errors, refusals and timeouts, a
+    connection dropped mid-stream), and of `ChatSession`'s, which takes the failed question back first.
+    """
 
 
 class Backend(ABC):
-    """One loaded language model. Subclasses set `name`, `multimodal` and `context_length`."""
+    """One loaded language model. Subclasses set `name`, `multimodal` and `context_length`.
+
+    `generate`, `stream` and `count_tokens` raise LLMError, whatever went wrong underneath. A `stream`
+    closed early (its reader gone) stops generating and frees the model.
+    """
 
     name: str = "llm"
     multimodal: bool = False
     context_length: int = 2048
+    supports_tools: bool = False  # `choose_tool` asks the model itself which function to call
 
     @abstractmethod
     def generate(
@@ -77,6 +87,15 @@ class Backend(ABC):
     @abstractmethod
     def count_tokens(self, messages: list[Message]) -> int:
         """Prompt tokens these messages take with the chat template applied (images included)."""
+
+    def choose_tool(
+        self, messages: list[Message], tools: list[dict[str, Any]]
+    ) -> dict[str, Any] | str | None:
+        """The function the model calls to answer the last message, given OpenAI-style `tools`: a
+        {"name", "arguments"} dict from a native tool call, the model's text to read a call from
+        (`router.parse_tool_call`), or None for no call. Backends without function calling return None
+        (`supports_tools` False), and the keyword router decides."""
+        return None
 
     def close(self) -> None:
         """Free the model (memory, server connections); nothing to do by default."""

@@ -7,6 +7,9 @@ serves both generation and `count_tokens`, so the count is exactly the prompt ll
 Repetition control: `repetition_penalty` is llama.cpp's `repeat_penalty` (its sampler sees only the
 answer's tokens, the last 64 of them); llama.cpp has no n-gram ban, so `no_repeat_ngram_size` is a logits
 processor here (`_NoRepeatNgram`) over the whole answer.
+
+Whatever llama.cpp raises while counting or answering (a prompt over the context window, a chat template
+that refuses the conversation, a failed decode) comes out as an LLMError that says what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import TemplateError
 
 from noodlenext.llm.base import (
     Backend,
@@ -30,6 +34,9 @@ from noodlenext.llm.base import (
     text_only,
 )
 
+# What llama-cpp-python raises: ValueError (a prompt over the context, the chat template's raise_exception),
+# RuntimeError (a failed decode), jinja's TemplateError (a template that cannot render); LLMError is ours.
+LLAMA_ERRORS = (ValueError, RuntimeError, TemplateError)
 INSTALL_HINT = "pip install 'noodlenext[llm]' (builds llama.cpp from source: ~4 min, needs a C++ compiler)"
 
 
@@ -150,10 +157,13 @@ class GGUFBackend(Backend):
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Tokens of the templated prompt, tokenized exactly as the chat handler does."""
-        result = self._formatter(messages=text_only(messages))
-        tokens = self.llama.tokenize(
-            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-        )
+        try:
+            result = self._formatter(messages=text_only(messages))
+            tokens = self.llama.tokenize(
+                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+            )
+        except LLAMA_ERRORS as e:  # the template's raise_exception is a ValueError, jinja has its own
+            raise self._failure(e) from e
         return len(tokens)
 
     def _complete(
@@ -181,9 +191,15 @@ class GGUFBackend(Backend):
             logits_processor=processors,
         )
 
-    def _too_long(self, e: ValueError) -> LLMError:
-        # llama-cpp-python's "Requested tokens (n) exceed context window of m"
-        return LLMError(f"{self.name}: {e}: shorten the conversation or raise llm.n_ctx")
+    def _failure(self, e: Exception) -> LLMError:
+        """llama.cpp's (or llama-cpp-python's) error, in words that say what to do."""
+        if isinstance(e, LLMError):  # a RuntimeError too: ours, already in such words
+            return e
+        if "exceed context window" in str(e):  # "Requested tokens (n) exceed context window of m"
+            return LLMError(f"{self.name}: {e}: shorten the conversation or raise llm.n_ctx")
+        if "alternate" in str(e) or "roles" in str(e):  # the chat template's raise_exception
+            return LLMError(f"{self.name}: its chat template rejects this conversation: {e}")
+        return LLMError(f"{self.name}: llama.cpp failed to answer: {e!r}")
 
     def generate(
         self,
@@ -202,8 +218,8 @@ class GGUFBackend(Backend):
                     response = self._complete(
                         messages, max_new_tokens, temperature, False, repetition_penalty, no_repeat_ngram_size
                     )
-            except ValueError as e:
-                raise self._too_long(e) from e
+            except LLAMA_ERRORS as e:
+                raise self._failure(e) from e
             answers.append(cut_to_sentence(response["choices"][0]["message"]["content"] or ""))
         return answers
 
@@ -217,8 +233,9 @@ class GGUFBackend(Backend):
         no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
         """The reply in the pieces llama.cpp decodes; cut to whole sentences they are what `generate`
-        answers."""
+        answers. Close it to stop early: the model is busy (locked) until then."""
         with self._lock:
+            chunks: Any = None
             try:  # the prompt is checked when the first chunk is asked for
                 chunks = self._complete(
                     messages, max_new_tokens, temperature, True, repetition_penalty, no_repeat_ngram_size
@@ -227,8 +244,11 @@ class GGUFBackend(Backend):
                     piece = chunk["choices"][0]["delta"].get("content")
                     if piece:
                         yield piece
-            except ValueError as e:
-                raise self._too_long(e) from e
+            except LLAMA_ERRORS as e:
+                raise self._failure(e) from e
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()  # a reader that stopped early: llama.cpp decodes no further
 
     def close(self) -> None:
         """Free the model's memory now rather than whenever the garbage collector gets to it."""

@@ -412,7 +412,12 @@ def _decimals(text: str) -> list[float]:
 
 
 def check_explanation(
-    text: str, evidence: Evidence, max_words: int = MAX_WORDS, followup: bool = False
+    text: str,
+    evidence: Evidence,
+    max_words: int = MAX_WORDS,
+    followup: bool = False,
+    finding: Finding | None = None,
+    previous: Sequence[str] = (),
 ) -> GroundingVerdict:
     """Check `text` against `evidence`; each failed check gives one plain reason.
 
@@ -424,8 +429,12 @@ def check_explanation(
     that `evidence.lines()` has; quotes only percentages (within one point) and decimals (within 0.01) that
     an evidence line gives; takes at most MAX_FOREIGN of its content words from outside the evidence
     (`foreign_words`). max_words: the longest answer accepted, in words (citations not counted).
+    A sentence that cites lines may quote only the percentages those lines give (a number put on the
+    wrong line is a misattribution).
     followup: an answer to a follow-up question, which need not name the predicted and true classes again
-    and may be one sentence long; every other check holds.
+    and may be one sentence long; every other check holds. finding: the test run to answer it (one of
+    `evidence.findings`): the answer must cite at least one of its lines. previous: the conversation's
+    earlier answers: an answer may not repeat a sentence of one (a small model repeats itself across turns).
     """
     if not text.strip():
         return GroundingVerdict(False, ["is empty"])
@@ -478,7 +487,39 @@ def check_explanation(
     invented += [f"{d:g}" for d in _decimals(plain) if not any(abs(d - k) <= 0.01 for k in known_decimals)]
     if invented:
         reasons.append(f"gives {_join(invented)}, which no evidence line gives")
+    reasons += _misattributions(text, lines)
+    if finding is not None:
+        own = evidence.finding_lines(finding)
+        if not set(_cited(text)) & set(own):
+            span = f"[{own[0]}]" if len(own) == 1 else f"[{own[0]}] to [{own[-1]}]"
+            reasons.append(f"does not cite the test's result, {span}")
+    said = {
+        tuple(words(sentence)) for answer in previous for sentence in sentences(_CITATION.sub(" ", answer))
+    }
+    again = [x for x in sentences(plain) if tuple(words(x)) in said and words(x)]
+    if again:
+        reasons.append(f'repeats an earlier answer ("{again[0].strip()}")')
     return GroundingVerdict(not reasons, reasons)
+
+
+def _misattributions(text: str, lines: Sequence[str]) -> list[str]:
+    """One reason per sentence that cites lines none of which gives a percentage the sentence quotes (one
+    that some other line gives: an invented number has its own reason)."""
+    known = _percentages(" ".join(lines))
+    out = []
+    for sentence in sentences(text):
+        cited = [n for n in _cited(sentence) if 1 <= n <= len(lines)]
+        if not cited:
+            continue
+        given = _percentages(" ".join(lines[n - 1] for n in cited))
+        quoted = [
+            p for p in _percentages(_CITATION.sub(" ", sentence)) if any(abs(p - k) <= 1.0 for k in known)
+        ]
+        wrong = [p for p in quoted if not any(abs(p - k) <= 1.0 for k in given)]
+        if wrong:
+            where = _join([f"[{n}]" for n in cited])
+            out.append(f"cites {where} for {_join([f'{p:g}%' for p in wrong])}, which {where} does not give")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the template
@@ -582,20 +623,22 @@ def grounded(
     *,
     followup: bool = False,
     template: str | None = None,
+    finding: Finding | None = None,
+    previous: Sequence[str] = (),
 ) -> GroundedText:
     """An explanation that passed the gate: the model's, its retry, or the template's.
 
     generate(None) is the first draft; if the gate rejects it, generate(message) once more, message being
     `feedback` with the reasons filled in ({reasons}), which the caller appends to the conversation after
     the rejected draft. If the retry fails too, the template (`template_explanation`, or `template` when
-    given, e.g. `finding_answer`). followup: check as a follow-up answer (`check_explanation`).
+    given, e.g. `finding_answer`). followup, finding, previous: as `check_explanation`.
     """
     verdicts: list[GroundingVerdict] = []
     drafts: list[str] = []
     message: str | None = None
     for source in ("llm", "llm_retry"):
         text = generate(message).strip()
-        verdict = check_explanation(text, evidence, max_words, followup)
+        verdict = check_explanation(text, evidence, max_words, followup, finding, previous)
         verdicts.append(verdict)
         if verdict.passed:
             return GroundedText(text, source, verdicts, drafts)

@@ -7,11 +7,17 @@ Repetition control: the OpenAI API has `frequency_penalty` (additive, -2..2, per
 no n-gram ban; servers differ in what else they take, so `repetition` picks what is sent (see
 REPETITION_STYLES). `no_repeat_ngram_size` cannot be sent to any of them; the grounding gate still
 rejects an answer that repeats itself.
+
+The API key goes to `base_url`'s server and nowhere else: every request (chat completions, model listing,
+vLLM's /tokenize) goes through the openai client, on an HTTP client of its own kind (httpx or httpx2,
+as the openai version uses) that never follows redirects; a 3xx answer is an LLMError naming both
+addresses (a redirect would otherwise carry the key, or the conversation, to wherever it points).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import mimetypes
 import os
@@ -70,13 +76,16 @@ class OpenAIBackend(Backend):
         multimodal: bool = False,
         max_parallel: int = 4,
         repetition: str = "frequency_penalty",
+        tools: bool = True,
     ) -> None:
         """api_key_env: the environment variable holding the key (local servers need none). repetition:
-        how `repetition_penalty` is sent, one of REPETITION_STYLES."""
+        how `repetition_penalty` is sent, one of REPETITION_STYLES. tools: offer the chat's tests as
+        function tools (`tools=` of the API; a llama.cpp server needs `--jinja`); false: the router picks."""
         if repetition not in REPETITION_STYLES:
             styles = "; ".join(f"{k}: {v}" for k, v in REPETITION_STYLES.items())
             raise LLMError(f"llm.backend.repetition={repetition!r}: use one of {styles}")
         self.repetition = repetition
+        self.supports_tools = tools
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -86,12 +95,16 @@ class OpenAIBackend(Backend):
         self.context_length = context_length
         self.multimodal = multimodal
         self.max_parallel = max(1, max_parallel)
+        # The HTTP client of every request (they all carry the key); openai's default follows redirects.
+        self.http = openai.DefaultHttpxClient(follow_redirects=False)
         self.client = openai.OpenAI(
             base_url=self.base_url,
             api_key=os.environ.get(api_key_env) or "not-needed",  # the client refuses an empty key
             timeout=timeout,
             max_retries=max_retries,
+            http_client=self.http,
         )
+        self._counting = self.client.with_options(max_retries=0, timeout=min(timeout, 10.0))  # /tokenize
         self._server_counts: bool | None = None  # does the server tokenize chats? None: not asked yet
 
     def _wire(self, messages: list[Message]) -> list[dict[str, Any]]:
@@ -111,8 +124,19 @@ class OpenAIBackend(Backend):
             wire.append({"role": m["role"], "content": content})
         return wire
 
-    def _error(self, e: openai.OpenAIError) -> LLMError:
+    def _redirected(self, url: Any, status: int, location: str | None) -> LLMError:
+        return LLMError(
+            f"{url} answered HTTP {status}, a redirect to {location or '(no Location header)'}; not "
+            "followed, so that the API key and the conversation go to no other server: set llm.base_url "
+            "to the address the server really answers at"
+        )
+
+    def _error(self, e: openai.OpenAIError | LLMError) -> LLMError:
         """What went wrong, in words that say what to do."""
+        if isinstance(e, LLMError):
+            return e
+        if isinstance(e, openai.APIStatusError) and 300 <= e.status_code < 400:
+            return self._redirected(e.request.url, e.status_code, e.response.headers.get("location"))
         if isinstance(e, openai.APIConnectionError):  # refused, unreachable or timed out (a subclass)
             why = "timed out" if isinstance(e, openai.APITimeoutError) else str(e.__cause__ or e)
             return LLMError(
@@ -192,12 +216,40 @@ class OpenAIBackend(Backend):
             response = self._create(
                 messages, max_new_tokens, temperature, False, repetition_penalty, no_repeat_ngram_size
             )
+            if not response.choices:
+                raise LLMError(f"{self.base_url}, model {self.model!r}: the server answered without a reply")
             return cut_to_sentence(response.choices[0].message.content or "")
 
         if not conversations:
             return []
         with ThreadPoolExecutor(min(self.max_parallel, len(conversations))) as pool:
             return list(pool.map(answer, conversations))
+
+    def choose_tool(
+        self, messages: list[Message], tools: list[dict[str, Any]]
+    ) -> dict[str, Any] | str | None:
+        """A native tool call (`tools=`, `tool_choice="auto"`): the first call's name and parsed arguments,
+        else the reply's text (a model may write the call out), else None."""
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=self._wire(messages), tools=tools, tool_choice="auto",
+                max_tokens=128, temperature=0.0,
+            )  # fmt: skip
+        except openai.OpenAIError as e:
+            raise self._error(e) from e
+        if not response.choices:
+            return None
+        message = response.choices[0].message
+        for call in message.tool_calls or []:
+            function = getattr(call, "function", None)
+            if function is None:
+                continue
+            try:
+                arguments = json.loads(function.arguments or "{}")
+            except json.JSONDecodeError:
+                return None  # a malformed call: the router decides
+            return {"name": function.name, "arguments": arguments if isinstance(arguments, dict) else {}}
+        return message.content or None
 
     def stream(
         self,
@@ -214,11 +266,15 @@ class OpenAIBackend(Backend):
             messages, max_new_tokens, temperature, True, repetition_penalty, no_repeat_ngram_size
         )
         try:
-            with chunks:
+            with chunks:  # closed early too (a reader gone): the connection ends, the server stops
                 for chunk in chunks:
                     piece = chunk.choices[0].delta.content if chunk.choices else None
                     if piece:
                         yield piece
+        # A connection dropped midway: openai >= 2 raises APIConnectionError, older versions httpx's own.
+        except (openai.APIConnectionError, httpx.HTTPError) as e:
+            cause = e.__cause__ or e if isinstance(e, openai.APIConnectionError) else e
+            raise LLMError(f"{self.base_url} stopped answering mid-reply ({cause}): ask again") from e
         except openai.OpenAIError as e:
             raise self._error(e) from e
 
@@ -240,26 +296,18 @@ class OpenAIBackend(Backend):
 
     def _server_count(self, messages: list[Message]) -> int | None:
         """vLLM's POST /tokenize (beside /v1, not under it); None where the server gives no count."""
-        root = self.base_url.removesuffix("/v1")
-        headers = {}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
         body = {"model": self.model, "messages": self._wire(messages)}
         try:
-            # No redirects: a redirect must never carry the key to another host.
-            response = httpx.post(
-                f"{root}/tokenize", json=body, headers=headers, timeout=min(self.timeout, 10.0),
-                follow_redirects=False,
-            )  # fmt: skip
-            response.raise_for_status()
-            answer = response.json()
-        except httpx.HTTPStatusError:  # 404/405: no such endpoint (Ollama, llama.cpp); don't ask again
-            self._server_counts = False
+            answer = self._counting.post(
+                url, cast_to=object, body=body
+            )  # an absolute URL: not under base_url
+        except openai.APIStatusError as e:
+            if 300 <= e.status_code < 400:
+                raise self._error(e) from e
+            self._server_counts = False  # 404/405: no such endpoint (Ollama, llama.cpp); don't ask again
             return None
-        except (
-            httpx.HTTPError,
-            ValueError,
-        ):  # unreachable or not JSON: estimate this time, ask again next time
+        except openai.OpenAIError:  # unreachable, or not JSON: estimate this time, ask again next time
             return None
         count = answer.get("count") if isinstance(answer, dict) else None
         self._server_counts = isinstance(count, int)
@@ -268,3 +316,4 @@ class OpenAIBackend(Backend):
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self.client.close()
+        self.http.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from noodlenext.core.files import write_json_atomic
-from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.evidence import Evidence, Finding
 from noodlenext.llm.base import Backend, LLMError, Message, generation_options, text_of
 from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, grounded, retry_conversation
 from noodlenext.llm.prompt import ExplainRequest, evidence_messages, explain_messages
@@ -25,6 +26,13 @@ class ChatSession:
     kept question starts with a note saying so. `transcript` keeps everything that was said.
 
     Every recorded answer ends on a complete sentence (`text.cut_to_sentence`), streamed or not.
+
+    Each turn is all or nothing. A question whose answer fails (any backend error, a timeout; raised as an
+    LLMError) leaves `messages`, `transcript` and `dropped` as they were before it, so the next question
+    goes out with roles still alternating user/assistant (which Gemma's template demands). A streamed
+    answer whose reader stops early (closes the iterator, or drops it; a browser tab closed) keeps the
+    sentences the reader was given, as an assistant turn marked `"interrupted": True` (backends get role
+    and content only). A stream left open is closed, and so settled, when the next question starts.
 
     Args:
         backend: the loaded language model; messages: the conversation so far (OpenAI-shaped).
@@ -53,6 +61,7 @@ class ChatSession:
         self.context_tokens = min(limit, max_context_tokens) if max_context_tokens else limit
         self.dropped = 0
         self.metadata: dict[str, Any] = {}  # saved with the conversation (e.g. what was classified)
+        self._open: weakref.ref[Generator[str, None, None]] | None = None  # a stream under way
 
     @property
     def _anchor(self) -> int:
@@ -84,18 +93,39 @@ class ChatSession:
         message = {"role": "user", "content": content}
         self.messages.append(message)
         self.transcript.append(message)
-        try:
-            self._fit()
-        except LLMError:
-            self.messages.pop()
-            self.transcript.pop()
-            raise
+        self._fit()
 
-    def _assistant(self, answer: str) -> str:
-        message = {"role": "assistant", "content": answer.strip()}
+    def _assistant(self, answer: str, interrupted: bool = False) -> str:
+        message: Message = {"role": "assistant", "content": answer.strip()}
+        if interrupted:
+            message["interrupted"] = True  # the reader left mid-answer; backends see only role and content
         self.messages.append(message)
         self.transcript.append(message)
         return message["content"]
+
+    # ---------------------------------------------------------------------------- turns
+    def _begin(self) -> tuple[list[Message], list[Message], int]:
+        """Start a turn: settle a stream left open, then note the state to go back to if the turn fails."""
+        stream = self._open() if self._open is not None else None
+        self._open = None
+        if stream is not None:
+            try:
+                stream.close()  # records what its reader was given
+            except ValueError as err:  # "generator already executing": another thread is reading it
+                raise LLMError("this chat is still answering the previous question: wait for it") from err
+        return list(self.messages), list(self.transcript), self.dropped
+
+    def _rollback(self, saved: tuple[list[Message], list[Message], int]) -> None:
+        self.messages[:], self.transcript[:] = saved[0], saved[1]
+        self.dropped = saved[2]
+
+    def _failed(self, saved: tuple[list[Message], list[Message], int], err: BaseException) -> NoReturn:
+        """Undo the turn and raise its error: an LLMError (what backends raise; anything else is wrapped in
+        one, its cause kept), or an interrupt (KeyboardInterrupt, SystemExit) as it is."""
+        self._rollback(saved)
+        if isinstance(err, LLMError) or not isinstance(err, Exception):
+            raise err
+        raise LLMError(f"{self.backend.name} could not answer: {err!r}") from err
 
     @property
     def options(self) -> dict[str, Any]:
@@ -108,28 +138,72 @@ class ChatSession:
         }
 
     def ask(self, content: str | list[dict[str, Any]]) -> str:
-        """Add a user turn and return the model's answer (also added to the conversation)."""
-        self._user(content)
-        answer = self.backend.generate([self.prompt()], **self.options)[0]
+        """Add a user turn and return the model's answer (also added to the conversation). On failure an
+        LLMError, and the conversation is as it was."""
+        saved = self._begin()
+        try:
+            self._user(content)
+            answer = self.backend.generate([self.prompt()], **self.options)[0]
+        except BaseException as err:
+            self._failed(saved, err)
         return self._assistant(cut_to_sentence(answer))
 
     def ask_stream(self, content: str | list[dict[str, Any]]) -> Iterator[str]:
         """As `ask`, yielding the answer a sentence at a time as each one is complete, so that a reader
         never sees the unfinished tail that the token limit cuts off; the pieces add up to the recorded
-        answer (an answer without any complete sentence comes in one piece at the end)."""
-        self._user(content)
-        text, shown = "", 0
-        for piece in self.backend.stream(self.prompt(), **self.options):
-            text += piece
-            # Only an end followed by more text is sure: "0." may yet become "0.42".
-            ends = [e for e in sentence_ends(text) if e < len(text)]
-            if ends and ends[-1] > shown:
-                yield text[shown : ends[-1]]
-                shown = ends[-1]
-        final = cut_to_sentence(text)
-        if len(final) > shown:
-            yield final[shown:]
+        answer (an answer without any complete sentence comes in one piece at the end).
+
+        A reader that stops early (closes or drops the iterator, or asks the next question) ends the
+        generation; the sentences it was given are recorded as an answer marked "interrupted". An error
+        midway is an LLMError, and the question is taken back even if some sentences were shown."""
+        ref: list[weakref.ref[Generator[str, None, None]]] = []
+        stream = self._stream_turn(content, ref)
+        ref.append(weakref.ref(stream))
+        return stream
+
+    def _stream_turn(
+        self, content: str | list[dict[str, Any]], ref: list[weakref.ref[Generator[str, None, None]]]
+    ) -> Generator[str, None, None]:
+        saved = self._begin()
+        self._open = ref[0]
+        text, given, final = "", 0, None  # what came, how much of it the reader has, the whole answer
+        try:
+            self._user(content)
+            pieces = self.backend.stream(self.prompt(), **self.options)
+            try:
+                for piece in pieces:
+                    text += piece
+                    # Only an end followed by more text is sure: "0." may yet become "0.42".
+                    ends = [e for e in sentence_ends(text) if e < len(text)]
+                    if ends and ends[-1] > given:
+                        start, given = given, ends[-1]
+                        yield text[start:given]
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # the reader gone: the model stops now (frees its lock, thread, connection)
+            final = cut_to_sentence(text)
+            if len(final) > given:
+                start, given = given, len(final)
+                yield final[start:]
+        except GeneratorExit:  # the reader stopped asking for more
+            self._release(ref[0])
+            # It stops at a yield, so it has been given something: after the last piece the whole answer,
+            # else the sentences so far (more would have come).
+            if final is not None:
+                self._assistant(final)
+            else:
+                self._assistant(text[:given], interrupted=True)
+            raise
+        except BaseException as err:
+            self._release(ref[0])
+            self._failed(saved, err)
+        self._release(ref[0])
         self._assistant(final)
+
+    def _release(self, stream: weakref.ref[Generator[str, None, None]]) -> None:
+        if self._open is stream:
+            self._open = None
 
     def ask_grounded(
         self,
@@ -137,35 +211,59 @@ class ChatSession:
         evidence: Evidence,
         max_words: int = MAX_WORDS,
         feedback: str = FEEDBACK,
+        *,
+        followup: bool = False,
+        template: str | None = None,
+        finding: Finding | None = None,
+        previous: Sequence[str] = (),
     ) -> GroundedText:
         """Add a user turn and answer it with an explanation that passed the grounding gate
         (`grounding.grounded`: the model's draft, its one retry, or the template). Only the accepted text
-        joins the conversation; the rejected drafts and the verdicts go to metadata["grounding"].
+        joins the conversation; the rejected drafts and the verdicts go to metadata["grounding"]. On
+        failure an LLMError, and the conversation is as it was.
 
         evidence: what the answer is checked against; max_words: the longest answer the gate accepts;
-        feedback: the retry's user turn, with {reasons}.
+        feedback: the retry's user turn, with {reasons}; followup, template, finding, previous: as
+        `grounding.grounded` (check as a follow-up answer; the text when both drafts fail, default the
+        evidence template; the test the answer must cite; earlier answers it may not repeat).
         """
-        self._user(content)
-        prompt = self.prompt()
-
-        def generate(message: str | None) -> str:
-            messages = prompt
-            if message is not None:
-                draft = drafts[-1] if drafts else ""
-                messages = retry_conversation(prompt, draft, message)
-                if self.backend.count_tokens(messages) > self.context_tokens - self.max_new_tokens:
-                    # No room for the draft too: the feedback joins the question instead.
-                    asked = f"{text_of(prompt[-1]['content'])}\n\n{message}"
-                    messages = [*prompt[:-1], {"role": "user", "content": asked}]
-            answer = cut_to_sentence(self.backend.generate([messages], **self.options)[0])
-            drafts.append(answer.strip())
-            return answer
-
-        drafts: list[str] = []
-        result = grounded(generate, evidence, max_words, feedback)
+        saved = self._begin()
+        try:
+            self._user(content)
+            prompt = self.prompt()
+            drafts: list[str] = []
+            result = grounded(
+                lambda message: self._draft(prompt, drafts, message),
+                evidence,
+                max_words,
+                feedback,
+                followup=followup,
+                template=template,
+                finding=finding,
+                previous=previous,
+            )
+        except BaseException as err:
+            self._failed(saved, err)
         self.metadata.setdefault("grounding", []).append(result.to_dict())
         self._assistant(result.text)
         return result
+
+    def _draft(self, prompt: list[Message], drafts: list[str], message: str | None) -> str:
+        """ask_grounded's model call: the first draft (message None), or the retry after `message`."""
+        budget = self.context_tokens - self.max_new_tokens
+        messages = prompt
+        if message is not None:
+            messages = retry_conversation(prompt, drafts[-1] if drafts else "", message)
+            if self.backend.count_tokens(messages) > budget:
+                # No room for the draft too: the feedback joins the question instead.
+                asked = f"{text_of(prompt[-1]['content'])}\n\n{message}"
+                messages = [*prompt[:-1], {"role": "user", "content": asked}]
+                if self.backend.count_tokens(messages) > budget:
+                    drafts.append("")
+                    return ""  # no room for a retry at all: the gate rejects it, the template answers
+        answer = cut_to_sentence(self.backend.generate([messages], **self.options)[0])
+        drafts.append(answer.strip())
+        return answer
 
     # ---------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

@@ -8,11 +8,16 @@ Repetition control is a logits processor of ours (`AnswerRepetition`) rather tha
 `repetition_penalty` / `no_repeat_ngram_size`, whose processors look at the prompt too: they would push
 the model away from every word of the facts it is asked to explain, and forbid quoting a 4-token phrase of
 them. Ours applies the same two rules to the answer's tokens only, as llama.cpp's sampler does.
+
+Failures come out as LLMErrors that say what to do: a conversation the chat template or the processor
+refuses, a prompt that leaves no room in the model's context (an answer that would run past it is cut to
+the room left, as llama.cpp does), running out of memory, any other error of `generate`.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +41,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from noodlenext.data.images import load_rgb
 from noodlenext.llm.base import (
     Backend,
     LLMError,
@@ -43,6 +49,7 @@ from noodlenext.llm.base import (
     check_repetition,
     cut_to_sentence,
     repeated_ngram_bans,
+    text_of,
     text_only,
 )
 
@@ -182,12 +189,27 @@ class TransformersBackend(Backend):
         conversations = [self._messages(m) for m in conversations]
         texts = self._prompts(conversations)
         kwargs: dict[str, Any] = {"padding": True, "add_special_tokens": False, "return_tensors": "pt"}
-        if self.processor is None:  # only what a causal LM takes (some tokenizers add token_type_ids)
-            encoded = self.tokenizer(texts, **kwargs)
-            return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        images = [[_load_image(p["image"]) for p in _image_parts(m)] for m in conversations]
-        inputs = self.processor(text=texts, images=images if any(images) else None, **kwargs)
+        try:
+            if self.processor is None:  # only what a causal LM takes (some tokenizers add token_type_ids)
+                encoded = self.tokenizer(texts, **kwargs)
+                return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+            images = [[_load_image(p["image"]) for p in _image_parts(m)] for m in conversations]
+            inputs = self.processor(text=texts, images=images if any(images) else None, **kwargs)
+        except LLMError:
+            raise
+        except (ValueError, TypeError, OSError) as err:  # the tokenizer or processor refuses it
+            raise LLMError(f"{self.name}: cannot encode this conversation: {err}") from err
         return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+    def _room(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """max_new_tokens, cut to what the context leaves after the prompt; none left is an LLMError."""
+        if prompt_tokens >= self.context_length:
+            raise LLMError(
+                f"{self.name}: the prompt takes {prompt_tokens} tokens, the model's context is "
+                f"{self.context_length}: shorten the conversation or the prompt (prompt.*), or use a model "
+                "with a longer context"
+            )
+        return min(max_new_tokens, self.context_length - prompt_tokens)
 
     def _messages(self, messages: list[Message]) -> list[Message]:
         """Our messages in the form the chat template expects: images as {"type": "image", "image": path}."""
@@ -259,6 +281,10 @@ class TransformersBackend(Backend):
                 f"{self.name}: out of memory generating {rows} answer(s) at once: lower "
                 "llm.backend.batch_size or llm.max_new_tokens, or use a smaller model"
             ) from err
+        except LLMError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as err:  # CUDA, shapes, positions, settings
+            raise LLMError(f"{self.name}: generation failed: {err!r}") from err
 
     def generate(
         self,
@@ -273,12 +299,44 @@ class TransformersBackend(Backend):
         for start in range(0, len(conversations), self.batch_size):
             inputs = self.encode(conversations[start : start + self.batch_size])
             prompt_tokens = inputs["input_ids"].shape[1]
+            room = self._room(prompt_tokens, max_new_tokens)
             kwargs = self._generate_kwargs(
-                prompt_tokens, max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size
+                prompt_tokens, room, temperature, repetition_penalty, no_repeat_ngram_size
             )
             out = self._run(inputs, **kwargs)
             answers += self.tokenizer.batch_decode(out[:, prompt_tokens:], skip_special_tokens=True)
         return [cut_to_sentence(a) for a in answers]
+
+    supports_tools = True  # a native `tools` chat template, or Gemma's documented prompt-based calling
+
+    def choose_tool(
+        self, messages: list[Message], tools: list[dict[str, Any]]
+    ) -> dict[str, Any] | str | None:
+        """The model's text in answer to the tools: through the chat template's own `tools` when it has
+        them, else (Gemma 3's template has none) the tools described in the last user turn, as Google's
+        function-calling guide for Gemma does, asking for `name(argument="value")` or `none`."""
+        template = getattr(self._template, "chat_template", None) or ""
+        chat = text_only(messages)  # the pick needs the words, not the photo
+        if "tools" in str(template):
+            try:
+                prompt = self._template.apply_chat_template(
+                    chat, tools=tools, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as err:  # noqa: BLE001 - jinja's own errors
+                raise LLMError(f"{self.name}: its chat template rejects tools: {err}") from err
+        else:
+            *rest, last = chat
+            listed = "\n".join(json.dumps(t["function"]) for t in tools)
+            asked = (
+                f"{text_of(last['content'])}\n\nYou can run one of these tests on the photo to answer:\n"
+                f'{listed}\nReply with only the call, like why_not(other="udon"), or with none.'
+            )
+            prompt = self._prompts([[*rest, {"role": "user", "content": asked}]])[0]
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        kwargs = self._generate_kwargs(prompt_tokens, self._room(prompt_tokens, 48), 0.0)
+        out = self._run(dict(inputs), **kwargs)
+        return self.tokenizer.decode(out[0, prompt_tokens:], skip_special_tokens=True).strip() or None
 
     def stream(
         self,
@@ -292,8 +350,9 @@ class TransformersBackend(Backend):
         """The reply in decoded pieces; cut to whole sentences they are what `generate` answers."""
         inputs = self.encode([messages])
         prompt_tokens = inputs["input_ids"].shape[1]
+        room = self._room(prompt_tokens, max_new_tokens)
         kwargs = self._generate_kwargs(
-            prompt_tokens, max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size
+            prompt_tokens, room, temperature, repetition_penalty, no_repeat_ngram_size
         )
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, errors = _Stop(), []
@@ -337,8 +396,7 @@ def _image_parts(messages: list[Message]) -> list[dict[str, Any]]:
 
 def _load_image(path: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return load_rgb(path)  # upright (EXIF), any mode as RGB: as the classifier sees photos
     except OSError as err:
         raise LLMError(f"cannot read the image {path}: {err}") from err
 
