@@ -27,9 +27,10 @@ BARELY = 0.05
 class Counterfactual:
     """The classifier rerun on edited copies of the photo (probabilities per class, 0..1).
 
-    hidden: the hot region (heat at least half the map's peak) blurred away; kept: only the hot region
-    kept, the rest blurred. drop: the predicted class's probability on the photo minus with the hot
-    region hidden (positive: the region mattered). hot_area: the share of the image that is hot (0..1).
+    hidden: the hot region (heat at least half the map's peak) hidden (filled with the mean colour); kept:
+    only the hot region kept, the rest hidden. drop: the predicted class's probability on the photo minus
+    with the hot region hidden (positive: the region mattered). hot_area: the share of the image that is
+    hot (0..1).
     """
 
     original: dict[str, float]

@@ -35,6 +35,14 @@ def blurred(images: Tensor) -> Tensor:
     return gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
 
 
+def removed(images: Tensor, baseline: str) -> Tensor:
+    """What removed pixels become: a blurred copy ("blur", RISE's insertion) or zero in normalised space,
+    the mean colour ("zero", RISE's deletion)."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    return blurred(images) if baseline == "blur" else torch.zeros_like(images)
+
+
 def random_maps(
     batch: int, height: int, width: int, seed: int = 0, grid: int | tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -114,7 +122,7 @@ def deletion_insertion(
     model.eval()
     try:
         with torch.inference_mode():
-            base = blurred(images) if baseline == "blur" else torch.zeros_like(images)
+            base = removed(images, baseline)
             scores = []
             for s in range(0, job_idx.numel(), batch_size):
                 chunk = slice(s, s + batch_size)

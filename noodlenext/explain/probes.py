@@ -5,10 +5,10 @@ the photo's evidence lines, plus the classes and regions the result involves, so
 an answer to "why not udon?" against what the model did, not against what a language model guesses.
 
 - `why_not(other)`: the contrastive map of the prediction over `other`, and the model rerun with the
-  region that favours the prediction most blurred away;
-- `change_mind()`: the hottest share of the photo (by the primary heatmap) blurred in growing steps until
+  region that favours the prediction most hidden (the mean colour, as every evidence test hides);
+- `change_mind()`: the hottest share of the photo (by the primary heatmap) hidden in growing steps until
   the prediction changes, and the runner-up's distance;
-- `which_part()`: each ninth of the photo blurred in turn (occlusion), the parts that move the prediction;
+- `which_part()`: each ninth of the photo hidden in turn (occlusion), the parts that move the prediction;
 - `looks_like()`: colour, brightness and texture of the hot region against the rest;
 - `how_sure()`: the probabilities, the margin, and the prediction on the mirrored photo;
 - `similar()`: the nearest training photos in the classifier's feature space.
@@ -30,17 +30,17 @@ from torch import Tensor, nn
 
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
-from noodlenext.explain.counterfactuals import contrastive_maps
+from noodlenext.explain.counterfactuals import HIDE, contrastive_maps
 from noodlenext.explain.evidence import BARELY, HOT_SHARE, HOT_THRESHOLD, Evidence, Finding, RegionLook
 from noodlenext.explain.facts import REGIONS, heatmap_facts
-from noodlenext.explain.faithfulness import blurred
+from noodlenext.explain.faithfulness import removed
 from noodlenext.explain.layers import unwrap
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.settings import HeatmapSettings
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# change_mind blurs the hottest pixels in these shares of the image, smallest first.
+# change_mind hides the hottest pixels in these shares of the image, smallest first.
 CHANGE_STEPS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
@@ -184,7 +184,7 @@ class PhotoProbe:
 
     # ------------------------------------------------------------------------------------ probes
     def why_not(self, other: str) -> ProbeResult:
-        """The evidence for the prediction over `other`, and the model with that evidence blurred away."""
+        """The evidence for the prediction over `other`, and the model with that evidence hidden."""
         other = self._class(other)
         pred, p = self.predicted, self.evidence.probabilities
         if other == pred:
@@ -213,12 +213,12 @@ class PhotoProbe:
             f"its peak is in the {facts.peak_region}."
         )
         hot = torch.from_numpy(cmap >= HOT_THRESHOLD * cmap.max()).to(self.device)[None, None]
-        edited = torch.where(hot, blurred(self.image), self.image)
+        edited = torch.where(hot, removed(self.image, HIDE), self.image)
         after = self._named(self._probabilities(edited)[0])
         new = max(after, key=after.__getitem__)
         outcome = f"the prediction stays {pred}" if new == pred else f"the prediction becomes {new}"
         lines.append(
-            f"Blurring that evidence ({float(hot.float().mean()):.0%} of the image) moves {other} from "
+            f"Hiding that evidence ({float(hot.float().mean()):.0%} of the image) moves {other} from "
             f"{p[other]:.0%} to {after[other]:.0%} and {pred} from {p[pred]:.0%} to {after[pred]:.0%}; "
             f"{outcome}."
         )
@@ -229,11 +229,11 @@ class PhotoProbe:
         return ProbeResult(finding, overlay(self.photo, cmap), f"evidence for {pred} over {other}")
 
     def change_mind(self) -> ProbeResult:
-        """Blur the hottest pixels (by the primary map) in growing shares until the prediction changes."""
+        """Hide the hottest pixels (by the primary map) in growing shares until the prediction changes."""
         pred, p = self.predicted, self.evidence.probabilities
         order = np.argsort(-self.cam.ravel(), kind="stable")
         h, w = self.cam.shape
-        soft = blurred(self.image)
+        soft = removed(self.image, HIDE)
         edited = []
         for share in CHANGE_STEPS:
             mask = np.zeros(h * w, dtype=bool)
@@ -251,7 +251,7 @@ class PhotoProbe:
         if changed is None:
             last = self._named(probs[-1])
             lines.append(
-                f"Blurring even the hottest {CHANGE_STEPS[-1]:.0%} of the image leaves the prediction "
+                f"Hiding even the hottest {CHANGE_STEPS[-1]:.0%} of the image leaves the prediction "
                 f"{pred} ({last[pred]:.0%}): no small part of the photo changes its mind."
             )
         else:
@@ -259,7 +259,7 @@ class PhotoProbe:
             new = max(after, key=after.__getitem__)
             classes.append(new)
             lines.append(
-                f"Blurring the hottest {CHANGE_STEPS[changed]:.0%} of the image changes the prediction to "
+                f"Hiding the hottest {CHANGE_STEPS[changed]:.0%} of the image changes the prediction to "
                 f"{new} ({new} {after[new]:.0%}, {pred} {after[pred]:.0%})."
             )
         lines.append(
@@ -268,16 +268,16 @@ class PhotoProbe:
         )
         trust = self.evidence.trust.get("scorecam") or next(iter(self.evidence.trust.values()), None)
         if trust is not None and not trust.informative:
-            lines.append("The heatmap that ordered the blurring does not beat a random map here.")
+            lines.append("The heatmap that ordered the hiding does not beat a random map here.")
         finding = Finding("change_mind", {}, lines, classes, [], {"steps": steps})
         shown = edited[changed if changed is not None else -1][0]
-        return ProbeResult(finding, _as_picture(shown, self.mean, self.std), "the photo as blurred")
+        return ProbeResult(finding, _as_picture(shown, self.mean, self.std), "the photo as hidden")
 
     def which_part(self) -> ProbeResult:
-        """Blur each of the 3x3 regions in turn; the ones whose loss moves the prediction most."""
+        """Hide each of the 3x3 regions in turn; the ones whose loss moves the prediction most."""
         pred, p = self.predicted, self.evidence.probabilities
         _, _, h, w = self.image.shape
-        soft = blurred(self.image)
+        soft = removed(self.image, HIDE)
         edited = []
         for k in range(9):
             r, c = divmod(k, 3)
@@ -294,14 +294,14 @@ class PhotoProbe:
         if drops[ranked[0]] < BARELY:
             regions.append(ranked[0])
             lines.append(
-                f"Blurring each ninth of the photo in turn moves {pred} by {max(0.0, drops[ranked[0]]):.0%} "
+                f"Hiding each ninth of the photo in turn moves {pred} by {max(0.0, drops[ranked[0]]):.0%} "
                 f"at most (for the {ranked[0]}): no single part decides."
             )
         else:
             first = ranked[0]
             regions.append(first)
             line = (
-                f"Blurring each ninth of the photo in turn, the {first} matters most: {pred} falls from "
+                f"Hiding each ninth of the photo in turn, the {first} matters most: {pred} falls from "
                 f"{p[pred]:.0%} to {after[first]:.0%}"
             )
             second = ranked[1]
@@ -311,7 +311,7 @@ class PhotoProbe:
             lines.append(line + ".")
             flipped = [r for r in regions if new[r] != pred]
             for r in flipped:
-                lines.append(f"With the {r} blurred the prediction becomes {new[r]}.")
+                lines.append(f"With the {r} hidden the prediction becomes {new[r]}.")
         facts = self.evidence.facts.get("scorecam") or next(iter(self.evidence.facts.values()), None)
         if facts is not None and facts.area_above_half > 0:
             top, share = max(facts.region_shares.items(), key=lambda kv: kv[1])
