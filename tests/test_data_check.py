@@ -3,12 +3,16 @@ never delete, and the data module refuses train/test leakage."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +22,18 @@ from PIL import ExifTags, Image
 
 from noodlenext.data.check import run
 from noodlenext.data.datamodule import NoodleDataModule
-from noodlenext.data.fingerprints import NEAR_SIMILARITY, NEAR_THRESHOLD, hash_words, near_pairs, phash
+from noodlenext.data.fingerprints import (
+    HASH_CHUNK,
+    NEAR_SIMILARITY,
+    NEAR_THRESHOLD,
+    content_hash,
+    hash_words,
+    near_pairs,
+    phash,
+)
 from noodlenext.data.fixes import default_quarantine_dir, quarantine, undo_quarantine, write_file_list
 from noodlenext.data.rules import CheckReport, check_dataset
+from noodlenext.data.scan import inspect_file
 
 SIZE = 32  # the "model input size" for these trees: the default 40x32 images are not too small
 
@@ -216,6 +229,35 @@ def test_near_pairs_matches_brute_force() -> None:
     assert len(brute) >= 10
 
 
+def test_hashing_a_huge_file_reads_it_in_chunks(tmp_path: Path) -> None:
+    small = tmp_path / "small.bin"
+    small.write_bytes(np.random.default_rng(0).bytes(3 * HASH_CHUNK + 17))  # chunk edges are hashed right
+    assert content_hash(small) == hashlib.sha256(small.read_bytes()).hexdigest()
+
+    huge = tmp_path / "train" / "0_spaghetti" / "holiday.mp4.jpg"  # 200 MB, sparse: no disk used
+    huge.parent.mkdir(parents=True)
+    with huge.open("wb") as f:
+        f.truncate(200 << 20)
+    Image.init()  # PIL imports its format plugins on first use: not the memory measured here
+    peaks = []
+    tracemalloc.start()
+    try:
+        for step in (
+            lambda: content_hash(huge),  # the data module's leakage check
+            lambda: inspect_file(huge, is_image=True),  # the data doctor, as an image and not
+            lambda: inspect_file(huge, is_image=False),
+        ):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            peaks.append((step(), tracemalloc.get_traced_memory()[1] - before))
+    finally:
+        tracemalloc.stop()
+    (digest, _), (facts_image, _), (facts_other, _) = peaks
+    assert max(peak for _, peak in peaks) < 4 << 20, [f"{p / 2**20:.1f} MiB" for _, p in peaks]  # not 200
+    assert facts_image["sha256"] == facts_other["sha256"] == digest
+    assert "unreadable image" in facts_image["problem"]
+
+
 def test_phash_follows_exif_orientation(tmp_path: Path) -> None:
     upright = smooth_image(tmp_path / "up.png", seed=3)
     with Image.open(upright) as im:
@@ -263,14 +305,18 @@ def test_quarantine_moves_files_beside_the_dataset_and_undo_restores_them(proble
     moves = quarantine(check_dataset(root, image_size=SIZE))
     qdir = default_quarantine_dir(root)
     assert qdir == tmp_path / "quarantine" / "noodles"
-    moved = {Path(m["from"]).relative_to(root).as_posix(): m["reason"] for m in moves}
+    moved = {m["from"]: m["reason"] for m in moves}
     assert (
         moved["train/1_ramen/corrupt.jpg"] == "unreadable" and moved["train/2_udon/notes.txt"] == "non_image"
     )
     assert moved["train/2_udon/002.png"] == "leakage" and len(moved) == 10
     assert (qdir / "train/2_udon/notes.txt").is_file() and not (root / "train/2_udon/notes.txt").exists()
     logged = [json.loads(line) for line in (qdir / "moves.jsonl").read_text().splitlines()]
-    assert [e["to"] for e in logged] == [m["to"] for m in moves]
+    # Each move: its intent, then its done record; the paths are relative (to the root, to qdir).
+    assert [e["op"] for e in logged] == ["move", "moved"] * 10
+    assert [e["to"] for e in logged[::2]] == [m["to"] for m in moves]
+    assert [e["id"] for e in logged[1::2]] == [m["id"] for m in moves]
+    assert not any(Path(m["from"]).is_absolute() or Path(m["to"]).is_absolute() for m in moves)
 
     after = check_dataset(root, image_size=SIZE)
     assert not {"unreadable", "non_image", "leakage", "label_conflict", "exact_duplicate"} & set(
@@ -281,6 +327,125 @@ def test_quarantine_moves_files_beside_the_dataset_and_undo_restores_them(proble
     undone, problems_left = undo_quarantine(qdir)
     assert len(undone) == 10 and problems_left == []
     assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def _quarantined(tmp_path: Path, bad: tuple[str, ...] = ("a.jpg", "b.jpg")) -> tuple[Path, Path, dict]:
+    """A small tree with unreadable files in train/1_ramen/, quarantined: (root, qdir, contents before)."""
+    root = clean_tree(tmp_path / "noodles", {"0_spaghetti": 2, "1_ramen": 2})
+    for name in bad:
+        (root / "train" / "1_ramen" / name).write_bytes(f"not a photo: {name}".encode())
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    quarantine(check_dataset(root, image_size=SIZE, near_threshold=None))
+    assert not any((root / "train" / "1_ramen" / name).exists() for name in bad)
+    return root, default_quarantine_dir(root), before
+
+
+def _contents(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_undo_skips_a_torn_line_with_a_warning_and_appends_after_it(tmp_path: Path, caplog) -> None:
+    root, qdir, before = _quarantined(tmp_path, ("a.jpg",))
+    log = qdir / "moves.jsonl"
+    with log.open("ab") as f:
+        f.write(b'{"op": "moved", "id": "12ab')  # a write cut short: no closing brace, no newline
+    (root / "train" / "1_ramen" / "b.jpg").write_bytes(b"not a photo: b.jpg")
+    before[Path("train/1_ramen/b.jpg")] = b"not a photo: b.jpg"
+    quarantine(check_dataset(root, image_size=SIZE, near_threshold=None))  # appends after the torn line
+    assert not (root / "train" / "1_ramen" / "b.jpg").exists()
+    with caplog.at_level(logging.WARNING):
+        undone, problems_left = undo_quarantine(qdir)
+    assert len(undone) == 2 and problems_left == [] and _contents(root) == before
+    assert f"{log} line 3 is not a complete record" in caplog.text  # named, then skipped
+    assert caplog.text.count("is not a complete record") == 1
+
+
+def test_undo_restores_into_a_dataset_moved_since(tmp_path: Path) -> None:
+    root, qdir, before = _quarantined(tmp_path)
+    # The dataset and its quarantine folder moved together: undo finds the dataset beside it.
+    project = tmp_path / "moved"
+    project.mkdir()
+    shutil.move(root, project / "noodles")
+    shutil.move(tmp_path / "quarantine", project / "quarantine")
+    undone, problems_left = undo_quarantine(project / "quarantine" / "noodles")
+    assert len(undone) == 2 and problems_left == [] and _contents(project / "noodles") == before
+    assert not root.exists()  # nothing went back to the old place
+
+    # The dataset alone moved (and renamed): root= says where it is now.
+    root, qdir, before = _quarantined(tmp_path / "again")
+    elsewhere = tmp_path / "elsewhere" / "noodles_v2"
+    elsewhere.parent.mkdir()
+    shutil.move(root, elsewhere)
+    with pytest.raises(FileNotFoundError, match="root="):
+        undo_quarantine(qdir)  # the recorded root is gone, and the quarantine folder is not beside it
+    undone, problems_left = undo_quarantine(qdir, elsewhere)
+    assert len(undone) == 2 and problems_left == [] and _contents(elsewhere) == before
+
+
+def test_a_kill_between_the_intent_and_the_done_record_loses_nothing(tmp_path: Path) -> None:
+    root, qdir, before = _quarantined(tmp_path, ("a.jpg",))
+    ramen = root / "train" / "1_ramen"
+    log = qdir / "moves.jsonl"
+
+    def intent(name: str) -> None:  # what quarantine writes (and fsyncs) before it moves a file
+        record = {"op": "move", "id": name, "from": f"train/1_ramen/{name}", "to": f"train/1_ramen/{name}"}
+        with log.open("a") as f:
+            f.write(json.dumps({**record, "reason": "unreadable", "root": str(root)}) + "\n")
+
+    # Killed after the intent, before the move: the file is still at its source.
+    (ramen / "c.jpg").write_bytes(b"c")
+    intent("c.jpg")
+    # Killed after the move, before the done record: the file is in quarantine.
+    (qdir / "train" / "1_ramen" / "d.jpg").write_bytes(b"d")
+    intent("d.jpg")
+    undone, problems_left = undo_quarantine(qdir)
+    assert sorted(u["to"] for u in undone) == ["train/1_ramen/a.jpg", "train/1_ramen/d.jpg"]
+    assert problems_left == []
+    c, d = Path("train/1_ramen/c.jpg"), Path("train/1_ramen/d.jpg")
+    assert _contents(root) == {**before, c: b"c", d: b"d"}  # c stayed, a and d came back
+    assert not any(p.is_file() for p in qdir.rglob("*.jpg"))
+
+    # Killed during an undo, after its intent (and the move back), before its done record: a second
+    # undo finds the file home and leaves it there.
+    (qdir / "train" / "1_ramen" / "e.jpg").write_bytes(b"e")
+    intent("e.jpg")
+    with log.open("a") as f:
+        f.write(json.dumps({"op": "undo", "id": "e.jpg"}) + "\n")
+    (qdir / "train" / "1_ramen" / "e.jpg").rename(ramen / "e.jpg")
+    undone, problems_left = undo_quarantine(qdir)
+    assert undone == [] and problems_left == [] and (ramen / "e.jpg").read_bytes() == b"e"
+
+
+def test_quarantine_across_filesystems_copies_whole_files_then_removes_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def cross_device(src: object, dst: object) -> None:  # what os.rename says between two filesystems
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    root = clean_tree(tmp_path / "noodles", {"0_spaghetti": 2, "1_ramen": 2})
+    bad = root / "train" / "1_ramen" / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    os.utime(bad, (1_000_000_000, 1_000_000_000))
+    before = _contents(root)
+    monkeypatch.setattr(os, "rename", cross_device)
+    (move,) = quarantine(check_dataset(root, image_size=SIZE, near_threshold=None))
+    moved = default_quarantine_dir(root) / move["to"]
+    assert not bad.exists() and moved.read_bytes() == b"not a photo"
+    assert moved.stat().st_mtime == 1_000_000_000  # a copy keeps the file's times (and mode)
+    assert not list(moved.parent.glob(".*.tmp"))  # the copy went through a temp file, renamed whole
+    undone, problems_left = undo_quarantine(default_quarantine_dir(root))
+    assert len(undone) == 1 and problems_left == [] and _contents(root) == before
+
+
+def test_undo_reads_the_old_logs_of_absolute_paths(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "noodles", {"0_spaghetti": 2, "1_ramen": 2})
+    qdir = default_quarantine_dir(root)
+    (qdir / "train").mkdir(parents=True)
+    (qdir / "train" / "old.jpg").write_bytes(b"old")
+    old = {"op": "move", "from": str(root / "train" / "old.jpg"), "to": str(qdir / "train" / "old.jpg")}
+    (qdir / "moves.jsonl").write_text(json.dumps({**old, "reason": "unreadable", "at": "then"}) + "\n")
+    undone, problems_left = undo_quarantine(qdir)
+    assert len(undone) == 1 and problems_left == [] and (root / "train" / "old.jpg").read_bytes() == b"old"
 
 
 def test_quarantine_never_overwrites(tmp_path: Path) -> None:

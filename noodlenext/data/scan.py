@@ -7,17 +7,21 @@ SHA-256, size, format, mode, EXIF orientation and fingerprint (see fingerprints.
 
 from __future__ import annotations
 
-import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import Image
 
-from noodlenext.data.fingerprints import fingerprint
-from noodlenext.data.images import IMAGE_EXTENSIONS, class_folders, display_name, list_files
+from noodlenext.data.fingerprints import fingerprint, sha256_of
+from noodlenext.data.images import (
+    IMAGE_EXTENSIONS,
+    class_folders,
+    display_name,
+    exif_orientation,
+    list_files,
+)
 
 SPLITS = ("train", "val", "test")
 UNKNOWN_FOLDER = "unknown"  # test/unknown/*: an unlabelled test set
@@ -54,29 +58,37 @@ class FileInfo:
 def inspect_file(path: Path, is_image: bool = True) -> dict[str, Any]:
     """Read a file once: SHA-256 of its bytes, and for an image its size, format, mode, EXIF orientation
     and fingerprint(), decoding every byte (as `images.check_image` does, at 1/8 scale for JPEG) so
-    truncated files are caught. One read and one decode per file: check_image + hashing would decode twice.
-    A non-image file only has its header tried, to tell an image under an unknown extension."""
+    truncated files are caught. One open and one decode per file (check_image + hashing would decode
+    twice): the hash reads it in 1 MiB chunks, so a huge file (a video named .jpg) costs no memory, then
+    PIL reads it again from the page cache. A non-image file only has its header tried, to tell an image
+    under an unknown extension."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            facts: dict[str, Any] = {"sha256": sha256_of(f)}
+            f.seek(0)
+            return _inspect_image(f, facts) if is_image else _sniff_format(f, facts)  # they catch their own
     except OSError as e:
         return {"problem": f"cannot read file ({type(e).__name__}: {e})"}
-    facts: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
-    if not is_image:
-        try:  # header only: is it an image with an unknown extension?
-            with Image.open(io.BytesIO(data)) as im:
-                facts["format"] = im.format
-        except Exception:
-            pass
-        return facts
+
+
+def _sniff_format(f: BinaryIO, facts: dict[str, Any]) -> dict[str, Any]:
+    """A non-image file: only its header is tried, to tell an image with an unknown extension."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(f) as im:
+            facts["format"] = im.format
+    except Exception:
+        pass
+    return facts
+
+
+def _inspect_image(f: BinaryIO, facts: dict[str, Any]) -> dict[str, Any]:
+    try:
+        with Image.open(f) as im:
             facts.update(format=im.format, mode=im.mode, width=im.size[0], height=im.size[1])
             im.draft("RGB", (64, 64))  # JPEG: decode at up to 1/8 scale, still reading every byte
             im.load()
-            try:
-                orientation = int(im.getexif().get(ExifTags.Base.Orientation, 1))
-            except Exception:  # a malformed EXIF block is not worth failing the image for
-                orientation = 1
+            # as loading applies it: 1 for a malformed EXIF block or an orientation outside 1-8
+            orientation = exif_orientation(im)
             facts["orientation"] = orientation
             facts["phash"], facts["thumb"] = fingerprint(im, orientation)
     except Image.DecompressionBombError as e:

@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def explain_images(cfg: DictConfig) -> Path:
-    """Overlays `<stem>_<method>.png` and `facts.json` for every readable image of cfg.input."""
-    model = load_classifier(cfg.ckpt_path).to(resolve_device(cfg.device))
+    """Overlays `<relative path>_<method>.png` (the input's folders mirrored, extension kept) and
+    `facts.json` for every readable image of cfg.input."""
+    model = load_classifier(cfg.ckpt_path, trust_checkpoint=cfg.get("trust_checkpoint", False))
+    model = model.use(calibration=cfg.get("calibration")).to(resolve_device(cfg.device))
     paths = find_readable_images(cfg.input)
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "explanations"
     records = explain_files(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ def explain_files(
     batch_size: int = 4,
     root: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Write `<stem>_<method>.png` overlays into out_dir and return one record per image.
+    """Write overlays `<relative path>_<method>.png` under out_dir (`ramen/001.jpg` ->
+    `out_dir/ramen/001.jpg_scorecam.png`) and return one record per image, naming its overlays.
 
     target: the class to explain (default: each image's predicted class). root: the folder the paths
-    were found under; their relative path names the overlays, so files of one name in different
-    folders do not collide.
+    were found under; the overlays mirror their folders below it and keep their extension, so no two
+    images' overlays share a name (see output_names).
     """
     methods = parse_methods(methods)
     names = model.class_names
@@ -41,26 +43,31 @@ def explain_files(
     hp = model.hparams
     transform = eval_transform(hp.image_size, hp.mean, hp.std)
     out_dir.mkdir(parents=True, exist_ok=True)
+    out_names = output_names(paths, root)
     records = []
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    for chunk in track(chunks, description="explaining", disable=len(chunks) < 2):
-        photos = [load_rgb(p) for p in chunk]
+    starts = range(0, len(paths), batch_size)
+    for start in track(starts, description="explaining", disable=len(starts) < 2):
+        chunk, chunk_names = paths[start : start + batch_size], out_names[start : start + batch_size]
+        photos = [load_rgb(p, hp.image_size) for p in chunk]  # JPEGs in draft mode at the input size
         x = torch.stack([transform(photo) for photo in photos]).to(model.device)
         with torch.no_grad():
-            probs = model(x).float().softmax(dim=1).cpu()
+            probs = model.probabilities(model(x)).cpu()  # calibrated unless calibration=none
         preds = probs.argmax(dim=1).tolist()
         targets = [names.index(target)] * len(chunk) if target is not None else preds
         heatmaps = explain_batch(model, x, targets, methods, settings)
-        for path, photo, p, pred, explained, maps in zip(
-            chunk, photos, probs, preds, targets, heatmaps, strict=True
+        for path, name, photo, p, pred, explained, maps in zip(
+            chunk, chunk_names, photos, probs, preds, targets, heatmaps, strict=True
         ):
             resized = photo.resize((hp.image_size, hp.image_size))
-            stem = output_stem(path, root)
+            overlays = {}
             for method, heatmap in maps.items():
-                overlay(resized, heatmap.cam).save(out_dir / f"{stem}_{method}.png")
+                overlays[method] = f"{name}_{method}.png"
+                (out_dir / overlays[method]).parent.mkdir(parents=True, exist_ok=True)
+                overlay(resized, heatmap.cam).save(out_dir / overlays[method])
             records.append(
                 {
                     "file": str(path),
+                    "overlays": overlays,  # relative to out_dir
                     "predicted": names[pred],
                     "confidence": float(p[pred]),
                     "explained_class": names[explained],
@@ -73,7 +80,26 @@ def explain_files(
     return records
 
 
-def output_stem(path: Path, root: Path | None) -> str:
-    """`ramen/001.jpg` -> `ramen__001`: files of one name in different folders do not collide."""
-    relative = path.relative_to(root) if root is not None and root.is_dir() else Path(path.name)
-    return "__".join(relative.with_suffix("").parts)
+def output_names(paths: Sequence[Path], root: Path | None) -> list[str]:
+    """Each image's overlay name (before `_<method>.png`): its path relative to root, folders and
+    extension kept (`ramen/001.jpg`), as a posix path; the file name alone without a root folder.
+
+    Unique by construction (`a__b/c.jpg` and `a/b__c.jpg`, `x.jpg` and `x.png` stay apart), and a name
+    that would still clash, ignoring case (on a case-insensitive disk `X.jpg` is `x.jpg`), gets `~2`, `~3`.
+    """
+    base = Path(root).expanduser() if root is not None and Path(root).expanduser().is_dir() else None
+    names, taken = [], set()
+    for path in map(Path, paths):
+        relative = Path(path.name)
+        if base is not None:
+            for p, r in ((path, base), (path.resolve(), base.resolve())):  # as found, else as on disk
+                with contextlib.suppress(ValueError):  # not below root: its name alone
+                    relative = p.relative_to(r)
+                    break
+        name, n = relative.as_posix(), 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{relative.as_posix()}~{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from noodlenext.core.files import atomic_write
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.explain.base import eval_mode
 from noodlenext.explain.evidence import Neighbour
@@ -139,7 +140,10 @@ class FeatureIndex:
 
     def save(self, path: str | Path) -> None:
         """Features, files and labels as an .npz (the model is not saved: pass it to `load`)."""
-        np.savez(path, features=self.features, files=np.array(self.files), labels=np.array(self.labels))
+        path = Path(path)
+        path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # as np.savez names it
+        with atomic_write(path, binary=True) as f:  # the page and the evidence read it: never half of one
+            np.savez(f, features=self.features, files=np.array(self.files), labels=np.array(self.labels))
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> FeatureIndex:
