@@ -1,16 +1,29 @@
 """python -m noodlenext.app ckpt_path=...: a local web page to classify a photo, see its heatmaps and chat.
 
-Built on the public API only: PhotoExplainer classifies and computes heatmaps, explain_session and
+Built on the public API only: PhotoExplainer classifies and computes heatmaps, evidence_session and
 ChatSession hold the conversation. Each browser session keeps its own state (gr.State) and files.
+
+Sharing one model between users: every event that uses the classifier or the language model waits in
+Gradio's queue (one concurrency group, one event at a time, at most `app.queue_size` waiting, each
+waiting page shown its place); every answer stops at `app.generation_timeout_s` (`Deadline`), so one
+slow or hung generation holds the others up no longer than that; questions longer than
+`app.max_question_chars` are refused before they queue. A session's folder goes with its state (a
+closed tab's an hour later, an idle one's after `app.session_ttl_s`), Gradio's cached files after
+`app.cache_max_age_s`, and everything when the server stops.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import queue
+import shutil
+import signal
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +33,12 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from noodlenext.core.config import CONFIG_DIR
-from noodlenext.data.images import find_images, load_rgb
+from noodlenext.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
 from noodlenext.explain.settings import HeatmapSettings
-from noodlenext.llm.base import Backend, text_of
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
+from noodlenext.llm.base import Backend, Message, cut_to_sentence, text_of
+from noodlenext.llm.followups import FollowupAnswer, answer_followup
+from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, template_explanation
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.session import evidence_session
 
@@ -32,8 +46,9 @@ log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def open_photo(path: str | Path, max_pixels: int) -> Image.Image:
-    """The upload as RGB, or a ValueError a person can act on (never a stack trace)."""
+def open_photo(path: str | Path, max_pixels: int, size: int | None = None) -> Image.Image:
+    """The upload as RGB (upright; a JPEG decoded in draft mode for a resize to `size`, the model's input
+    side), or a ValueError a person can act on (never a stack trace)."""
     name = Path(path).name
     try:
         with Image.open(path) as im:
@@ -43,28 +58,166 @@ def open_photo(path: str | Path, max_pixels: int) -> Image.Image:
                     f"{name} is {width}×{height} pixels, more than the {max_pixels:,} allowed "
                     "(app.max_pixels): scale it down and upload it again"
                 )
-            im.load()
+        return load_rgb(path, size)  # the one decode: a damaged file fails here
     except UnidentifiedImageError:
         raise ValueError(f"{name} is not an image: upload a photo (JPEG, PNG, WebP, ...)") from None
     except Image.DecompressionBombError:
         raise ValueError(f"{name} is too large to open safely: scale it down and upload it again") from None
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{name} is a damaged image ({err}): try another file") from None
-    return load_rgb(path)
 
 
 def run_examples(ckpt_path: str | Path) -> list[str]:
-    """The checkpoint run's worst test mistakes (explanations.jsonl, else heatmaps.json), files that exist."""
+    """The checkpoint run's worst test mistakes (explanations.jsonl, else heatmaps.json), image files
+    that exist."""
     run_dir = Path(ckpt_path).expanduser().resolve().parent.parent
-    files: list[str] = []
+    files: list[str | None] = []
     if (run_dir / "explanations.jsonl").is_file():
-        files = [
-            json.loads(line)["file"] for line in (run_dir / "explanations.jsonl").read_text().splitlines()
-        ]
+        lines = (run_dir / "explanations.jsonl").read_text().splitlines()
+        files = [json.loads(line).get("file") for line in lines]  # None: a record that failed early
     elif (run_dir / "heatmaps" / "test" / "heatmaps.json").is_file():
         samples = json.loads((run_dir / "heatmaps" / "test" / "heatmaps.json").read_text())["samples"]
         files = [s["file"] for s in samples]
-    return [f for f in dict.fromkeys(files) if Path(f).is_file()]
+    return image_files(f for f in files if f)
+
+
+def image_files(paths: Iterable[str | Path]) -> list[str]:
+    """The paths that are image files (by extension) and exist, once each, in order: the only files the
+    page offers and lets Gradio serve (allowed_paths)."""
+    kept = (str(p) for p in paths if Path(p).suffix.lower() in IMAGE_EXTENSIONS and Path(p).is_file())
+    return list(dict.fromkeys(kept))
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """How the page shares its one model between users (conf/app.yaml, `app.*`)."""
+
+    queue_size: int = 16  # events waiting for the model at most; more are told the queue is full
+    generation_timeout_s: float = 120.0  # the longest one answer (its retry included) may take
+    max_question_chars: int = 500  # longer follow-up questions are refused, not sent
+    session_ttl_s: float = 3600.0  # an idle session's state (and folder) is removed after this
+    cache_every_s: int = 600  # how often Gradio's cached files are checked
+    cache_max_age_s: int = 3600  # ... and removed once this old
+
+    @classmethod
+    def of(cls, app: Any) -> PageLimits:
+        """The limits in an `app` config; a clear error naming the option for a value that is not > 0."""
+        values = {}
+        for name, default in cls.__dataclass_fields__.items():
+            value = app.get(name, default.default)
+            kind = int if isinstance(default.default, int) else float
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                number = 0
+            if not number > 0 or (kind is int and number != value):
+                raise ValueError(f"app.{name}={value}: use a {'whole ' if kind is int else ''}number > 0")
+            values[name] = number
+        return cls(**values)
+
+
+class Deadline(Backend):
+    """The shared backend as one page session sees it: every answer streams and stops at a deadline.
+
+    `arm()` before an answer starts its clock (`seconds`); every `generate`/`stream` call until the next
+    `arm()` shares it (the grounding gate's retry too); before the first `arm()` there is no deadline.
+    The model's pieces are read in a worker thread, so that even a backend that hangs without a word is
+    given up on at the deadline; when it passes, the worker closes the model's stream at its next piece
+    (transformers and llama.cpp stop generating then), `stopped` is set, `generate` answers what came so
+    far (cut to its last full sentence) and later calls answer "" at once. Errors of the backend are
+    raised in the caller's thread.
+    """
+
+    def __init__(self, backend: Backend, seconds: float) -> None:
+        self.backend, self.seconds = backend, float(seconds)
+        self.name, self.multimodal = backend.name, backend.multimodal
+        self.context_length = backend.context_length
+        self.ends_at, self.stopped = math.inf, False
+
+    def arm(self) -> None:
+        """Start the clock of the next answer."""
+        self.ends_at, self.stopped = time.monotonic() + self.seconds, False
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return self.backend.count_tokens(messages)
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                   "repetition_penalty": repetition_penalty,
+                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
+        return [cut_to_sentence("".join(self._pieces(messages, options))) for messages in conversations]
+
+    def stream(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> Iterator[str]:
+        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                   "repetition_penalty": repetition_penalty,
+                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
+        yield from self._pieces(messages, options)
+
+    def _pieces(self, messages: list[Message], options: dict[str, Any]) -> Iterator[str]:
+        if self.stopped or time.monotonic() >= self.ends_at:
+            self.stopped = True
+            return
+        pieces: queue.Queue[Any] = queue.Queue()
+        done = object()
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                source = self.backend.stream(messages, **options)
+                try:
+                    for piece in source:
+                        pieces.put(piece)
+                        if stop.is_set():
+                            break
+                finally:
+                    source.close()  # stops the generation
+            except BaseException as err:  # noqa: BLE001 - handed to the reader below
+                pieces.put(_Raised(err))
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=read, name="llm-deadline", daemon=True).start()
+        try:
+            while True:
+                left = self.ends_at - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise queue.Empty
+                    item = pieces.get(timeout=min(left, threading.TIMEOUT_MAX))  # never armed: inf
+                except queue.Empty:
+                    self.stopped = True
+                    return
+                if item is done:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+
+    def close(self) -> None:
+        """Nothing: the shared backend outlives every session."""
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
 
 
 # Handlers return {component: new value}; components left out keep what they show (Gradio skips them).
@@ -90,10 +243,16 @@ class PageComponents:
     question: Any
     overlay_file: Any
     transcript_file: Any
+    test: Any  # the test the last follow-up ran, in lines
+    test_image: Any  # and its picture, beside the words
 
 
 class NoodleApp:
-    """The page's behaviour, one method per event; the model and LLM are shared, conversations are not."""
+    """The page's behaviour, one method per event; the model and LLM are shared, conversations are not.
+
+    Model work is serialised by Gradio's queue (`build`: one concurrency group, one event at a time), so
+    the handlers take no lock; each session's answers go through its own `Deadline` over the backend.
+    """
 
     def __init__(
         self,
@@ -104,12 +263,14 @@ class NoodleApp:
         work_dir: Path,
         max_pixels: int,
         examples: list[str],
+        limits: PageLimits | None = None,
     ) -> None:
         self.explainer, self.backend, self.prompt, self.llm = explainer, backend, prompt, llm
         self.work_dir, self.max_pixels, self.examples = work_dir, max_pixels, examples
-        self.lock = threading.Lock()  # one generation at a time: backends hold one model
+        self.limits = limits or PageLimits()
         self.ui: PageComponents | None = None  # set by build()
 
+    # ---------------------------------------------------------------------------- events
     def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[Updates]:
         """Classify, show the maps, the evidence and the nearest training photos, then the explanation
         once the grounding gate has checked it."""
@@ -117,19 +278,21 @@ class NoodleApp:
         if not path:
             return
         try:
-            photo = open_photo(path, self.max_pixels)
+            photo = open_photo(path, self.max_pixels, self.explainer.image_size)
         except ValueError as err:  # clear the page; the session state (and its conversation) stays
             yield {ui.status: f"⚠ {err}", ui.probabilities: None, ui.photo: None, ui.scorecam: None,
                    ui.gradcam: None, ui.contrastive: None, ui.facts: "", ui.evidence: "", ui.neighbours: [],
                    ui.explanation: "", ui.chat: [], ui.overlay_file: None,
                    ui.transcript_file: None}  # fmt: skip
             return
-        with self.lock:
-            analysis = self.explainer(photo)
+        analysis = self.explainer(photo)
         folder = self.work_dir / uuid.uuid4().hex
         images = analysis.save_images(folder)
+        forget(state)  # the photo this session analysed before: its folder goes
         status = f"{Path(path).name}: {analysis.predicted} ({analysis.confidence:.0%})"
-        state = {"analysis": analysis, "folder": folder, "session": None, "status": status}
+        probe = self.explainer.probe(analysis) if analysis.evidence is not None else None
+        state = {"analysis": analysis, "folder": folder, "session": None, "status": status, "probe": probe,
+                 "evidence": analysis.evidence}  # fmt: skip
         shown = {
             ui.status: status,
             ui.probabilities: analysis.probabilities,
@@ -141,20 +304,25 @@ class NoodleApp:
             ui.chat: [],
             ui.overlay_file: images[1],
             ui.transcript_file: None,
+            ui.test: "",
+            ui.test_image: None,
             ui.state: state,
         }
         if self.backend is None:
             yield {**shown, ui.explanation: "(no language model: llm=none)"}
             return
-        session, first = evidence_session(self.backend, analysis.evidence, self.prompt, self.llm, images)
-        state["session"] = session
+        clock = Deadline(self.backend, self.limits.generation_timeout_s)
+        session, first = evidence_session(clock, analysis.evidence, self.prompt, self.llm, images)
+        state.update(session=session, clock=clock)
         # Nothing unchecked reaches the reader: the text shows once the grounding gate has passed it.
         yield {**shown, ui.explanation: "(writing the explanation and checking it against the evidence…)"}
-        with self.lock:
-            result = session.ask_grounded(first, analysis.evidence, *self._gate())
+        shown_text, problem = self._answer(state, first, first=True)
+        if problem is not None and len(session.transcript) < 3:  # no first answer: nothing to follow up
+            state.update(session=None, failed=problem)
         transcript = session.save(folder / "chat.json")
-        yield {ui.explanation: result.for_reader(), ui.chat: self._history(state),
-               ui.transcript_file: str(transcript), ui.state: state}  # fmt: skip
+        yield {ui.explanation: shown_text, ui.chat: self._history(state) if state["session"] else [],
+               ui.transcript_file: str(transcript), ui.state: state,
+               ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
 
     def ask(self, question: str, state: dict | None) -> Iterator[Updates]:
         """A follow-up about the same photo, checked against the evidence, into the chat; clears the
@@ -162,13 +330,19 @@ class NoodleApp:
         ui = self.ui
         session = (state or {}).get("session")
         if session is None:
-            yield {ui.chat: [], ui.transcript_file: None,
-                   ui.status: "⚠ upload a photo first (and choose an llm) to ask about it"}  # fmt: skip
+            why = (state or {}).get("failed")
+            message = f"⚠ {why}: upload the photo again to retry" if why else (
+                "⚠ upload a photo first (and choose an llm) to ask about it")  # fmt: skip
+            yield {ui.chat: [], ui.transcript_file: None, ui.status: message}
             return
         status = state["status"]
         if not question.strip():
             yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: None,
                    ui.status: status}  # fmt: skip
+            return
+        too_long = self._too_long(question)
+        if too_long:  # the validator stops it before the queue; an API call may not have run it
+            yield {ui.status: f"{status} ⚠ {too_long}"}
             return
         history = [*self._history(state), {"role": "user", "content": question}]
         checking = {
@@ -176,12 +350,78 @@ class NoodleApp:
             "content": "(answering and checking the answer against the evidence…)",
         }
         yield {ui.chat: [*history, checking], ui.question: "", ui.status: status}
-        with self.lock:
-            result = session.ask_grounded(question, state["analysis"].evidence, *self._gate())
+        before = len(session.transcript)
+        shown_text, problem = self._answer(state, question)
         transcript = session.save(state["folder"] / "chat.json")
-        state.setdefault("shown", {})[len(session.transcript) - 1] = result.for_reader()
-        yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: str(transcript),
-               ui.status: status}  # fmt: skip
+        chat = self._history(state)
+        if len(session.transcript) != before + 2:  # no answer was recorded: say why under the question
+            if not chat or chat[-1] != {"role": "user", "content": question}:
+                chat.append({"role": "user", "content": question})
+            chat.append({"role": "assistant", "content": shown_text})
+        test, picture = _test_shown(state.pop("test", None))
+        yield {ui.chat: chat, ui.question: "", ui.transcript_file: str(transcript), ui.test: test,
+               ui.test_image: picture,
+               ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
+
+    def check_question(self, question: str, state: Any) -> list[dict[str, Any]]:
+        """Gradio's validator of `ask` (run before the event queues): a question over
+        `app.max_question_chars` is refused with the reason under the question box, and not sent."""
+        import gradio as gr
+
+        too_long = self._too_long(question)
+        return [gr.validate(not too_long, too_long or ""), gr.validate(True, "")]
+
+    def _too_long(self, question: str) -> str | None:
+        limit = self.limits.max_question_chars
+        if len(question) <= limit:
+            return None
+        return (f"the question has {len(question):,} characters, more than the {limit:,} allowed "
+                "(app.max_question_chars): shorten it")  # fmt: skip
+
+    def _answer(
+        self, state: dict, question: str | list[dict[str, Any]], first: bool = False
+    ) -> tuple[str, str | None]:
+        """The session's gated answer to `question` (the `first` explanation or a follow-up), within the
+        deadline: the text the reader sees, marked, and what went wrong (None: nothing).
+
+        Past the deadline the model is stopped: what it wrote by then, if it passes the gate, is shown
+        marked as cut short, else the template's explanation, marked. A model that fails: the template's
+        explanation for the first question, a note for a follow-up, and the error.
+        """
+        session, clock, evidence = state["session"], state["clock"], state["evidence"]
+        clock.arm()
+        try:
+            if first:
+                result = session.ask_grounded(question, evidence, *self._gate())
+            else:  # run the test the question needs on the photo; its result joins the evidence
+                followup = answer_followup(
+                    session, str(question), state.get("probe"), evidence, *self._gate()
+                )
+                result, state["evidence"], state["test"] = followup.text, followup.evidence, followup
+                # The model got the question with the test's lines; the chat shows the question.
+                state.setdefault("shown", {})[len(session.transcript) - 2] = str(question)
+        except Exception as err:  # noqa: BLE001 - any backend failure: the page says so and stays usable
+            log.error("the language model failed: %s: %s", type(err).__name__, err)
+            problem = f"the language model failed ({type(err).__name__}: {err})"
+            if not first:
+                return f"(no answer: {problem})", problem
+            template = template_explanation(evidence, self._gate()[0])
+            return f"{template}\n\n(from the evidence template: {problem})", problem
+        shown = result.for_reader()
+        problem = None
+        if clock.stopped:
+            seconds = self.limits.generation_timeout_s
+            problem = (f"the language model ran past the {seconds:g} s limit (app.generation_timeout_s) "
+                       "and was stopped")  # fmt: skip
+            if result.source == "template":
+                shown = f"{result.text}\n\n(from the evidence template: {problem})"
+            else:
+                shown = f"{result.text}\n\n(cut short: {problem}; what it wrote by then passed the check)"
+            session.metadata.setdefault("stopped", []).append(
+                {"turn": len(session.transcript) - 1, "after_s": seconds, "source": result.source}
+            )
+        state.setdefault("shown", {})[len(session.transcript) - 1] = shown
+        return shown, problem
 
     def reblend(self, alpha: float, state: dict | None) -> Updates:
         """The overlays at another opacity."""
@@ -211,11 +451,18 @@ class NoodleApp:
         ]
 
     def build(self) -> Any:
+        """The page. Model events (analyze, ask) share one concurrency group of one: they queue, and a
+        waiting page shows its place (`queue: n/m`) on the components the event updates."""
         import gradio as gr
 
-        with gr.Blocks(title="noodlenext") as page:
+        limits = self.limits
+        with gr.Blocks(
+            title="noodlenext", delete_cache=(limits.cache_every_s, limits.cache_max_age_s)
+        ) as page:
             gr.Markdown("## noodlenext: why did the classifier say that?")
-            state = gr.State(None)
+            # Gradio drops a session's state an hour after its tab closes, or after session_ttl_s idle;
+            # forget then removes the session's folder.
+            state = gr.State(None, time_to_live=limits.session_ttl_s, delete_callback=forget)
             with gr.Row():
                 with gr.Column(scale=1):
                     upload = gr.File(label="Photo (drop or click)", type="filepath", elem_id="photo")
@@ -245,7 +492,14 @@ class NoodleApp:
                 elem_id="neighbours",
             )  # fmt: skip
             explanation = gr.Textbox(label="Explanation", interactive=False, lines=4, elem_id="explanation")
-            chat = gr.Chatbot(label="Conversation", elem_id="chat")
+            with gr.Row():
+                chat = gr.Chatbot(label="Conversation", elem_id="chat", scale=2)
+                with gr.Column(scale=1):
+                    # A follow-up is answered by rerunning the model: the test and its result, beside it.
+                    test = gr.Markdown("", elem_id="test", label="The test behind the last answer")
+                    test_image = gr.Image(
+                        label="The test behind the last answer", elem_id="test-image", **big
+                    )
             with gr.Row():
                 question = gr.Textbox(label="Ask a follow-up question", scale=4, elem_id="question")
                 ask = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
@@ -257,18 +511,48 @@ class NoodleApp:
                 state=state, status=status, probabilities=probabilities, photo=photo, scorecam=scorecam,
                 gradcam=gradcam, contrastive=contrastive, facts=facts, evidence=evidence,
                 neighbours=neighbours, explanation=explanation, chat=chat, question=question,
-                overlay_file=overlay_file, transcript_file=transcript_file,
+                overlay_file=overlay_file, transcript_file=transcript_file, test=test, test_image=test_image,
             )  # fmt: skip
             # Each event lists every component its handler may update (order no longer matters).
             analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam,
                                 ui.contrastive, ui.facts, ui.evidence, ui.neighbours, ui.explanation,
-                                ui.chat, ui.overlay_file, ui.transcript_file, ui.state]  # fmt: skip
-            upload.upload(self.analyze, [upload, alpha, ui.state], analysis_outputs)
-            example.input(self.analyze, [example, alpha, ui.state], analysis_outputs)
-            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam, ui.contrastive])
+                                ui.chat, ui.overlay_file, ui.transcript_file, ui.test, ui.test_image,
+                                ui.state]  # fmt: skip
+            model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1, "show_progress": "full"}
+            upload.upload(self.analyze, [upload, alpha, ui.state], analysis_outputs, **model)
+            example.input(self.analyze, [example, alpha, ui.state], analysis_outputs, **model)
             for event in (ask.click, question.submit):
-                event(self.ask, [question, ui.state], [ui.chat, ui.question, ui.transcript_file, ui.status])
+                event(self.ask, [question, ui.state],
+                      [ui.chat, ui.question, ui.transcript_file, ui.status, ui.test, ui.test_image],
+                      validator=self.check_question, **model)  # fmt: skip
+            # Re-blending uses no model: it never waits behind an answer.
+            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam, ui.contrastive],
+                          concurrency_limit=None)  # fmt: skip
         return page
+
+
+MODEL_QUEUE = "model"  # the concurrency group of every event that uses the classifier or the LLM
+
+
+def forget(state: dict | None) -> None:
+    """Remove a session's folder (its photo, overlay and chat.json): Gradio's State delete_callback, and
+    when the session analyses another photo."""
+    folder = (state or {}).get("folder")
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _test_shown(followup: FollowupAnswer | None) -> tuple[str, Image.Image | None]:
+    """The test a follow-up ran, as Markdown lines numbered as in the evidence, and its picture."""
+    if followup is None or followup.call is None or followup.result is None:
+        return "No test was run for this answer: it rests on the evidence above.", None
+    finding = followup.result.finding
+    numbers = followup.evidence.finding_lines(finding)
+    args = ", ".join(f"{k}={v!r}" for k, v in followup.call.arguments.items())
+    lines = "\n".join(f"{n}. {line}" for n, line in zip(numbers, finding.lines, strict=True))
+    head = f"**Test run:** `{followup.call.name}({args})`, picked by the {followup.call.source}"
+    caption = f"\n\n*Picture: {followup.result.caption}*" if followup.result.image is not None else ""
+    return f"{head}\n\n{lines}{caption}", followup.result.image
 
 
 def _neighbour_thumbnails(analysis: PhotoAnalysis) -> list[tuple[Image.Image, str]]:
@@ -278,30 +562,43 @@ def _neighbour_thumbnails(analysis: PhotoAnalysis) -> list[tuple[Image.Image, st
 
 
 def serve(cfg: DictConfig) -> None:
-    """Load the checkpoint and the LLM (clear errors in the terminal), then serve the page."""
-    explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "both", HeatmapSettings.of(cfg.explain))
+    """Load the checkpoint and the LLM (clear errors in the terminal), then serve the page until Ctrl+C
+    or SIGTERM; the session folders go with the server."""
+    limits = PageLimits.of(cfg.app)
+    explainer = PhotoExplainer(
+        cfg.ckpt_path, cfg.device, "both", HeatmapSettings.of(cfg.explain),
+        calibration=cfg.get("calibration", "temperature"),
+        trust_checkpoint=cfg.get("trust_checkpoint", False),
+    )  # fmt: skip
     backend = load_backend(cfg.llm)
-    examples = (
-        [str(p) for p in find_images(cfg.app.examples)] if cfg.app.examples else run_examples(cfg.ckpt_path)
-    )
+    examples = image_files(find_images(cfg.app.examples)) if cfg.app.examples else run_examples(cfg.ckpt_path)
     host = str(cfg.app.host)
     if host not in LOOPBACK:
         log.warning(
             "app.host=%s: the page (and your checkpoint's predictions) is reachable from the network", host
         )
-    app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, Path(cfg.paths.output_dir) / "sessions",
-                    int(cfg.app.max_pixels), examples)  # fmt: skip
+    work_dir = Path(cfg.paths.output_dir) / "sessions"
+    app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples,
+                    limits)  # fmt: skip
     page = app.build()
-    page.queue(default_concurrency_limit=2)
+    page.queue(max_size=limits.queue_size)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop from outside ends like Ctrl+C: cleaned up
     print(f"noodlenext app on http://{host}:{cfg.app.port}", flush=True)
-    page.launch(
-        server_name=host,
-        server_port=int(cfg.app.port),
-        max_file_size=f"{int(cfg.app.max_upload_mb)}mb",
-        allowed_paths=examples,
-        ssr_mode=False,
-        quiet=True,
-    )
+    try:
+        page.launch(
+            server_name=host,
+            server_port=int(cfg.app.port),
+            max_file_size=f"{int(cfg.app.max_upload_mb)}mb",
+            allowed_paths=examples,
+            ssr_mode=False,
+            quiet=True,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="app")

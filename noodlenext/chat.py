@@ -15,8 +15,10 @@ from noodlenext.core.config import CONFIG_DIR
 from noodlenext.data.images import check_image, display_name, load_rgb
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
+from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, LLMError
+from noodlenext.llm.followups import answer_followup
 from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.session import ChatSession, evidence_session
@@ -25,17 +27,22 @@ log = logging.getLogger(__name__)
 EXIT_WORDS = {"exit", "quit", ":q"}
 
 
-def classify(cfg: DictConfig, output_dir: Path) -> tuple[PhotoAnalysis, list[str]]:
+def classify(cfg: DictConfig, output_dir: Path) -> tuple[PhotoAnalysis, list[str], PhotoProbe]:
     """Prediction, ScoreCAM and the evidence for cfg.image; the photo and its overlay are saved in
-    output_dir (their paths are returned too)."""
+    output_dir (their paths are returned too), and the probes that answer follow-ups by rerunning the
+    model on it."""
     image = Path(cfg.image).expanduser()
     problem, _ = check_image(image) if image.is_file() else ("no such file", None)
     if problem:
         raise ValueError(f"image={cfg.image}: {problem}")
-    explainer = PhotoExplainer(cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain))
+    explainer = PhotoExplainer(
+        cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain),
+        calibration=cfg.get("calibration", "temperature"),
+        trust_checkpoint=cfg.get("trust_checkpoint", False),
+    )  # fmt: skip
     true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
-    analysis = explainer(load_rgb(image), true_label, str(image))
-    return analysis, analysis.save_images(output_dir)
+    analysis = explainer(load_rgb(image, explainer.image_size), true_label, str(image))
+    return analysis, analysis.save_images(output_dir), explainer.probe(analysis)
 
 
 def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:
@@ -56,6 +63,7 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
     analysed = None if cfg.chat.get("resume") else classify(cfg, output_dir)
     backend = load_backend(cfg.llm)
     assert backend is not None
+    probe: PhotoProbe | None = None
     try:
         if analysed is None:
             session = ChatSession.load(cfg.chat.resume, backend)
@@ -63,7 +71,8 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
             evidence = Evidence.from_dict(saved) if saved else None  # chats saved before evidence: none
             print(f"resumed {cfg.chat.resume} ({len(session.transcript)} messages)", file=out)
         else:
-            session, evidence = _explain(cfg, backend, *analysed, transcript, out)
+            analysis, images, probe = analysed
+            session, evidence = _explain(cfg, backend, analysis, images, transcript, out)
         scripted = questions is not None or cfg.chat.get("questions") is not None
         if questions is None:
             questions = cfg.chat.questions if cfg.chat.get("questions") is not None else _stdin_questions(out)
@@ -74,7 +83,10 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
                 continue
             if scripted:  # typed questions are already on the screen
                 print(f"you> {question}", file=out)
-            _answer(session, question, evidence, cfg.prompt, out)
+            try:
+                evidence = _answer(session, question, evidence, cfg.prompt, out, probe, output_dir)
+            except LLMError as err:  # the session took the question back: the chat goes on
+                print(f"llm> (no answer: {err})", file=out, flush=True)
             session.save(transcript)
     finally:
         backend.close()
@@ -101,23 +113,44 @@ def _explain(
         f"ScoreCAM: {evidence.facts['scorecam'].describe()}\nheatmap: {images[1]}\nevidence:\n{lines}",
         file=out,
     )
-    _answer(session, first, evidence, cfg.prompt, out)
+    max_words = int(cfg.prompt.get("max_words", MAX_WORDS))
+    result = session.ask_grounded(first, evidence, max_words, str(cfg.prompt.get("retry", FEEDBACK)))
+    print(f"llm> {result.for_reader()}", file=out, flush=True)
     session.save(transcript)
     return session, evidence
 
 
 def _answer(
-    session: ChatSession, question: str | list, evidence: Evidence | None, prompt: Any, out: TextIO
-) -> None:
-    """The answer, checked against the evidence before it is shown (a resumed chat without saved
-    evidence streams unchecked, and says so)."""
+    session: ChatSession,
+    question: str,
+    evidence: Evidence | None,
+    prompt: Any,
+    out: TextIO,
+    probe: PhotoProbe | None = None,
+    output_dir: Path | None = None,
+) -> Evidence | None:
+    """A follow-up answered by the test it needs, run on the photo (`llm.followups`), checked against the
+    evidence before it is shown, with the test's result beside it; the evidence with that result added is
+    returned (what the next answer is checked against). A resumed chat without saved evidence streams
+    unchecked, and says so."""
     if evidence is None:
         _stream(session.ask_stream(question), out)
         print("(not checked: this saved chat holds no evidence to check the answer against)", file=out)
-        return
+        return None
     max_words, feedback = int(prompt.get("max_words", MAX_WORDS)), str(prompt.get("retry", FEEDBACK))
-    result = session.ask_grounded(question, evidence, max_words, feedback)
-    print(f"llm> {result.for_reader()}", file=out, flush=True)
+    answer = answer_followup(session, question, probe, evidence, max_words, feedback)
+    if answer.result is not None and answer.call is not None:
+        finding, numbers = answer.result.finding, answer.evidence.finding_lines(answer.result.finding)
+        args = ", ".join(f"{k}={v!r}" for k, v in answer.call.arguments.items())
+        print(f"test> {answer.call.name}({args}), picked by the {answer.call.source}:", file=out)
+        for n, line in zip(numbers, finding.lines, strict=True):
+            print(f"  {n}. {line}", file=out)
+        if answer.result.image is not None and output_dir is not None:
+            picture = output_dir / f"test_{len(answer.evidence.findings):02d}_{finding.probe}.png"
+            answer.result.image.save(picture)
+            print(f"  ({answer.result.caption}: {picture})", file=out)
+    print(f"llm> {answer.text.for_reader()}", file=out, flush=True)
+    return answer.evidence
 
 
 def _stream(pieces: Iterator[str], out: TextIO) -> None:

@@ -1,4 +1,5 @@
-"""python -m noodlenext.eval ckpt_path=...: test a checkpoint with its own model, classes and transform."""
+"""python -m noodlenext.eval ckpt_path=... [tta=flip]: test a checkpoint with its own model, classes,
+transform and fitted temperature."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from noodlenext.runs.task import task_wrapper
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test metrics of cfg.ckpt_path on cfg.data.root's test/ split; writes metrics.json."""
-    model = load_classifier(cfg.ckpt_path)
+    """Test metrics of cfg.ckpt_path on cfg.data.root's test/ split (with cfg.tta's test-time
+    augmentation); writes metrics.json and reliability.png."""
+    model = load_classifier(cfg.ckpt_path, trust_checkpoint=cfg.get("trust_checkpoint", False))
+    model = model.use(tta=cfg.tta)
     hp = model.hparams
     # Only where the data lives and how it is batched come from the current config.
     datamodule: NoodleDataModule = hydra.utils.instantiate(

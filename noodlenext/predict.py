@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def predict(cfg: DictConfig) -> Path:
     """Classify cfg.input with the checkpoint's own model and transform; unreadable files are skipped."""
-    model = load_classifier(cfg.ckpt_path)
+    model = load_classifier(cfg.ckpt_path, trust_checkpoint=cfg.get("trust_checkpoint", False))
+    model = model.use(calibration=cfg.calibration, tta=cfg.tta)
     readable = find_readable_images(cfg.input)
     hp = model.hparams
     dataset = NoodleImages(

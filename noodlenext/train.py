@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.core.devices import resolve_precision
+from noodlenext.core.files import clean_stale_temps
 from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.models.classifier import NoodleClassifier, load_classifier
 from noodlenext.models.predictions import predict_to_csv
@@ -41,14 +42,18 @@ def train(cfg: DictConfig) -> float | None:
         _convert_="all",
     )
     model.run_config = config_as_dict(cfg)
+    model.use(calibration=cfg.get("calibration"))
     loggers = instantiate_loggers(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         precision=resolve_precision(cfg.trainer.precision),
         callbacks=instantiate_callbacks(cfg, with_logger=bool(loggers)),
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(trust_checkpoint=cfg.get("trust_checkpoint", False))],
     )
+    for saver in trainer.checkpoint_callbacks:  # a save that a kill cut short left a hidden .tmp there
+        if saver.dirpath:
+            clean_stale_temps(saver.dirpath)
     for logger in loggers:
         logger.log_hyperparams({**model.run_config, "pretrained_loaded": model.pretrained_loaded})
 
@@ -64,7 +69,10 @@ def train(cfg: DictConfig) -> float | None:
             with oom_advice(cfg):
                 trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         elif trainer.is_global_zero:
-            best_model = load_classifier(ckpt) if ckpt else model
+            best_model = model
+            if ckpt:
+                best_model = load_classifier(ckpt, trust_checkpoint=cfg.get("trust_checkpoint", False))
+                best_model = best_model.use(calibration=cfg.get("calibration"))
             out = Path(cfg.paths.output_dir) / "predictions.csv"
             predict_to_csv(
                 best_model, datamodule.test_set, datamodule.class_names, out, batch_size=datamodule.batch_size

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ import lightning as L
 import pytest
 import torch
 from PIL import Image
+from tiny_llms import END_OF_TURN, EOS, save_tiny_llama
 from torch.utils.data import DataLoader, TensorDataset
 
-from noodlenext.app import open_photo, run_examples
+from noodlenext.app import Deadline, PageLimits, forget, image_files, open_photo, run_examples
+from noodlenext.llm.base import LLMError
 from noodlenext.models.classifier import NoodleClassifier
 
 CHROMIUM = os.environ.get("NOODLENEXT_CHROMIUM", "/usr/bin/chromium")  # .ci/run installs it
@@ -45,10 +48,92 @@ def test_examples_default_to_the_runs_worst_mistakes(tmp_path: Path) -> None:
     (run / "checkpoints").mkdir(parents=True)
     photo = tmp_path / "udon.png"
     Image.new("RGB", (8, 8)).save(photo)
-    records = [{"file": str(photo)}, {"file": str(tmp_path / "gone.png")}, {"file": str(photo)}]
+    (tmp_path / "secrets.txt").write_text("not for the page")
+    records = [{"file": str(photo)}, {"file": str(tmp_path / "gone.png")}, {"file": str(photo)},
+               {"file": str(tmp_path / "secrets.txt")}, {"file": None}]  # fmt: skip
     (run / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert run_examples(run / "checkpoints" / "last.ckpt") == [str(photo)]
+    assert run_examples(run / "checkpoints" / "last.ckpt") == [str(photo)]  # image files that exist, once
     assert run_examples(tmp_path / "elsewhere" / "checkpoints" / "x.ckpt") == []
+    assert image_files([tmp_path / "secrets.txt", photo]) == [str(photo)]  # nothing else is served
+
+
+def test_the_page_limits_come_from_the_config_and_refuse_nonsense(compose_cfg) -> None:
+    cfg = compose_cfg("app", ["ckpt_path=x.ckpt", "app.generation_timeout_s=7.5"])
+    limits = PageLimits.of(cfg.app)
+    assert limits.generation_timeout_s == 7.5 and limits.queue_size == cfg.app.queue_size
+    for option, value in (("generation_timeout_s", 0), ("max_question_chars", -1), ("queue_size", 2.5)):
+        with pytest.raises(ValueError, match=rf"app.{option}={value}: use a"):
+            PageLimits.of({option: value})
+
+
+def test_forgetting_a_session_removes_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "sessions" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "chat.json").write_text("{}")
+    forget({"folder": folder, "session": None})
+    assert not folder.exists()
+    forget(None)  # a session that never analysed a photo
+    forget({"folder": folder})  # already gone
+
+
+# ---------------------------------------------------------------------------- the deadline
+def save_slow_llama(path: Path) -> Path:
+    """The suite's tiny Llama, room for the page's long prompt (4096 positions: RoPE learns none) and no
+    way to end an answer early (its end tokens suppressed in its generation config): it writes until
+    max_new_tokens, a few milliseconds a token on a CPU."""
+    save_tiny_llama(path)
+    for name, changes in (("config.json", {"max_position_embeddings": 4096}),
+                          ("generation_config.json", {"suppress_tokens": [EOS, END_OF_TURN]})):  # fmt: skip
+        config = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**config, **changes}))
+    return path
+
+
+def llm_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in ("llm-stream", "llm-deadline")]
+
+
+QUESTION = [{"role": "user", "content": "Why did the model confuse udon with ramen?"}]
+
+
+def test_an_answer_past_its_deadline_is_cut_there_and_the_model_stops(tmp_path: Path) -> None:
+    from noodlenext.llm.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(str(save_slow_llama(tmp_path / "llama")), device="cpu")
+    roomy = Deadline(backend, 60.0)
+    roomy.arm()
+    assert roomy.generate([QUESTION], max_new_tokens=4) == backend.generate([QUESTION], max_new_tokens=4)
+    assert not roomy.stopped  # an answer within its time is the model's own
+
+    clock = Deadline(backend, 1.0)
+    clock.arm()
+    start = time.monotonic()
+    clock.generate([QUESTION], max_new_tokens=4000)  # minutes, if it were let run
+    assert clock.stopped and 0.9 < time.monotonic() - start < 4
+    assert clock.generate([QUESTION], max_new_tokens=4) == [""]  # the answer's time is spent: the retry too
+    deadline = time.monotonic() + 10
+    while llm_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not llm_threads()  # the model stopped at its next token, not after 4000
+
+
+def test_a_server_that_never_answers_is_given_up_on_at_the_deadline() -> None:
+    from noodlenext.llm.openai_backend import OpenAIBackend
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        clock = Deadline(OpenAIBackend(url, "noodle", timeout=60, max_retries=0), 1.0)
+        clock.arm()
+        start = time.monotonic()
+        assert clock.generate([QUESTION], max_new_tokens=8) == [""]
+        assert clock.stopped and time.monotonic() - start < 4
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the backend's error, in our thread
+    clock = Deadline(OpenAIBackend(closed, "noodle", timeout=5, max_retries=0), 10.0)
+    clock.arm()
+    with pytest.raises(LLMError, match="no OpenAI-compatible server answers"):
+        clock.generate([QUESTION], max_new_tokens=8)
 
 
 # ---------------------------------------------------------------------------- the server and browser
@@ -76,15 +161,15 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(work: Path) -> Iterator[tuple[str, Path]]:
-    """`python -m noodlenext.app` on a free loopback port with the tiny checkpoint and SmolLM2."""
-    port, run_dir = free_port(), work / "app_run"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+def launch_app(work: Path, run_dir: Path, *overrides: str, **env: str) -> Iterator[tuple[str, Path]]:
+    """`python -m noodlenext.app` on a free loopback port with the tiny checkpoint, until the caller is
+    done: (url, run dir)."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "noodlenext.app", f"ckpt_path={work / 'run' / 'checkpoints' / 'tiny.ckpt'}",
-         "llm=smollm2", "llm.max_new_tokens=24", f"app.port={port}", f"app.examples={work / 'examples'}",
-         "app.max_pixels=1000000", f"hydra.run.dir={run_dir}"],
+         f"app.port={port}", f"app.examples={work / 'examples'}", "app.max_pixels=1000000",
+         f"hydra.run.dir={run_dir}", *overrides],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -103,6 +188,28 @@ def server(work: Path) -> Iterator[tuple[str, Path]]:
     yield url, run_dir
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(work: Path) -> Iterator[tuple[str, Path]]:
+    """The page with SmolLM2, answering in a second or two."""
+    yield from launch_app(work, work / "app_run", "llm=smollm2", "llm.max_new_tokens=24")
+
+
+SLOW_TIMEOUT_S = 5  # long enough for the second upload to queue behind the first answer
+
+
+@pytest.fixture(scope="module")
+def slow_server(work: Path) -> Iterator[tuple[str, Path]]:
+    """The page with a language model that would write for a minute (the slow tiny Llama), stopped at a
+    5 s deadline, and questions of at most 120 characters. GRADIO_IS_E2E_TEST is Gradio's own switch
+    for its tests: a closed tab's state goes after 1 s rather than an hour."""
+    llama = save_slow_llama(work / "slow_llama")
+    yield from launch_app(
+        work, work / "slow_run", "llm=transformers", f"llm.model={llama}", "llm.max_new_tokens=2000",
+        "llm.backend.device=cpu", f"app.generation_timeout_s={SLOW_TIMEOUT_S}", "app.max_question_chars=120",
+        GRADIO_IS_E2E_TEST="1",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +269,11 @@ def test_a_user_uploads_a_photo_reads_the_explanation_and_asks_a_follow_up(
     while time.monotonic() < deadline and len(json.loads(saved.read_text())["transcript"]) < 5:
         time.sleep(0.5)
     transcript = json.loads(saved.read_text())["transcript"]
-    assert [m["role"] for m in transcript[3:]] == ["user", "assistant"] and transcript[3][
-        "content"
-    ] == "Why not udon?"
+    assert [m["role"] for m in transcript[3:]] == ["user", "assistant"]
+    assert transcript[3]["content"].startswith("Why not udon?")  # with the test's lines, as the model saw it
+    # The answer rests on a test run on the photo: shown beside the chat, its lines numbered.
+    expect(page.locator("#test")).to_contain_text("why_not(other='udon')", timeout=30_000)
+    expect(page.locator("#test")).to_contain_text("Asked why not udon")
     first_words = " ".join(transcript[4]["content"].split()[:3])
     expect(page.locator("#chat")).to_contain_text("Why not udon?", timeout=30_000)
     expect(page.locator("#chat")).to_contain_text(first_words, timeout=30_000)
@@ -251,3 +360,53 @@ def test_binding_beyond_loopback_warns(work: Path, tmp_path: Path) -> None:
     assert any(
         "app.host=0.0.0.0: the page" in line and "reachable from the network" in line for line in lines
     )
+
+
+@pytest.mark.slow
+def test_two_users_take_turns_and_a_slow_answer_stops_at_the_deadline(
+    slow_server: tuple[str, Path], browser, work: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, run_dir = slow_server
+    first, second = browser.new_context().new_page(), browser.new_context().new_page()
+    for page in (first, second):
+        page.goto(url)
+    first.locator("#photo input[type=file]").set_input_files(str(work / "examples" / "bowl_a.png"))
+    expect(first.locator("#explanation textarea")).to_have_value(
+        re.compile("writing the explanation"), timeout=120_000
+    )  # the classifier is done, the language model is writing: the second user has to wait
+    (first_folder,) = (run_dir / "sessions").iterdir()
+    second.locator("#photo input[type=file]").set_input_files(str(work / "examples" / "bowl_b.png"))
+    expect(second.locator("#status")).to_contain_text(
+        re.compile(r"queue: 1/\d"), timeout=SLOW_TIMEOUT_S * 1000
+    )
+
+    # The first answer stops at the deadline: the template's explanation, marked, and the reason.
+    past = f"the language model ran past the {SLOW_TIMEOUT_S} s limit (app.generation_timeout_s)"
+    expect(first.locator("#explanation textarea")).to_have_value(
+        re.compile(re.escape(f"(from the evidence template: {past}")), timeout=30_000
+    )
+    expect(first.locator("#status textarea")).to_have_value(re.compile(re.escape(f"⚠ {past}")))
+    # Then the second user's turn: the photo classified and an explanation.
+    expect(second.locator("#status textarea")).to_have_value(re.compile(r"bowl_b.png: \w+"), timeout=60_000)
+    expect(second.locator("#explanation textarea")).to_have_value(re.compile(re.escape(past)), timeout=60_000)
+    saved = json.loads(next(p for p in (run_dir / "sessions").glob("*/chat.json")
+                            if p.parent != first_folder).read_text())  # fmt: skip
+    assert [m["role"] for m in saved["transcript"]] == ["system", "user", "assistant"]
+    assert saved["metadata"]["stopped"] == [{"turn": 2, "after_s": SLOW_TIMEOUT_S, "source": "template"}]
+
+    # A question over app.max_question_chars is refused in the page and never reaches the model.
+    second.locator("#question textarea").fill("Why? " * 30)
+    second.locator("#ask").click()
+    expect(second.locator("body")).to_contain_text("more than the 120 allowed (app.max_question_chars)")
+    time.sleep(1)
+    (second_chat,) = [p for p in (run_dir / "sessions").glob("*/chat.json") if p.parent != first_folder]
+    assert len(json.loads(second_chat.read_text())["transcript"]) == 3
+
+    # The first user leaves: their session's folder goes with their state.
+    first.context.close()
+    deadline = time.monotonic() + 30
+    while first_folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not first_folder.exists() and second_chat.is_file()

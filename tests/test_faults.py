@@ -15,6 +15,8 @@ import torch
 from test_train_e2e import SHRUNK, run_module
 from wandb_records import history_keys, read_records, run_info
 
+from noodlenext.core import files
+from noodlenext.core.files import clean_stale_temps, write_json_atomic
 from noodlenext.models.classifier import NoodleClassifier
 from noodlenext.runs.checkpoint_io import is_complete_checkpoint
 from noodlenext.runs.resume import find_last_checkpoint
@@ -66,6 +68,10 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_like_an_uninterrupted_run(tmp_p
     at_kill = load(killed / "checkpoints" / "last.ckpt")
     assert at_kill["epoch"] == 0 and at_kill["global_step"] < int(progress.read_text().split()[1])
 
+    # What a kill mid-save leaves (core.files' temp name: host, the dead pid, its start time, random).
+    leftover = killed / "checkpoints" / f".last.ckpt.{files._HOST}-{proc.pid}-1-k2j4_x9a.tmp"
+    leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
+
     # No hydra.run.dir: resume=auto picks the newest last.ckpt under outputs/quickstart/, i.e. killed/.
     resumed = run_module("noodlenext.train", *common, "resume=auto", cwd=tmp_path)
     assert (
@@ -75,6 +81,7 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_like_an_uninterrupted_run(tmp_p
     final = load(killed / "checkpoints" / "last.ckpt")
     assert (final["epoch"], final["global_step"]) == (whole["epoch"], whole["global_step"])
     assert final["epoch"] == 2 and final["global_step"] > at_kill["global_step"]
+    assert not leftover.exists()  # cleaned when the resumed run started
     assert (killed / "metrics.json").is_file()
     (new_dir,) = [p for p in outputs.iterdir() if p.name != "killed"]  # holds only the resume's log
     assert not (new_dir / "checkpoints").exists() and not (new_dir / "metrics.json").exists()
@@ -122,11 +129,17 @@ def test_a_kill_mid_save_leaves_the_previous_checkpoint_and_metrics(tmp_path: Pa
     torch.save({"epoch": 0}, ckpt)
     killed_while_saving("atomic", ckpt)
     assert load(ckpt) == {"epoch": 0} and [p.name for p in ckpt.parent.glob("*.ckpt")] == ["last.ckpt"]
+    (leftover,) = ckpt.parent.glob(".last.ckpt.*.tmp")  # the kill could not clean up its temp file ...
+    assert clean_stale_temps(ckpt.parent) == [leftover]  # ... the next start does (train, at start)
+    assert [p.name for p in ckpt.parent.iterdir()] == ["last.ckpt"]
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text('{"test/acc": 0.25}')
     killed_while_saving("json", metrics)
     assert json.loads(metrics.read_text()) == {"test/acc": 0.25}
+    assert len(list(tmp_path.glob(".metrics.json.*.tmp"))) == 1
+    write_json_atomic(metrics, {"test/acc": 0.5})  # the next write into the folder cleans it up
+    assert json.loads(metrics.read_text()) == {"test/acc": 0.5} and not list(tmp_path.glob(".*.tmp"))
 
 
 # ------------------------------------------------------------------------------ out of memory
@@ -207,7 +220,6 @@ def test_epoch_loss_weighs_each_sample_once_across_uneven_batches() -> None:
 
 
 def test_atomic_writes_leave_files_readable_like_any_other(tmp_path: Path) -> None:
-    from noodlenext.core.files import write_json_atomic
     from noodlenext.runs.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")

@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from test_train_e2e import SHRUNK, run_module
 from wandb_records import history_keys, read_records, run_info
 
+from noodlenext.callbacks.significance import mcnemar_exact, paired_t_test, verdict
 from noodlenext.callbacks.sweep_comparison import ERROR_FILE, write_comparison
+from noodlenext.callbacks.test_predictions import predictions_csv
 from noodlenext.runs.task import keep_sweeping
 
 SEARCH_SPACE = {
@@ -86,6 +88,108 @@ def test_seeds_aggregate_to_mean_and_std_and_failed_jobs_keep_their_error(tmp_pa
     assert "| cnn | model=cnn | 2/2 | 1,000 | False | 85.00 ± 7.07% | 85.00 ± 7.07% | 70.00 ± 14.14% |" in md
     assert "| vit | model=vit | 1/2 |" in md and "RuntimeError: out of memory" in md
     assert (tmp_path / "comparison.png").stat().st_size > 5000
+
+
+# --- is the difference real? ------------------------------------------------------------------------
+
+
+def test_mcnemar_exact_matches_hand_computed_binomial_tails() -> None:
+    # two-sided exact p = 2 * P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), at most 1
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 2**10)  # 0.0215
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # 0.0386
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 2**6)  # 0.031: 6-0 is significant ...
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 2**5)  # 0.0625: ... 5-0 is not
+    assert mcnemar_exact(5, 5) == mcnemar_exact(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 3)
+
+
+def test_paired_t_test_matches_the_hand_computed_value() -> None:
+    # differences 0.10, 0.05, 0.05: mean 1/15, sd 0.02887, t = 4.0 with 2 df: p = 1 - t / sqrt(t^2 + 2)
+    p = paired_t_test([0.80, 0.90, 0.85], [0.70, 0.85, 0.80])
+    assert p == pytest.approx(1 - 4 / 18**0.5, rel=1e-6)  # 0.0572
+    assert paired_t_test([0.8], [0.7]) is None  # one seed: no spread to test against
+    assert paired_t_test([0.8, 0.9], [0.7, 0.8]) is None  # equal differences: t undefined
+    assert paired_t_test([0.8, 0.9], [0.8, 0.9]) == 1.0
+    assert verdict("vit", "convnext", 2.0, 0.41, "McNemar") == (
+        "vit − convnext = +2.0 points, p = 0.41 (McNemar): not significant at 0.05 — could be noise"
+    )
+    assert verdict("vit", "convnext", -3.5, 0.0004, "t").endswith("p < 0.001 (t): significant at 0.05")
+
+
+def prediction_job(
+    sweep: Path, num: int, model: str, seed: int, labels: list[str], preds: list[str], images: list[Path]
+) -> None:
+    """A job dir as a real run leaves it: overrides, metrics.json and test_predictions.csv."""
+    acc = sum(a == b for a, b in zip(labels, preds, strict=True)) / len(labels)
+    fake_job(sweep, num, [f"model={model}", f"seed={seed}"], metrics(model, acc, acc))
+    rows = [
+        {"file": f"test/{im.name}", "path": str(im), "label": y, "pred": p, "probs": [1.0, 0.0]}
+        for im, y, p in zip(images, labels, preds, strict=True)
+    ]
+    (sweep / str(num) / "test_predictions.csv").write_text(predictions_csv(rows, ["spaghetti", "ramen"]))
+
+
+@pytest.fixture
+def test_images(tmp_path: Path) -> list[Path]:
+    from conftest import write_image
+
+    return [write_image(tmp_path / "data" / "test" / f"{i:02d}.png", seed=i) for i in range(20)]
+
+
+def test_one_seed_each_is_compared_by_mcnemar_with_the_disagreeing_images(
+    tmp_path: Path, test_images: list[Path]
+) -> None:
+    sweep = tmp_path / "sweep"
+    labels = ["spaghetti"] * 10 + ["ramen"] * 10
+    flip = {"spaghetti": "ramen", "ramen": "spaghetti"}
+    # 20 images: both right on 12, both wrong on 2; 5 only cnn gets right, 1 only vit
+    cnn = [flip[y] if i in (0, 1, 5) else y for i, y in enumerate(labels)]
+    vit = [flip[y] if i in (0, 1, 2, 3, 4, 6, 7) else y for i, y in enumerate(labels)]
+    vit[5] = labels[5]
+    prediction_job(sweep, 0, "cnn", 1, labels, cnn, test_images)
+    prediction_job(sweep, 1, "vit", 1, labels, vit, test_images)
+    write_comparison(sweep)
+    md = (sweep / "comparison.md").read_text()
+    p = 2 * (1 + 6) / 2**6  # b = 5, c = 1: 0.22
+    assert (
+        f"**cnn − vit = +20.0 points, p = {p:.2g} (McNemar exact, 20 paired test images, one seed): "
+        "not significant at 0.05 — could be noise**"
+    ) in md
+    assert "| seed=1 | 0, 1 | 85.00% | 65.00% | 20 | 5 | 1 | 0.22 |" in md
+    assert "one seed: McNemar compares these two trained models" in md
+    (row,) = read_csv(sweep / "significance.csv")
+    assert float(row["p"]) == pytest.approx(p) and row["significant"] == "False"
+    # the images one gets right and the other wrong, as thumbnails next to the markdown
+    assert "cnn right, vit wrong (seed=1; 5 of 5 shown):" in md and "vit right, cnn wrong" in md
+    assert "| ![](disagreements/0_a_0.png) | test/02.png | spaghetti | spaghetti | ramen |" in md
+    thumbs = sorted(p.name for p in (sweep / "disagreements").glob("*.png"))
+    assert thumbs == [f"0_a_{i}.png" for i in range(5)] + ["0_b_0.png"]
+
+
+def test_several_seeds_are_compared_by_a_paired_t_test_matched_by_seed(
+    tmp_path: Path, test_images: list[Path]
+) -> None:
+    sweep = tmp_path / "sweep"
+    labels = ["spaghetti"] * 10 + ["ramen"] * 10
+    wrong = {"spaghetti": "ramen", "ramen": "spaghetti"}
+
+    def preds(n_wrong: int) -> list[str]:
+        return [wrong[y] if i < n_wrong else y for i, y in enumerate(labels)]
+
+    # per seed (1, 2, 3) accuracies: cnn 80, 90, 85 %, vit 70, 85, 80 %: the hand-computed t-test above
+    for num, (model, seed, n_wrong) in enumerate(
+        [("cnn", 1, 4), ("vit", 3, 4), ("cnn", 2, 2), ("vit", 1, 6), ("cnn", 3, 3), ("vit", 2, 3)]
+    ):
+        prediction_job(sweep, num, model, seed, labels, preds(n_wrong), test_images)
+    write_comparison(sweep)
+    md = (sweep / "comparison.md").read_text()
+    assert (
+        f"**cnn − vit = +6.7 points, p = {1 - 4 / 18**0.5:.2g} (paired t-test over 3 seeds): "
+        "not significant at 0.05 — could be noise**"
+    ) in md
+    assert "| seed=2 | 2, 5 | 90.00% | 85.00% | 20 |" in md  # matched by seed, not by job order
+    assert "| cnn | model=cnn | 3/3 |" in md and "85.00 ± 5.00%" in md
 
 
 def test_keep_sweeping_reraises_outside_a_multirun() -> None:
@@ -232,6 +336,18 @@ def test_multirun_writes_a_comparison_of_models_over_seeds(sweep: Path) -> None:
     md = (sweep / "comparison.md").read_text()
     assert md.count(" ± ") >= 2 and "vit_tiny_patch16_224" in md
     assert (sweep / "comparison.png").stat().st_size > 5000
+    # each job's per-image test predictions, paired across the models seed by seed
+    tested = read_csv(sweep / "0" / "test_predictions.csv")
+    assert len(tested) == sum(
+        json.loads((sweep / "0" / "metrics.json").read_text())["test/count_per_class"].values()
+    )
+    assert {r["file"].split("/")[0] for r in tested} == {"test"} and all(
+        Path(r["path"]).is_file() for r in tested
+    )
+    assert "## Is the difference real?" in md and "(paired t-test over 2 seeds)" in md
+    (row,) = read_csv(sweep / "significance.csv")
+    assert {row["a"], row["b"]} == {"convnext_atto", "vit_tiny"} and row["seeds"] == "2"
+    assert ("not significant at 0.05 — could be noise" in row["verdict"]) == (row["significant"] == "False")
 
 
 @pytest.mark.slow
@@ -245,6 +361,7 @@ def test_multirun_comparison_goes_to_wandb_in_the_jobs_group(sweep: Path) -> Non
         k.startswith("comparison/runs") for k in keys
     )
     assert any(k.startswith("comparison/per_class_accuracy") for k in keys)
+    assert any(k.startswith("comparison/significance") for k in keys)
     for job in ("0", "3"):
         (job_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
         assert run_info(read_records(job_file)).run_group == info.run_group

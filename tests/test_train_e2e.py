@@ -240,8 +240,8 @@ def test_explain_cli_writes_overlays_and_facts_for_a_folder(trained: Path, tmp_p
     n = len(list(images.rglob("*.jpg")))
     assert (
         len(facts) == n
-        and len(list(out.glob("*_scorecam.png"))) == n
-        and len(list(out.glob("*_gradcam.png"))) == n
+        and len(list(out.rglob("*.jpg_scorecam.png"))) == n  # out/<class>/<name>.jpg_<method>.png
+        and len(list(out.rglob("*.jpg_gradcam.png"))) == n
     )
     assert {"peak_region", "region_shares", "area_above_half", "centroid_xy", "concentration"} <= set(
         facts[0]["heatmaps"]["scorecam"]
@@ -316,7 +316,10 @@ def test_llm_explains_the_worst_test_mistakes(trained: Path) -> None:
 def test_an_llm_that_fails_keeps_the_run_and_says_why(resumed: Path) -> None:
     assert (resumed / "metrics.json").is_file() and (resumed / "checkpoints" / "last.ckpt").is_file()
     records = read_jsonl(resumed / "explanations.jsonl")
-    assert records and all("/nowhere/gemma-3-4b-it.gguf" in r["error"] for r in records)
+    assert records and all(
+        r["error"]["step"] == "llm" and "/nowhere/gemma-3-4b-it.gguf" in r["error"]["message"]
+        for r in records
+    )
     # The reader still gets an explanation, written from the evidence and marked as such.
     assert all(
         r["source"] == "template" and r["explanation"] and not r["grounding"]["verdicts"] for r in records
@@ -330,32 +333,44 @@ def udon_photo(trained: Path) -> Path:
 
 
 def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tmp_path: Path) -> None:
+    from noodlenext.explain.evidence import Evidence
+    from noodlenext.llm.grounding import check_explanation
+
     ckpt = trained / "checkpoints" / "last.ckpt"
     out = tmp_path / "chat"
     proc = run_module(
         "noodlenext.chat",
         f"ckpt_path={ckpt}",
         f"image={udon_photo(trained)}",
-        "chat.questions=[Why not spaghetti?,What photos would help?]",
+        "chat.questions=[Why not spaghetti?,What would change your mind?,Thanks!]",
         "llm.max_new_tokens=32",
         f"hydra.run.dir={out}",
         cwd=tmp_path,
     )
-    assert proc.stdout.count("llm> ") == 3 and "you> Why not spaghetti?" in proc.stdout
+    assert proc.stdout.count("llm> ") == 4 and "you> Why not spaghetti?" in proc.stdout
     assert "ScoreCAM:" in proc.stdout and f"transcript: {out / 'chat.json'}" in proc.stdout
     saved = json.loads((out / "chat.json").read_text())
     roles = [m["role"] for m in saved["transcript"]]
-    assert roles == ["system"] + ["user", "assistant"] * 3
-    assert saved["transcript"][3]["content"] == "Why not spaghetti?"
-    evidence = saved["metadata"]["evidence"]
-    assert evidence["true_label"] == "udon"  # from the image's class folder
+    assert roles == ["system"] + ["user", "assistant"] * 4
+    assert saved["transcript"][3]["content"].startswith("Why not spaghetti?")
+    evidence = Evidence.from_dict(saved["metadata"]["evidence"])
+    assert evidence.true_label == "udon"  # from the image's class folder
     assert "evidence:\n  1. The classifier predicted" in proc.stdout
+    # The follow-ups were answered by running the model: the router picked the test, its result was
+    # printed beside the answer and joined the evidence; "Thanks!" needed no test.
+    assert "test> why_not(other='spaghetti'), picked by the router:" in proc.stdout
+    assert "test> change_mind(), picked by the router:" in proc.stdout
+    assert [f.probe for f in evidence.findings] == ["why_not", "change_mind"]
+    assert evidence.findings[0].lines[0].startswith("Asked why not spaghetti")
+    assert proc.stdout.count("test> ") == 2 and (out / "test_01_why_not.png").is_file()
     # Every answer was checked against the evidence before it was printed, and says so.
     assert (
         proc.stdout.count("(checked against the evidence") + proc.stdout.count("(from the evidence template")
-        == 3
+        == 4
     )
-    assert len(saved["metadata"]["grounding"]) == 3
+    assert len(saved["metadata"]["grounding"]) == 4
+    for answer in [m["content"] for m in saved["transcript"] if m["role"] == "assistant"][1:]:
+        assert check_explanation(answer, evidence, followup=True).passed, answer
     assert (out / "photo.png").is_file() and (out / "scorecam.png").is_file()
 
 

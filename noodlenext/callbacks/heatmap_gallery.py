@@ -80,7 +80,7 @@ class HeatmapGallery(SampleCollector):
         heatmaps = explain_batch(pl_module, images, [s.pred for _, s in picked], self.methods, self.settings)
         files = [str(dataset.samples[s.index][0]) for _, s in picked]
         size = images.shape[-1], images.shape[-2]
-        photos = [load_rgb(f).resize(size) for f in files]
+        photos = [load_rgb(f, size).resize(size) for f in files]
         contrastive: list[np.ndarray] = []
         evidence = gather_evidence(
             pl_module, images, photos, [s.pred for _, s in picked], [s.target for _, s in picked], heatmaps,

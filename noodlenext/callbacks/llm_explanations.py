@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
 
 from noodlenext.callbacks.heatmap_gallery import HeatmapGallery
 from noodlenext.callbacks.samples import Sample, SampleCollector, worst_mistakes
@@ -17,7 +19,7 @@ from noodlenext.core.files import write_text_atomic
 from noodlenext.data.images import load_rgb
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.gather import gather_evidence
-from noodlenext.explain.heatmaps import explain_batch
+from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Message, generation_options
@@ -26,6 +28,36 @@ from noodlenext.llm.load import load_backend
 from noodlenext.llm.prompt import evidence_messages
 
 log = logging.getLogger(__name__)
+
+# The steps of an explanation, in order; a record's `error` names the one that failed ("explain": a
+# failure outside them).
+STEPS = ("collect", "select", "load_image", "evidence", "save_images", "llm")
+
+
+def step_error(step: str, err: BaseException) -> dict[str, str]:
+    """A record's `error`: the step that failed and what it raised."""
+    return {"step": step, "message": f"{type(err).__name__}: {err}"}
+
+
+@dataclass
+class _Item:
+    """One mistake on its way to a record; `error` stops it at the step that failed."""
+
+    sample: Sample
+    file: str | None = None
+    photo: Image.Image | None = None
+    tensor: torch.Tensor | None = None
+    maps: dict[str, Heatmap] | None = None
+    evidence: Evidence | None = None
+    images: list[str] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    result: GroundedText | None = None
+    error: dict[str, str] | None = None
+
+    def fail(self, step: str, err: BaseException) -> None:
+        self.error = step_error(step, err)
+        log.warning("LLM explanations: %s (%s) failed at %s: %s", self.file, self.sample.index, step,
+                    self.error["message"])  # fmt: skip
 
 
 class LLMExplanations(SampleCollector):
@@ -39,8 +71,14 @@ class LLMExplanations(SampleCollector):
     first drafts go out in one batched call, the retries in a second. Writes `explanations.jsonl` (one
     record per sample: evidence, explanation, source, the gate's verdicts and rejected drafts, messages)
     and the photos and overlays under `<output_dir>/llm/`, and logs the W&B table
-    `test/llm_explanations`. A backend that fails to load or answer is logged and written into every
-    record (which then holds the template's explanation): it never fails the run.
+    `test/llm_explanations`.
+
+    It never fails the run: every step is guarded, per sample where it can be. A record's `error` is
+    None, or {"step", "message"} for the step that stopped it (STEPS: collecting the test outputs,
+    selecting the mistakes, loading the photo, computing the heatmaps and the evidence, saving the photo
+    and overlay, the language model); a sample without evidence has no explanation, one with evidence
+    gets the template's when the model did not answer. A step that fails for all (no sample collected)
+    leaves one record with the error and no file.
     """
 
     def __init__(
@@ -55,6 +93,8 @@ class LLMExplanations(SampleCollector):
         self.output_dir = Path(output_dir)
         # _recursive_ is off (the LLM is built at test end), so the settings arrive as a config.
         self.settings = HeatmapSettings.of(settings)
+        self._failure: dict[str, str] | None = None  # a step that failed for every sample
+        self._written = False  # explanations.jsonl was written this epoch
 
     @property
     def enabled(self) -> bool:
@@ -62,152 +102,254 @@ class LLMExplanations(SampleCollector):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.enabled:
-            super().on_test_epoch_start(trainer, pl_module)
+            self._failure, self._written = None, False
+            try:
+                super().on_test_epoch_start(trainer, pl_module)
+            except Exception as err:  # noqa: BLE001 - the run's results matter more than its explanations
+                self._fail_all("collect", err)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        if self.enabled:
-            super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if self.enabled and self._failure is None:
+            try:
+                super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+            except Exception as err:  # noqa: BLE001
+                self._fail_all("collect", err)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:  # gathers on every rank (under DDP), then renders on rank 0
             super().on_test_epoch_end(trainer, pl_module)
+        except Exception as err:  # noqa: BLE001 - a last resort: each step below has its own guard
+            log.exception("LLM explanations failed; the run goes on without them")
+            if not self._written:
+                self._fail_all("explain", err)
+        if self._failure is not None and trainer.is_global_zero:
+            self._write([self._failure_record(self._failure)])
 
+    def _fail_all(self, step: str, err: BaseException) -> None:
+        self._failure = step_error(step, err)
+        log.error("LLM explanations: %s failed: %s", step, self._failure["message"])
+
+    def _failure_record(self, error: dict[str, str]) -> dict[str, Any]:
+        """The one record of a run whose explanations failed before any sample was picked."""
+        keys = ("file", "class_names", "probabilities", "predicted", "true_label", "confidence", "loss",
+                "explanation", "source", "grounding", "evidence")  # fmt: skip
+        return {**dict.fromkeys(keys), "llm": self.llm.get("name"), "error": error, "evidence_lines": [],
+                "images": [], "messages": []}  # fmt: skip
+
+    # ---------------------------------------------------------------------------- the steps
     def _render(
         self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
     ) -> None:
-        mistakes = worst_mistakes(samples, int(self.llm.get("num_explanations", 4)))
-        try:  # the run's results matter more than its explanations: nothing here may fail it
-            evidences, images = self._evidence(trainer, pl_module, dataset, mistakes)
+        if self._failure is not None:  # the outputs were not all collected: nothing to pick from
+            return
+        try:
+            mistakes = worst_mistakes(samples, int(self.llm.get("num_explanations", 4)))
         except Exception as err:  # noqa: BLE001
-            log.exception("LLM explanations: gathering the evidence failed")
-            evidences, images, failure = [], [], f"{type(err).__name__}: {err}"
-        else:
-            failure = None
-        results, conversations, error = self._explain(evidences, images)
-        records = [
-            {
-                "file": ev.file,
-                "class_names": ev.class_names,
-                "probabilities": ev.probabilities,
-                "predicted": ev.predicted,
-                "true_label": ev.true_label,
-                "confidence": ev.confidence,
-                "loss": s.loss,
-                "llm": self.llm.get("name"),
-                "explanation": result.text,
-                "source": result.source,  # llm | llm_retry | template: whose words these are
-                "grounding": result.to_dict(),
-                "error": error,
-                "evidence": ev.to_dict(),
-                "evidence_lines": ev.lines(),
-                "images": paths,
-                "messages": messages,
-            }
-            for s, ev, paths, result, messages in zip(
-                mistakes, evidences, images, results, conversations, strict=True
-            )
-        ]
-        if failure is not None:
-            records = [{"loss": s.loss, "llm": self.llm.get("name"), "explanation": None, "error": failure}
-                       for s in mistakes]  # fmt: skip
-        text = "".join(json.dumps(r) + "\n" for r in records)
-        write_text_atomic(self.output_dir / "explanations.jsonl", text)
-        if failure is None:
+            self._fail_all("select", err)
+            return
+        items = [_Item(s) for s in mistakes]
+        self._load(dataset, items)
+        self._evidence(trainer, pl_module, items)
+        self._save_images(items)
+        self._explain(items)
+        records = [self._record(item, pl_module) for item in items]
+        self._write(records)
+        try:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     log_wandb_table(logger, records, f"{stage}/llm_explanations")
-        sources = [r.get("source") for r in records]
+        except Exception:  # noqa: BLE001
+            log.exception("LLM explanations: logging the W&B table failed (explanations.jsonl has them)")
+        sources = [r["source"] for r in records]
+        failed = [f"{r['file']}: {r['error']['step']}" for r in records if r["error"] is not None]
         log.info(
             "LLM explanations of %d %s mistakes in %s (%d passed the grounding gate as written, %d after a "
-            "retry, %d from the evidence template)", len(records), stage, self.output_dir,
-            sources.count("llm"), sources.count("llm_retry"), sources.count("template"),
+            "retry, %d from the evidence template, %d failed%s)", len(records), stage, self.output_dir,
+            sources.count("llm"), sources.count("llm_retry"), sources.count("template"), len(failed),
+            f": {'; '.join(failed)}" if failed else "",
         )  # fmt: skip
 
-    def _evidence(
-        self, trainer: Trainer, pl_module: LightningModule, dataset: Any, mistakes: list[Sample]
-    ) -> tuple[list[Evidence], list[list[str]]]:
-        """Each mistake's Evidence (reused from a HeatmapGallery that ran first) and [photo, map] paths."""
+    def _load(self, dataset: Any, items: list[_Item]) -> None:
+        """Each mistake's file, photo and model input (step load_image)."""
+        for item in items:
+            try:
+                item.file = str(dataset.samples[item.sample.index][0])
+                item.photo = load_rgb(item.file)
+                item.tensor = dataset[item.sample.index][0]
+            except Exception as err:  # noqa: BLE001 - e.g. the file was deleted or damaged since training
+                item.fail("load_image", err)
+
+    def _evidence(self, trainer: Trainer, pl_module: LightningModule, items: list[_Item]) -> None:
+        """Each loaded mistake's maps and Evidence (step evidence): a HeatmapGallery's when it ran first,
+        else computed in one batch, and one by one when the batch fails (to find the sample at fault)."""
         gallery = next((c for c in trainer.callbacks if isinstance(c, HeatmapGallery)), None)
         cached_maps = gallery.test_heatmaps if gallery is not None else {}
         cached = gallery.test_evidence if gallery is not None else {}
-        missing = [
-            s for s in mistakes if s.index not in cached or "scorecam" not in cached_maps.get(s.index, {})
-        ]
-        if missing:
-            batch = torch.stack([dataset[s.index][0] for s in missing])
-            maps = explain_batch(pl_module, batch, [s.pred for s in missing], "both", self.settings)
-            files = [str(dataset.samples[s.index][0]) for s in missing]
-            size = batch.shape[-1], batch.shape[-2]
-            index = gallery._feature_index(trainer, pl_module) if gallery is not None else None
-            found = gather_evidence(
-                pl_module, batch, [load_rgb(f).resize(size) for f in files], [s.pred for s in missing],
-                [s.target for s in missing], maps, index=index, settings=self.settings, files=files,
-                class_names=pl_module.class_names,
-            )  # fmt: skip
-            cached_maps = {**cached_maps, **{s.index: m for s, m in zip(missing, maps, strict=True)}}
-            cached = {**cached, **{s.index: ev for s, ev in zip(missing, found, strict=True)}}
-        image_dir = self.output_dir / "llm"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        images = []
-        for i, s in enumerate(mistakes):
-            cam = cached_maps[s.index]["scorecam"].cam
-            photo = load_rgb(dataset.samples[s.index][0]).resize((cam.shape[1], cam.shape[0]))
-            photo_path, overlay_path = image_dir / f"{i:02d}_photo.png", image_dir / f"{i:02d}_scorecam.png"
-            photo.save(photo_path)
-            overlay(photo, cam).save(overlay_path)
-            images.append([str(photo_path), str(overlay_path)])
-        return [cached[s.index] for s in mistakes], images
+        todo = []
+        for item in (i for i in items if i.error is None):
+            index = item.sample.index
+            if index in cached and "scorecam" in cached_maps.get(index, {}):
+                item.maps, item.evidence = cached_maps[index], cached[index]
+            else:
+                todo.append(item)
+        if not todo:
+            return
+        try:
+            self._compute(trainer, pl_module, gallery, todo)
+        except Exception as err:  # noqa: BLE001
+            if len(todo) == 1:
+                todo[0].fail("evidence", err)
+                return
+            log.warning("LLM explanations: the evidence batch failed (%s); one sample at a time", err)
+            for item in todo:
+                try:
+                    self._compute(trainer, pl_module, gallery, [item])
+                except Exception as one:  # noqa: BLE001
+                    item.fail("evidence", one)
 
-    def _explain(
-        self, evidences: list[Evidence], images: list[list[str]]
-    ) -> tuple[list[GroundedText], list[list[Message]], str | None]:
-        """A gated explanation per evidence (the model's, its retry, or the template's), the messages sent
-        and the error that stopped the model, if any (then every explanation is the template's)."""
-        if not evidences:
-            return [], [], None
+    def _compute(
+        self, trainer: Trainer, pl_module: LightningModule, gallery: HeatmapGallery | None, items: list[_Item]
+    ) -> None:
+        batch = torch.stack([item.tensor for item in items])
+        preds = [item.sample.pred for item in items]
+        maps = explain_batch(pl_module, batch, preds, "both", self.settings)
+        size = batch.shape[-1], batch.shape[-2]
+        index = gallery._feature_index(trainer, pl_module) if gallery is not None else None
+        found = gather_evidence(
+            pl_module, batch, [item.photo.resize(size) for item in items], preds,
+            [item.sample.target for item in items], maps, index=index, settings=self.settings,
+            files=[item.file for item in items], class_names=pl_module.class_names,
+        )  # fmt: skip
+        for item, m, ev in zip(items, maps, found, strict=True):
+            item.maps, item.evidence = m, ev
+
+    def _save_images(self, items: list[_Item]) -> None:
+        """Each explained mistake's photo and ScoreCAM overlay under llm/ (step save_images)."""
+        image_dir = self.output_dir / "llm"
+        for i, item in enumerate(items):
+            if item.error is not None:
+                continue
+            try:
+                image_dir.mkdir(parents=True, exist_ok=True)
+                cam = item.maps["scorecam"].cam
+                photo = item.photo.resize((cam.shape[1], cam.shape[0]))
+                photo_path, overlay_path = (
+                    image_dir / f"{i:02d}_photo.png",
+                    image_dir / f"{i:02d}_scorecam.png",
+                )
+                photo.save(photo_path)
+                overlay(photo, cam).save(overlay_path)
+                item.images = [str(photo_path), str(overlay_path)]
+            except Exception as err:  # noqa: BLE001 - e.g. a full disk
+                item.fail("save_images", err)
+
+    def _explain(self, items: list[_Item]) -> None:
+        """A gated explanation for every mistake that got this far (step llm): the model's, its retry, or
+        the template's; when the model cannot load or answer, the template's, and the error, for all."""
+        todo = [item for item in items if item.error is None]
         max_words = int(self.prompt.get("max_words", MAX_WORDS))
         feedback = str(self.prompt.get("retry", FEEDBACK))
-        conversations = [
-            evidence_messages(ev, self.prompt, False, paths)
-            for ev, paths in zip(evidences, images, strict=True)
-        ]
         backend = None
         try:
-            backend = load_backend(self.llm)
-            conversations = [
-                evidence_messages(ev, self.prompt, backend.multimodal, paths)
-                for ev, paths in zip(evidences, images, strict=True)
-            ]
-            results = grounded_batch(
-                backend, conversations, evidences, max_words, feedback, **generation_options(self.llm)
-            )
-            return results, conversations, None
+            if todo:
+                for item in todo:  # what is recorded if the model never loads
+                    item.messages = evidence_messages(item.evidence, self.prompt, False, item.images)
+                backend = load_backend(self.llm)
+                conversations = [
+                    evidence_messages(item.evidence, self.prompt, backend.multimodal, item.images)
+                    for item in todo
+                ]
+                for item, messages in zip(todo, conversations, strict=True):
+                    item.messages = messages
+                results = grounded_batch(
+                    backend, conversations, [item.evidence for item in todo], max_words, feedback,
+                    **generation_options(self.llm),
+                )  # fmt: skip
+                for item, result in zip(todo, results, strict=True):
+                    item.result = result
         except Exception as err:  # noqa: BLE001 - the run's results matter more than its explanations
-            error = f"{type(err).__name__}: {err}"
-            log.error("LLM explanations failed (llm=%s): %s", self.llm.get("name"), error)
-            templates = [GroundedText(template_explanation(ev, max_words), "template") for ev in evidences]
-            return templates, conversations, error
+            log.error(
+                "LLM explanations failed (llm=%s): %s: %s", self.llm.get("name"), type(err).__name__, err
+            )
+            for item in todo:
+                item.error, item.result = step_error("llm", err), None
         finally:
             if backend is not None:
-                backend.close()
+                try:
+                    backend.close()
+                except Exception:  # noqa: BLE001
+                    log.exception("LLM explanations: closing the language model failed")
+        for item in items:  # the template's words wherever there is evidence but no gated answer
+            if item.result is None and item.evidence is not None:
+                try:
+                    item.result = GroundedText(template_explanation(item.evidence, max_words), "template")
+                except Exception:  # noqa: BLE001
+                    log.exception("LLM explanations: the template failed for %s", item.file)
+
+    def _record(self, item: _Item, pl_module: LightningModule) -> dict[str, Any]:
+        """One line of explanations.jsonl: the same keys for every record, None where a step failed."""
+        s, ev, result = item.sample, item.evidence, item.result
+        names = list(getattr(pl_module, "class_names", None) or [])
+        probabilities = ev.probabilities if ev is not None else _probabilities(s, names)
+        return {
+            "file": ev.file if ev is not None else item.file,
+            "class_names": ev.class_names if ev is not None else names,
+            "probabilities": probabilities,
+            "predicted": ev.predicted if ev is not None else _name(names, s.pred),
+            "true_label": ev.true_label if ev is not None else _name(names, s.target),
+            "confidence": ev.confidence if ev is not None else max(s.probs, default=None),
+            "loss": s.loss,
+            "llm": self.llm.get("name"),
+            "explanation": result.text if result is not None else None,
+            "source": result.source if result is not None else None,  # llm | llm_retry | template
+            "grounding": result.to_dict() if result is not None else None,
+            "error": item.error,
+            "evidence": ev.to_dict() if ev is not None else None,
+            "evidence_lines": ev.lines() if ev is not None else [],
+            "images": item.images,
+            "messages": item.messages,
+        }
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        try:
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            write_text_atomic(self.output_dir / "explanations.jsonl", text)
+            self._written = True
+        except Exception:  # noqa: BLE001
+            log.exception("LLM explanations: writing %s failed", self.output_dir / "explanations.jsonl")
+
+
+def _name(names: list[str], index: int) -> str | int:
+    return names[index] if 0 <= index < len(names) else index
+
+
+def _probabilities(sample: Sample, names: list[str]) -> dict[str, float]:
+    return {str(_name(names, i)): p for i, p in enumerate(sample.probs)}
 
 
 def log_wandb_table(logger: WandbLogger, records: list[dict[str, Any]], key: str) -> None:
-    """image | overlay | true | predicted | confidence | explanation | whose words | gate | evidence."""
+    """image | overlay | true | predicted | confidence | explanation | whose words | gate | evidence; a
+    record that failed has no images and says at which step in `source`."""
     import wandb
 
     columns = ["image", "scorecam", "true", "predicted", "confidence", "explanation", "source", "grounding"]
     table = wandb.Table(columns=[*columns, "evidence"])
     for r in records:
-        photo, heat = r["images"]
-        source = r["source"] if r["error"] is None else f"{r['source']} (LLM failed: {r['error']})"
-        verdicts = r["grounding"]["verdicts"]
+        photo, heat = r["images"] if len(r["images"]) == 2 else (None, None)
+        error = r["error"]
+        source = r["source"] or "none"
+        if error is not None:
+            source = f"{source} ({error['step']} failed: {error['message']})"
+        verdicts = r["grounding"]["verdicts"] if r["grounding"] else []
         gate = "; ".join(
             f"draft {i + 1}: {'passed' if v['passed'] else 'rejected: ' + '; '.join(v['reasons'])}"
             for i, v in enumerate(verdicts)
         )  # fmt: skip
         table.add_data(
-            wandb.Image(photo), wandb.Image(heat), r["true_label"], r["predicted"], r["confidence"],
-            r["explanation"], source, gate or "no model draft", "\n".join(r["evidence_lines"]),
+            wandb.Image(photo) if photo else None, wandb.Image(heat) if heat else None, r["true_label"],
+            r["predicted"], r["confidence"], r["explanation"], source, gate or "no model draft",
+            "\n".join(r["evidence_lines"]),
         )  # fmt: skip
     logger.experiment.log({key: table})

@@ -59,8 +59,9 @@ class SampleCollector(Callback):
         logits = outputs["logits"].detach().float()
         targets = batch[1]
         losses = F.cross_entropy(logits, targets, reduction="none").cpu().tolist()
-        probs = logits.softmax(dim=1).cpu()
-        preds, targets = probs.argmax(dim=1).tolist(), targets.cpu().tolist()
+        # The test step's `probs` are the calibrated ones (calibration=temperature); preds stay the metrics'.
+        probs = outputs["probs"].detach().float().cpu() if "probs" in outputs else logits.softmax(dim=1).cpu()
+        preds, targets = logits.argmax(dim=1).cpu().tolist(), targets.cpu().tolist()
         start = batch_idx * batch_size
         for i, (loss, target, pred) in enumerate(zip(losses, targets, preds, strict=True)):
             self._samples.append(Sample(self._order[start + i], target, pred, loss, probs[i].tolist()))

@@ -1,8 +1,12 @@
 """Multirun comparisons: at the end of a sweep, a Hydra callback tabulates every job of the sweep
 directory (markdown, CSV, a per-class accuracy bar chart, W&B); failed jobs (error.json) are listed too.
 
-Jobs that differ only by `seed=` are aggregated to mean ± std; every other swept override (model=,
-learning rates...) makes its own row.
+Jobs that differ only by `seed=` (or `data.fold=`, a cross-validation) are aggregated to mean ± std;
+every other swept override (model=, learning rates...) makes its own row. Then every configuration is
+tested against the best one on the same test images (significance.py): McNemar's exact test per seed
+on the jobs' test_predictions.csv, and with several seeds a paired t-test over the seeds; each verdict
+says plainly whether the difference is significant at 0.05 or could be noise. The images one model
+gets right and the other wrong are shown as thumbnails (comparison.md, W&B).
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from noodlenext.callbacks.significance import REPLICATE_KEYS, PairComparison, compare_configs, format_p
 from noodlenext.core.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
+THUMBS_DIR = "disagreements"  # thumbnails of the images two configurations disagree on
+THUMB_SIZE = 96
+MAX_THUMBS = 8  # per direction and comparison
+MAX_THUMB_COMPARISONS = 3  # thumbnails for the best's closest rivals only (an Optuna sweep has many)
 # metrics.json key -> comparison column (per-class accuracies are added per class).
 NUMBERS = {
     "test/acc": "test_acc",
@@ -98,20 +107,26 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def job_configs(jobs: Sequence[Job]) -> list[str]:
+    """Each job's configuration: its swept overrides but the replicate ones (seed, data.fold)."""
+    swept = [k for k in _swept(jobs) if k not in REPLICATE_KEYS]
+    return [" ".join(o for o in job.overrides if o.partition("=")[0] in swept) for job in jobs]
+
+
 def comparison_rows(jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(one row per configuration, seeds aggregated to mean/std; one row per job; class names)."""
     classes = list(dict.fromkeys(c for j in jobs for c in j.metrics.get("test/acc_per_class", {})))
-    swept = [k for k in _swept(jobs) if k != "seed"]
     runs, groups = [], {}
-    for job in jobs:
-        config = " ".join(o for o in job.overrides if o.partition("=")[0] in swept)
+    for job, config in zip(jobs, job_configs(jobs), strict=True):
         seed = next((o.partition("=")[2] for o in job.overrides if o.startswith("seed=")), "")
+        fold = next((o.partition("=")[2] for o in job.overrides if o.startswith("data.fold=")), "")
         runs.append(
             {
                 "job": job.name,
                 "model": job.model,
                 "config": config,
                 "seed": seed,
+                "fold": fold,
                 "status": "ok" if job.ok else "failed",
                 "params": job.metrics.get("params"),
                 "pretrained": job.metrics.get("pretrained"),
@@ -157,9 +172,14 @@ def _md_cell(text: str) -> str:
 
 
 def markdown_table(
-    summary: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], classes: list[str]
+    summary: Sequence[dict[str, Any]],
+    runs: Sequence[dict[str, Any]],
+    classes: list[str],
+    comparisons: Sequence[PairComparison] = (),
+    disagreements: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The comparison as markdown: the per-configuration table (mean ± std over seeds), then every job."""
+    """The comparison as markdown: the per-configuration table (mean ± std over seeds), whether the
+    differences are real (significance_markdown), then every job."""
     head = ["model", "config", "runs ok", "params", "pretrained", "test acc"]
     head += [f"acc {c}" for c in classes] + ["macro F1", "val acc (best)", "best epoch", "train time (s)"]
     head += ["images/s", "status"]
@@ -182,14 +202,153 @@ def markdown_table(
             r["error"],
         ]
         lines.append("| " + " | ".join(_md_cell(str(c)) for c in cells) + " |")
+    if comparisons:
+        lines += ["", *significance_markdown(comparisons, disagreements)]
     lines += ["", "## Jobs", ""]
-    head = ["job", "model", "config", "seed", "status", "test acc", "macro F1", "error"]
+    folds = any(r.get("fold") for r in runs)  # a cross-validation: which fold each job held out
+    head = ["job", "model", "config", "seed", *(["fold"] if folds else []), "status", "test acc"]
+    head += ["macro F1", "error"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        cells = [r["job"], r["model"], r["config"] or "–", r["seed"] or "–", r["status"]]
+        cells = [r["job"], r["model"], r["config"] or "–", r["seed"] or "–"]
+        cells += [r["fold"] or "–"] * folds + [r["status"]]
         cells += [_fmt(r["test_acc"], pct=True), _fmt(r["macro_f1"], digits=3), r["error"]]
         lines.append("| " + " | ".join(_md_cell(str(c)) for c in cells) + " |")
     return "# Sweep comparison\n\n" + "\n".join(lines) + "\n"
+
+
+def config_name(row: dict[str, Any]) -> str:
+    """How a verdict names a configuration: `vit_tiny` for model=vit_tiny, the short overrides else."""
+    if not row["config"]:
+        return str(row["model"])
+    return " ".join(part.removeprefix("model=") for part in _short(row["config"]).split())
+
+
+def significance(
+    jobs: Sequence[Job], summary: Sequence[dict[str, Any]], sweep_dir: Path
+) -> list[PairComparison]:
+    """Every configuration with a test accuracy against the best one (by mean test accuracy), the
+    closest rival first."""
+    ok_jobs: dict[str, list[Job]] = {}
+    for job, config in zip(jobs, job_configs(jobs), strict=True):
+        if job.ok:
+            ok_jobs.setdefault(config, []).append(job)
+    rows = [r for r in summary if r["ok"] and r["test_acc"] is not None]
+    if len(rows) < 2:
+        return []
+    rows.sort(key=lambda r: -r["test_acc"])  # stable: ties keep the sweep's order
+    best = rows[0]
+    return [
+        compare_configs(
+            config_name(best), ok_jobs[best["config"]], config_name(r), ok_jobs[r["config"]], sweep_dir
+        )
+        for r in rows
+        if r is not best
+    ]
+
+
+def save_disagreements(sweep_dir: Path, comparisons: Sequence[PairComparison]) -> list[dict[str, Any]]:
+    """Thumbnails (sweep_dir/disagreements/) of up to MAX_THUMBS images each way that A gets right and B
+    wrong, from the first seed with per-image predictions, for the first MAX_THUMB_COMPARISONS
+    comparisons; one dict per image."""
+    from PIL import Image
+
+    from noodlenext.callbacks.significance import read_predictions
+
+    out_dir = sweep_dir / THUMBS_DIR
+    for old in out_dir.glob("*.png") if out_dir.is_dir() else []:
+        old.unlink()  # ours: a rerun must not show the last run's images
+    shown = []
+    for k, comparison in enumerate(comparisons[:MAX_THUMB_COMPARISONS]):
+        pair = next((p for p in comparison.pairs if p.images is not None), None)
+        if pair is None:
+            continue
+        pred_a, pred_b = read_predictions(sweep_dir / pair.job_a), read_predictions(sweep_dir / pair.job_b)
+        for side, files in (("a", pair.only_a), ("b", pair.only_b)):
+            for i, file in enumerate(files[:MAX_THUMBS]):
+                thumb = out_dir / f"{k}_{side}_{i}.png"
+                try:
+                    with Image.open(pred_a.paths[file]) as im:
+                        im = im.convert("RGB")
+                        im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+                        out_dir.mkdir(parents=True, exist_ok=True)
+                        im.save(thumb)
+                except OSError as e:  # moved or unreadable since the test: listed without a picture
+                    log.warning("no thumbnail for %s: %s", pred_a.paths[file], e)
+                    thumb = None
+                shown.append(
+                    {
+                        "comparison": k,
+                        "right": comparison.name_a if side == "a" else comparison.name_b,
+                        "wrong": comparison.name_b if side == "a" else comparison.name_a,
+                        "replicate": pair.replicate,
+                        "file": file,
+                        "path": pred_a.paths[file],
+                        "label": pred_a.labels[file],
+                        "pred_a": pred_a.preds[file],
+                        "pred_b": pred_b.preds[file],
+                        "thumbnail": thumb,
+                        "total": len(files),
+                    }
+                )
+    return shown
+
+
+def significance_markdown(
+    comparisons: Sequence[PairComparison], disagreements: Sequence[dict[str, Any]]
+) -> list[str]:
+    """`## Is the difference real?`: the verdicts, the per-seed paired counts, the disagreeing images."""
+    lines = [
+        "## Is the difference real?",
+        "",
+        "Each configuration against the best one (by mean test accuracy), on the images both tested. "
+        "Per seed: McNemar's exact test on the images exactly one of them gets right; with several seeds "
+        "the verdict is a paired t-test over the seeds' accuracies.",
+    ]
+    if len(comparisons) > 1:
+        lines[-1] += (
+            f" {len(comparisons)} comparisons: the p-values are not corrected for multiple comparisons "
+            "(at 0.05, about one in 20 comparisons of equal configurations looks significant)."
+        )
+    for k, c in enumerate(comparisons):
+        lines += ["", f"**{_md_cell(c.text)}**", ""]
+        lines += [f"- {_md_cell(n)}" for n in c.notes]
+        if c.pairs:
+            lines += [
+                "",
+                f"| seed | jobs | acc {_md_cell(c.name_a)} | acc {_md_cell(c.name_b)} | test images | "
+                f"only {_md_cell(c.name_a)} right | only {_md_cell(c.name_b)} right | McNemar p |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for p in c.pairs:
+                exact = "–" if p.p_mcnemar is None else format_p(p.p_mcnemar).removeprefix("p = ")
+                counts = ["–", "–"] if p.images is None else [str(len(p.only_a)), str(len(p.only_b))]
+                cells = [
+                    p.replicate,
+                    f"{p.job_a}, {p.job_b}",
+                    _fmt(p.acc_a, pct=True),
+                    _fmt(p.acc_b, pct=True),
+                ]
+                cells += ["–" if p.images is None else str(p.images), *counts, exact]
+                lines.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+        for right_side in (c.name_a, c.name_b):
+            shown = [d for d in disagreements if d["comparison"] == k and d["right"] == right_side]
+            if not shown:
+                continue
+            wrong = shown[0]["wrong"]
+            lines += [
+                "",
+                f"{right_side} right, {wrong} wrong ({shown[0]['replicate']}; {len(shown)} of "
+                f"{shown[0]['total']} shown):",
+                "",
+                f"| image | file | true | {_md_cell(c.name_a)} says | {_md_cell(c.name_b)} says |",
+                "|---|---|---|---|---|",
+            ]
+            for d in shown:
+                thumb = "–" if d["thumbnail"] is None else f"![]({THUMBS_DIR}/{d['thumbnail'].name})"
+                cells = [thumb, d["file"], d["label"], d["pred_a"], d["pred_b"]]
+                lines.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+    return lines
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -238,18 +397,32 @@ def save_per_class_png(summary: Sequence[dict[str, Any]], classes: list[str], pa
 
 
 def write_comparison(sweep_dir: Path) -> dict[str, Any] | None:
-    """comparison.md, comparison.csv (per configuration), runs.csv (per job) and comparison.png."""
+    """comparison.md, comparison.csv (per configuration), runs.csv (per job), significance.csv (each
+    configuration against the best), comparison.png and disagreements/*.png."""
     jobs = read_jobs(sweep_dir)
     if not jobs:
         log.warning("no job directories in %s: no comparison written", sweep_dir)
         return None
     summary, runs, classes = comparison_rows(jobs)
-    write_text_atomic(sweep_dir / "comparison.md", markdown_table(summary, runs, classes))
+    comparisons = significance(jobs, summary, sweep_dir)
+    disagreements = save_disagreements(sweep_dir, comparisons)
+    md = markdown_table(summary, runs, classes, comparisons, disagreements)
+    write_text_atomic(sweep_dir / "comparison.md", md)
     write_text_atomic(sweep_dir / "comparison.csv", csv_text(summary))
     write_text_atomic(sweep_dir / "runs.csv", csv_text(runs))
+    if comparisons:
+        write_text_atomic(sweep_dir / "significance.csv", csv_text([c.row() for c in comparisons]))
     save_per_class_png(summary, classes, sweep_dir / "comparison.png")
+    for c in comparisons:
+        log.info("%s", c.text)
     log.info("sweep comparison: %s", sweep_dir / "comparison.md")
-    return {"summary": summary, "runs": runs, "classes": classes}
+    return {
+        "summary": summary,
+        "runs": runs,
+        "classes": classes,
+        "comparisons": comparisons,
+        "disagreements": disagreements,
+    }
 
 
 def log_comparison_to_wandb(config: DictConfig, sweep_dir: Path, comparison: dict[str, Any]) -> None:
@@ -276,6 +449,21 @@ def log_comparison_to_wandb(config: DictConfig, sweep_dir: Path, comparison: dic
             )
             for key, rows in (("summary", comparison["summary"]), ("runs", comparison["runs"]))
         }
+        if comparison.get("comparisons"):
+            rows = [c.row() for c in comparison["comparisons"]]
+            tables["comparison/significance"] = wandb.Table(
+                columns=list(rows[0]), data=[[_wandb_value(v) for v in r.values()] for r in rows]
+            )
+        if comparison.get("disagreements"):
+            columns = ["image", "right", "wrong", "seed", "file", "label", "pred_a", "pred_b"]
+            data = [
+                [
+                    wandb.Image(str(d["thumbnail"])) if d["thumbnail"] else None,
+                    *(d[k] for k in ("right", "wrong", "replicate", "file", "label", "pred_a", "pred_b")),
+                ]
+                for d in comparison["disagreements"]
+            ]
+            tables["comparison/disagreements"] = wandb.Table(columns=columns, data=data)
         run.log({**tables, "comparison/per_class_accuracy": wandb.Image(str(sweep_dir / "comparison.png"))})
     finally:
         run.finish()

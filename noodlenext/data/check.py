@@ -8,7 +8,9 @@ with the files it names (the kinds and their severities: rules.py), then applies
     fix=quarantine  move the offending files to <dataset's parent>/quarantine/<dataset name>/ (moves.jsonl)
     fix=undo        move quarantined files back
 
-Fixes never delete anything (fixes.py); `fix_kinds` says which findings' files are offending. With
+Fixes never delete anything (fixes.py); `fix_kinds` says which findings' files are offending, and
+`files=<list>` adds the files of a list (e.g. label_issues.txt from noodlenext.data.label_issues; with
+`fix_kinds=[]` only those). With
 `fail_on=error|warning|info` it exits 1 when a finding is at least that severe. The settings are in
 conf/check.yaml.
 
@@ -29,7 +31,13 @@ from omegaconf import DictConfig
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.core.files import write_text_atomic
-from noodlenext.data.fixes import default_quarantine_dir, quarantine, undo_quarantine, write_file_list
+from noodlenext.data.fixes import (
+    default_quarantine_dir,
+    quarantine,
+    read_listed,
+    undo_quarantine,
+    write_file_list,
+)
 from noodlenext.data.report import print_report
 from noodlenext.data.rules import SEVERITIES, CheckReport, check_dataset
 
@@ -52,7 +60,7 @@ def run(cfg: DictConfig) -> CheckReport | None:
         else default_quarantine_dir(root)
     )
     if cfg.fix == "undo":
-        undone, problems = undo_quarantine(qdir)
+        undone, problems = undo_quarantine(qdir, root)
         print(f"moved {len(undone)} file(s) back from {qdir} into {root}")
         for p in problems:
             log.warning(p)
@@ -72,12 +80,20 @@ def run(cfg: DictConfig) -> CheckReport | None:
     write_text_atomic(out, json.dumps(report.to_dict(), indent=2))
     print(f"report: {out}  ({len(report.files)} files in {report.seconds:.1f}s)")
     kinds = list(cfg.fix_kinds)
+    listed = read_listed(cfg.files, root) if cfg.get("files") else []
+    if listed and cfg.fix not in ("list", "quarantine"):
+        log.warning("files=%s only acts with fix=list or fix=quarantine", cfg.files)
+    unknown = sorted(set(listed) - {f.rel for f in report.files})
+    if unknown:
+        log.warning(
+            "%d file(s) of files=%s are not in %s, e.g. %s", len(unknown), cfg.files, root, unknown[0]
+        )
     if cfg.fix == "list":
         target = cfg.get("file_list") or Path(cfg.paths.output_dir) / "clean_files.txt"
-        path, left_out = write_file_list(report, target, kinds)
+        path, left_out = write_file_list(report, target, kinds, listed)
         print(f"file list: {path} ({left_out} image(s) left out); train on it with data.file_list={path}")
     elif cfg.fix == "quarantine":
-        moves = quarantine(report, qdir, kinds)
+        moves = quarantine(report, qdir, kinds, listed)
         print(f"moved {len(moves)} file(s) to {qdir} (log: {qdir / 'moves.jsonl'}); undo with fix=undo")
     return report
 

@@ -6,7 +6,7 @@ The chat CLI and the web app share this, so a photo is classified and explained 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,10 @@ from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
 from noodlenext.explain.overlays import overlay
+from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.registry import parse_methods
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.models.calibration import rescale_probabilities
 from noodlenext.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class PhotoAnalysis:
     heatmaps: dict[str, Heatmap]
     evidence: Evidence | None = None  # what the model's own tests say (noodlenext.explain.evidence)
     contrastive: np.ndarray | None = None  # (H, W) map of the predicted class over the contrast class
+    inputs: torch.Tensor | None = None  # (1, 3, H, W): the photo as the model took it (for the probes)
 
     @property
     def confidence(self) -> float:
@@ -70,6 +73,10 @@ class PhotoExplainer:
         settings: the shared heatmap settings (target layer, top-k, mask batch size).
         evidence: also gather the Evidence (contrastive map, counterfactuals, appearance, trust check and,
             when the checkpoint's run left `heatmaps/train_features.npz`, the nearest training photos).
+        calibration: `temperature` (probabilities are softmax(logits / T), T fitted on the validation
+            set and stored in the checkpoint; the evidence's too) or `none` (the raw softmax).
+        trust_checkpoint: unpickle the checkpoint in full (it can run code) when it needs more than plain
+            data; by default such a file is refused (`load_classifier`).
     """
 
     def __init__(
@@ -79,8 +86,11 @@ class PhotoExplainer:
         methods: str | list[str] = "scorecam",
         settings: HeatmapSettings | None = None,
         evidence: bool = True,
+        calibration: str = "temperature",
+        trust_checkpoint: bool = False,
     ) -> None:
-        self.model = load_classifier(ckpt_path).to(resolve_device(device))
+        model = load_classifier(ckpt_path, trust_checkpoint=trust_checkpoint)
+        self.model = model.use(calibration=calibration).to(resolve_device(device))
         self.with_evidence = evidence
         self.index = _run_feature_index(Path(ckpt_path), self.model) if evidence else None
         self.methods = parse_methods(methods)
@@ -105,7 +115,7 @@ class PhotoExplainer:
             raise ValueError(f"true_label={true_label!r} is not one of the checkpoint's classes {names}")
         x = self.transform(photo)[None].to(self.model.device)
         with torch.no_grad():
-            probs = self.model(x).float().softmax(dim=1)[0].cpu()
+            probs = self.model.probabilities(self.model(x))[0].cpu()
         pred = int(probs.argmax())
         heatmaps = explain_batch(self.model, x, [pred], self.methods, self.settings)[0]
         resized = photo.resize((self.image_size, self.image_size))
@@ -118,15 +128,46 @@ class PhotoExplainer:
                 settings=self.settings, files=[file], class_names=names, contrastive_out=maps,
             )  # fmt: skip
             contrastive = maps[0]
+        probabilities = dict(zip(names, probs.tolist(), strict=True))
+        if evidence is not None:
+            evidence = _calibrated(evidence, probabilities, self.model.applied_temperature)
         return PhotoAnalysis(
             photo=resized,
             class_names=names,
-            probabilities=dict(zip(names, probs.tolist(), strict=True)),
+            probabilities=probabilities,
             predicted=names[pred],
             heatmaps=heatmaps,
             evidence=evidence,
             contrastive=contrastive,
+            inputs=x.cpu(),
         )
+
+    def probe(self, analysis: PhotoAnalysis) -> PhotoProbe:
+        """The tests the chat can run on demand about `analysis` (one of this explainer's)."""
+        if analysis.evidence is None or analysis.inputs is None:
+            raise ValueError("probes need an analysis made with evidence=True")
+        method = "scorecam" if "scorecam" in analysis.heatmaps else next(iter(analysis.heatmaps))
+        return PhotoProbe(
+            self.model, analysis.inputs, analysis.photo, analysis.evidence, analysis.heatmaps[method].cam,
+            self.settings, self.index,
+        )  # fmt: skip
+
+
+def _calibrated(evidence: Evidence, probabilities: dict[str, float], temperature: float) -> Evidence:
+    """The evidence with the photo's calibrated probabilities and its counterfactuals' rescaled by the
+    same temperature (gather_evidence reports the raw softmax), so every number a reader or an LLM is
+    shown comes from one set of probabilities."""
+    cf = evidence.counterfactual
+    if temperature != 1.0 and cf is not None:
+
+        def scale(d: dict[str, float]) -> dict[str, float]:
+            values = rescale_probabilities(torch.tensor(list(d.values())), temperature)
+            return dict(zip(d, values.tolist(), strict=True))
+
+        original, hidden, kept = scale(cf.original), scale(cf.hidden), scale(cf.kept)
+        drop = original[cf.predicted] - hidden[cf.predicted]
+        cf = replace(cf, original=original, hidden=hidden, kept=kept, drop=drop)
+    return replace(evidence, probabilities=dict(probabilities), counterfactual=cf)
 
 
 def _run_feature_index(ckpt_path: Path, model: torch.nn.Module) -> FeatureIndex | None:

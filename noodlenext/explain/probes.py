@@ -168,8 +168,11 @@ class PhotoProbe:
         return self._runs[probe](**arguments)
 
     def _probabilities(self, images: Tensor) -> np.ndarray:
+        # On the evidence's scale: a NoodleClassifier's temperature (calibration=temperature), else 1.
+        temperature = float(getattr(self.model, "applied_temperature", 1.0))
         with eval_mode(self.net), torch.inference_mode():
-            return self.net(images.to(self.device)).float().softmax(-1).cpu().numpy().astype(np.float64)
+            logits = self.net(images.to(self.device)).float() / temperature
+            return logits.softmax(-1).cpu().numpy().astype(np.float64)
 
     def _named(self, probs: np.ndarray) -> dict[str, float]:
         return {n: float(p) for n, p in zip(self.names, probs, strict=True)}

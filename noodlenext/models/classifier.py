@@ -9,12 +9,20 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from noodlenext import __version__
 from noodlenext.models.backbone import create_backbone
+from noodlenext.models.calibration import (
+    calibration_errors,
+    calibration_report,
+    check_calibration,
+    fit_temperature,
+)
+from noodlenext.models.checkpoints import UntrustedCheckpointError, load_checkpoint, plain
 from noodlenext.models.optim import build_optimizer
+from noodlenext.models.tta import check_tta, mean_log_probs, tta_logits, tta_probabilities
 
 CHECKPOINT_KEY = "noodlenext"
 DEFAULT_OPTIM = {
@@ -26,7 +34,7 @@ DEFAULT_OPTIM = {
 }
 
 
-def _stage_metrics(num_classes: int, full: bool = True) -> nn.ModuleDict:
+def _stage_metrics(num_classes: int, full: bool = True, calibrated: bool = False) -> nn.ModuleDict:
     """Epoch metrics; input checks are off because each one syncs the GPU every step."""
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
@@ -37,6 +45,11 @@ def _stage_metrics(num_classes: int, full: bool = True) -> nn.ModuleDict:
         # Per-class accuracy comes from here: synced under DDP, and a class absent from the
         # split has no accuracy rather than a misleading 0.
         metrics["confusion"] = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        # Every logit and target (gathered under DDP), for temperature scaling and calibration errors.
+        metrics["logits"] = CatMetric(nan_strategy="disable")
+        metrics["targets"] = CatMetric(nan_strategy="disable")
+    if calibrated:  # test: the temperature-scaled logits too
+        metrics["calibrated"] = CatMetric(nan_strategy="disable")
     return nn.ModuleDict(metrics)
 
 
@@ -94,12 +107,18 @@ class NoodleClassifier(LightningModule):
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.train_metrics = _stage_metrics(num_classes, full=False)
         self.val_metrics = _stage_metrics(num_classes)
-        self.test_metrics = _stage_metrics(num_classes)
+        self.test_metrics = _stage_metrics(num_classes, calibrated=True)
         self.val_acc_best = MaxMetric()
         self.test_results: dict[str, Any] | None = None
         self.run_config: dict[str, Any] | None = None  # the composed Hydra config, stored in checkpoints
         self._compiled = False
         self._channels_last = False
+        # Temperature scaling: T is fitted on every validation epoch's logits and saved in checkpoints;
+        # `calibration` (temperature | none) and `tta` (none | flip | flip_crops) are how a loaded
+        # model turns logits into probabilities (`probabilities`, `predict_proba`, the test step).
+        self.temperature: float = 1.0
+        self.calibration: str = "temperature"
+        self.tta: str = "none"
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,10 +147,13 @@ class NoodleClassifier(LightningModule):
 
     # ------------------------------------------------------------------------------ steps
     def _step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], metrics: nn.ModuleDict
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        metrics: nn.ModuleDict,
+        logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self(x)
+        logits = self(x) if logits is None else logits
         loss = self.criterion(logits, y)  # y: class indices, or (B, classes) mixtures from mixup/cutmix
         preds = logits.argmax(dim=1)
         labels = y.argmax(dim=1) if y.ndim == 2 else y  # a mixture counts as its larger part
@@ -141,6 +163,9 @@ class NoodleClassifier(LightningModule):
         for key in ("acc", "f1", "confusion"):
             if key in metrics:
                 metrics[key].update(preds, labels)
+        if "logits" in metrics:
+            metrics["logits"].update(logits.detach().float())
+            metrics["targets"].update(labels)
         return loss, logits
 
     def _epoch_results(self, metrics: nn.ModuleDict) -> dict[str, Any]:
@@ -158,6 +183,15 @@ class NoodleClassifier(LightningModule):
             "per_class": per_class,
             "confusion": confusion.tolist(),
         }
+        if metrics["logits"].update_called:
+            logits, targets = metrics["logits"].compute(), metrics["targets"].compute().long()
+            if "calibrated" in metrics:  # test: ECE/MCE/NLL before and after, the reliability bins
+                calibrated = metrics["calibrated"].compute()
+                results["calibration"] = calibration_report(logits, calibrated, targets, self.temperature)
+            else:  # validation: the temperature these logits call for
+                fitted = fit_temperature(logits, targets)
+                ece = calibration_errors(logits.softmax(dim=1), targets)["ece"]
+                results["calibration"] = {"temperature": fitted, "ece": ece}
         for metric in metrics.values():
             metric.reset()
         return results
@@ -167,6 +201,8 @@ class NoodleClassifier(LightningModule):
         self.log(f"{stage}/acc", results["acc"], prog_bar=True)
         values = {f"{stage}/{k}": results[k] for k in ("f1", "loss")}
         values |= {f"{stage}/acc/{name}": r["accuracy"] for name, r in results["per_class"].items()}
+        calibration = results.get("calibration", {})
+        values |= {f"{stage}/{k}": v for k, v in calibration.items() if isinstance(v, float)}
         self.log_dict(values)
 
     def on_train_start(self) -> None:
@@ -188,12 +224,22 @@ class NoodleClassifier(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         results = self._epoch_results(self.val_metrics)
+        # Before ModelCheckpoint saves (on_validation_end): each checkpoint holds its own epoch's T.
+        self.temperature = results.get("calibration", {}).get("temperature", self.temperature)
         self._log_results("val", results)
         self.val_acc_best.update(torch.tensor(results["acc"], device=self.device))
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"logits": self._step(batch, self.test_metrics)[1]}
+        """Metrics of the `tta` views' mean probabilities (the logits themselves without TTA); returns
+        them as `logits` (log-probabilities under TTA) and the probabilities `calibration` asks for."""
+        views = tta_logits(self, batch[0], self.tta)  # (V, B, classes)
+        logits = views[0] if len(views) == 1 else mean_log_probs(views)
+        _, logits = self._step(batch, self.test_metrics, logits)
+        calibrated = mean_log_probs(views, self.temperature)
+        self.test_metrics["calibrated"].update(calibrated.detach())
+        probs = (calibrated if self.calibration == "temperature" else logits.float()).softmax(dim=1)
+        return {"logits": logits, "probs": probs}
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._epoch_results(self.test_metrics)
@@ -201,7 +247,32 @@ class NoodleClassifier(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x).float().softmax(dim=1)
+        return self.predict_proba(x)
+
+    # ------------------------------------------------------------------------------ probabilities
+    def use(self, calibration: str | None = None, tta: str | None = None) -> NoodleClassifier:
+        """Set how logits become probabilities (`calibration=temperature|none`, `tta=none|flip|
+        flip_crops`; None keeps the current one), checking the values; returns the model."""
+        if calibration is not None:
+            self.calibration = check_calibration(calibration)
+        if tta is not None:
+            self.tta = check_tta(tta)
+        return self
+
+    @property
+    def applied_temperature(self) -> float:
+        """The T probabilities are computed with: the fitted one, or 1 with calibration=none."""
+        return self.temperature if self.calibration == "temperature" else 1.0
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits / T) with calibration=temperature (T fitted on the validation set and stored
+        in the checkpoint), the plain softmax with calibration=none."""
+        return (logits.float() / self.applied_temperature).softmax(dim=-1)
+
+    def predict_proba(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """(B, classes) probabilities of a normalised batch: `probabilities` averaged over the test-time
+        augmentation views (`tta`, default the model's)."""
+        return tta_probabilities(self, x, self.tta if tta is None else tta, self.applied_temperature)
 
     # ------------------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
@@ -211,6 +282,10 @@ class NoodleClassifier(LightningModule):
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain data only (no OmegaConf containers, no paths), so the file loads with weights_only=True.
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain(checkpoint[key])
         checkpoint[CHECKPOINT_KEY] = {
             "version": __version__,
             "class_names": self.class_names,
@@ -220,28 +295,38 @@ class NoodleClassifier(LightningModule):
                 "std": list(self.hparams.std),
             },
             "pretrained": self.pretrained_loaded,
-            "config": self.run_config,
+            "config": plain(self.run_config),
+            "temperature": float(self.temperature),  # a plain float: loads with weights_only=True
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY, {})
         self.pretrained_loaded = meta.get("pretrained", self.pretrained_loaded)
-        self.run_config = meta.get("config", self.run_config)
+        self.run_config = plain(meta.get("config", self.run_config))
+        self.temperature = float(meta.get("temperature", 1.0))  # 1.0: a checkpoint made before calibration
 
 
-def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> NoodleClassifier:
-    """Rebuild exactly the trained model from a checkpoint: architecture, classes, transform settings."""
+def load_classifier(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False
+) -> NoodleClassifier:
+    """Rebuild exactly the trained model from a checkpoint: architecture, classes, transform settings.
+
+    The file is read as plain data (`models/checkpoints.py`): one that needs more is refused with
+    UntrustedCheckpointError unless trust_checkpoint=True, which unpickles it in full (it can run code).
+    """
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = load_checkpoint(path, map_location, trust=trust_checkpoint)
+    except UntrustedCheckpointError as e:
+        raise UntrustedCheckpointError(f"ckpt_path={e}") from None
     except Exception as e:
         raise ValueError(f"ckpt_path={ckpt_path}: not a readable PyTorch checkpoint ({e})") from e
     if CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"ckpt_path={ckpt_path}: not a noodlenext checkpoint (made by noodlenext.train?)")
     # Never reach for the hub again: the checkpoint holds every weight.
-    hparams = {**checkpoint["hyper_parameters"], "pretrained": False, "weights": None, "compile": False}
+    hparams = plain(checkpoint["hyper_parameters"]) | {"pretrained": False, "weights": None, "compile": False}
     model = NoodleClassifier(**hparams)
     model.load_state_dict(checkpoint["state_dict"])
     model.on_load_checkpoint(checkpoint)

@@ -11,6 +11,7 @@ from rich.progress import track
 from torch.utils.data import DataLoader
 
 from noodlenext.core.devices import resolve_device
+from noodlenext.core.files import atomic_write
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.models.classifier import NoodleClassifier
 
@@ -24,22 +25,26 @@ def predict_to_csv(
     batch_size: int = 32,
     num_workers: int = 0,
     device: str = "auto",
+    tta: str | None = None,
 ) -> Path:
-    """Write file, label, confidence and one probability column per class for every image."""
+    """Write file, label, confidence and one probability column per class for every image.
+
+    The probabilities are `model.predict_proba`'s: temperature-scaled unless the model was set to
+    calibration=none, averaged over the test-time augmentation views of `tta` (default the model's).
+    """
     target = resolve_device(device)
     model = model.to(target).eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     rows = []
     paths = iter(dataset.samples)
     for x, _ in track(loader, description="predicting", transient=True):
-        probs = model(x.to(target)).float().softmax(dim=1).cpu()
+        probs = model.predict_proba(x.to(target), tta).cpu()
         for p in probs:
             path, _ = next(paths)
             best = int(p.argmax())
             rows.append([str(path), class_names[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p.tolist())])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
+    with atomic_write(out, newline="") as f:  # an interrupted run leaves the previous CSV, not half of one
         writer = csv.writer(f)
         writer.writerow(["file", "label", "confidence", *(f"prob_{name}" for name in class_names)])
         writer.writerows(rows)

@@ -1,0 +1,232 @@
+"""Is the difference between two configurations of a sweep real? Paired tests on the same test set.
+
+For two trained models tested on the same images, McNemar's exact test looks only at the discordant
+images: b = A right and B wrong, c = A wrong and B right. Under "A and B are equally accurate" each
+discordant image is a fair coin, so p = the two-sided binomial test of b successes in b + c trials at
+0.5 (scipy.stats.binomtest). It says whether these two *trained models* differ; it knows nothing of
+how much a model changes from one training seed to the next.
+
+With several seeds per configuration (jobs matched by seed, and by data.fold in a cross-validation),
+the headline test is the paired t-test over the per-seed accuracy differences (scipy.stats.ttest_rel):
+it asks whether the configurations differ beyond the seed-to-seed spread. McNemar is still given per
+seed. A comparison always says, in words, whether p < 0.05, and when it is not: "could be noise".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALPHA = 0.05
+PREDICTIONS_FILE = "test_predictions.csv"  # written by callbacks/test_predictions.py
+REPLICATE_KEYS = ("seed", "data.fold")  # jobs that differ only by these repeat one configuration
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (b: only A right, c: only B right)."""
+    from scipy.stats import binomtest
+
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    if b + c == 0:
+        return 1.0  # no image tells them apart
+    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided paired t-test p-value of a vs b (matched pairs), or None when it is undefined: fewer
+    than 2 pairs, or differences without spread (all equal but not zero)."""
+    from scipy.stats import ttest_rel
+
+    if len(a) != len(b):
+        raise ValueError(f"paired samples of different lengths: {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if max(diffs) - min(diffs) < 1e-12:
+        return 1.0 if abs(diffs[0]) < 1e-12 else None
+    p = float(ttest_rel(a, b).pvalue)
+    return None if math.isnan(p) else p
+
+
+def format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def verdict(name_a: str, name_b: str, diff_points: float, p: float | None, test: str) -> str:
+    """`A − B = +2.0 points, p = 0.41 (McNemar): not significant at 0.05 — could be noise`."""
+    head = f"{name_a} − {name_b} = {diff_points:+.1f} points"
+    if p is None:
+        return f"{head}; no test possible ({test})"
+    if p < ALPHA:
+        return f"{head}, {format_p(p)} ({test}): significant at {ALPHA}"
+    return f"{head}, {format_p(p)} ({test}): not significant at {ALPHA} — could be noise"
+
+
+# --- per-image predictions of a job --------------------------------------------------------------------
+
+
+@dataclass
+class JobPredictions:
+    """A job's test_predictions.csv: file -> (label, pred), and where each image lies."""
+
+    labels: dict[str, str]
+    preds: dict[str, str]
+    paths: dict[str, str]
+
+    def correct(self, file: str) -> bool:
+        return self.labels[file] == self.preds[file]
+
+
+def read_predictions(job_dir: Path) -> JobPredictions | None:
+    """A job's per-image test predictions, or None when it wrote none."""
+    path = job_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    labels, preds, paths = {}, {}, {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            labels[row["file"]], preds[row["file"]], paths[row["file"]] = (
+                row["label"],
+                row["pred"],
+                row["path"],
+            )
+    return JobPredictions(labels, preds, paths)
+
+
+# --- comparing two configurations ---------------------------------------------------------------------
+
+
+@dataclass
+class ReplicatePair:
+    """One seed (or fold) of both configurations, on the images both tested."""
+
+    replicate: str  # e.g. "seed=1", or "–" for unmatched single jobs
+    job_a: str
+    job_b: str
+    acc_a: float
+    acc_b: float
+    images: int | None  # common test images; None: accuracies from metrics.json (no per-image files)
+    only_a: list[str] = field(default_factory=list)  # A right, B wrong
+    only_b: list[str] = field(default_factory=list)  # A wrong, B right
+    p_mcnemar: float | None = None
+
+
+@dataclass
+class PairComparison:
+    """Configuration A (the best by mean test accuracy) against B."""
+
+    name_a: str
+    name_b: str
+    pairs: list[ReplicatePair]
+    diff_points: float | None
+    p: float | None
+    test: str
+    text: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.p is None else self.p < ALPHA
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "a": self.name_a,
+            "b": self.name_b,
+            "diff_points": self.diff_points,
+            "p": self.p,
+            "test": self.test,
+            "significant": self.significant,
+            "seeds": len(self.pairs),
+            "verdict": self.text,
+        }
+
+
+def replicate_of(overrides: Sequence[str]) -> str:
+    """The replicate part of a job's overrides (`seed=1 data.fold=0`), "" when it has none."""
+    parts = [o for o in overrides if o.partition("=")[0] in REPLICATE_KEYS]
+    return " ".join(sorted(parts))
+
+
+def _pair(
+    replicate: str, job_a: Any, job_b: Any, pred_a: JobPredictions | None, pred_b: JobPredictions | None
+) -> ReplicatePair | None:
+    if pred_a is not None and pred_b is not None:
+        common = sorted(set(pred_a.labels) & set(pred_b.labels))
+        if not common:
+            return None
+        ok_a = [pred_a.correct(f) for f in common]
+        ok_b = [pred_b.correct(f) for f in common]
+        only_a = [f for f, x, y in zip(common, ok_a, ok_b, strict=True) if x and not y]
+        only_b = [f for f, x, y in zip(common, ok_a, ok_b, strict=True) if y and not x]
+        return ReplicatePair(
+            replicate,
+            job_a.name,
+            job_b.name,
+            sum(ok_a) / len(common),
+            sum(ok_b) / len(common),
+            len(common),
+            only_a,
+            only_b,
+            mcnemar_exact(len(only_a), len(only_b)),
+        )
+    acc_a, acc_b = job_a.metrics.get("test/acc"), job_b.metrics.get("test/acc")
+    if acc_a is None or acc_b is None:
+        return None
+    return ReplicatePair(replicate, job_a.name, job_b.name, float(acc_a), float(acc_b), None)
+
+
+def compare_configs(
+    name_a: str, jobs_a: Sequence[Any], name_b: str, jobs_b: Sequence[Any], sweep_dir: Path
+) -> PairComparison:
+    """A vs B: jobs matched by seed (and fold); a single job on each side is paired whatever its seed."""
+    by_a = {replicate_of(j.overrides): j for j in jobs_a}
+    by_b = {replicate_of(j.overrides): j for j in jobs_b}
+    matched = [(r, by_a[r], by_b[r]) for r in by_a if r in by_b]
+    notes = []
+    if not matched and len(jobs_a) == len(jobs_b) == 1:
+        matched = [("–", jobs_a[0], jobs_b[0])]
+    unmatched = len(jobs_a) + len(jobs_b) - 2 * len(matched)
+    if unmatched:
+        notes.append(f"{unmatched} job(s) without a same-seed partner are left out of the paired test")
+    pairs = []
+    for replicate, ja, jb in matched:
+        pa, pb = read_predictions(sweep_dir / ja.name), read_predictions(sweep_dir / jb.name)
+        missing = [j.name for j, pred in ((ja, pa), (jb, pb)) if pred is None]
+        if missing:
+            notes.append(f"job(s) {', '.join(missing)} wrote no {PREDICTIONS_FILE}: no per-image test")
+        pair = _pair(replicate or "–", ja, jb, pa, pb)
+        if pair is None:
+            notes.append(f"jobs {ja.name} and {jb.name} share no test image: not compared")
+            continue
+        if pa is not None and pb is not None and not (len(pa.labels) == len(pb.labels) == pair.images):
+            notes.append(
+                f"jobs {ja.name} and {jb.name} tested different images ({len(pa.labels)} and "
+                f"{len(pb.labels)}): compared on the {pair.images} both tested"
+            )
+        pairs.append(pair)
+    if not pairs:
+        text = f"{name_a} vs {name_b}: no runs to pair"
+        return PairComparison(name_a, name_b, [], None, None, "no paired runs", text, notes)
+    accs_a, accs_b = [p.acc_a for p in pairs], [p.acc_b for p in pairs]
+    diff = 100 * (statistics.fmean(accs_a) - statistics.fmean(accs_b))
+    if len(pairs) >= 2:
+        keys = {o.partition("=")[0] for p in pairs for o in p.replicate.split()}
+        what = "seeds" if keys <= {"seed"} else "folds" if keys == {"data.fold"} else "runs"
+        p, test = paired_t_test(accs_a, accs_b), f"paired t-test over {len(pairs)} {what}"
+        if p is None:
+            test += f": the {what}' differences have no spread"
+    elif pairs[0].p_mcnemar is not None:
+        p, test = pairs[0].p_mcnemar, f"McNemar exact, {pairs[0].images} paired test images, one seed"
+        notes.append(
+            "one seed: McNemar compares these two trained models; add seeds (seed=1,2,3) to compare "
+            "the configurations beyond seed-to-seed variation"
+        )
+    else:
+        p, test = None, f"one seed and no {PREDICTIONS_FILE}"
+    return PairComparison(name_a, name_b, pairs, diff, p, test, verdict(name_a, name_b, diff, p, test), notes)
