@@ -24,6 +24,7 @@ SHRUNK = [
     "data.num_workers=0",
     "data.batch_size=8",
     "llm.max_new_tokens=40",  # the quickstart's SmolLM2 explains the worst test mistakes
+    "callbacks.mistakes.max_groups=2",  # and writes a paragraph per confusion pair
 ]
 
 
