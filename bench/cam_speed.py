@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam draws a progress bar per mask batch
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds; the best time of each run counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -139,10 +142,28 @@ def main() -> None:
         print(f"{name:28}{t_top / n:10.2f}{t_ref / t_top:12.2f}x{min(pearson(approx, ref)):11.4f}")
     t_floor = channels * t_batch / batch_size
     print(f"{f'floor: {channels} forwards':28}{t_floor:10.2f}{t_ref / n / t_floor:12.2f}x")
+    record = {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "device": device_name(device),
+        "model": args.model,
+        "image_size": args.image_size,
+        "images": n,
+        "channels": channels,
+        "our_batch": batch_size,
+        "bf16": bool(ours.autocast),
+        "grad_cam_s_per_image": t_ref / n,
+        "ours_s_per_image": t_ours / n,
+        "speedup": t_ref / t_ours,
+        "pearson_r_min": min(pearson(exact, ref)),
+        "floor_s_per_image": t_floor,
+    }
     if "top-k" in results:
         speedup, r = t_ours / t_top, pearson(approx, exact)
         spread = f"mean {np.mean(r):.4f}, lowest {min(r):.4f} of {n} images"
         print(f"top-{args.top_k} vs ours exact: {speedup:.2f}x faster, Pearson r {spread}")
+        record["top_k"] = {"k": args.top_k, "s_per_image": t_top / n, "r_vs_exact_mean": float(np.mean(r))}
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--compile", **on_off)
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the first; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's")
+    parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after each run)")
     args = parser.parse_args()
     big = args.gemma3_4b_shaped
     prompt_tokens = args.prompt_tokens or (300 if big else 60)
@@ -170,6 +172,20 @@ def main() -> None:
         print(f"ours: static cache {cache}, compile {compiled}, batch {args.batch} per generate call")
 
         rates: dict[str, dict[int, float]] = {}
+        record: dict = {
+            "date": datetime.datetime.now().isoformat(timespec="minutes"),
+            "device": device_name(device),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "model": "gemma3-4b-shaped" if big else "tiny",
+            "parameters_m": n_params,
+            "dtype": str(ours.dtype).removeprefix("torch."),
+            "load_s": load_s,
+            "prompt_tokens": [min(lengths), max(lengths)],
+            "new_tokens": new_tokens,
+            "static_cache": ours.static_cache,
+            "compile": ours.compile,
+            "runs": {},
+        }
         runs = {"eager generate": reference, "ours": lambda batch: ours.generate(batch, new_tokens)}
         for name, run in runs.items():
             rates[name] = {}
@@ -177,12 +193,26 @@ def main() -> None:
                 first, best = timed(lambda run=run, n=n: run(convs[:n]), args.repeats)
                 rates[name][n] = n * new_tokens / best
                 print(f"  {name}, batch {n}: first call {first:.2f} s, then {best:.2f} s")
+                record["runs"][f"{name}, batch {n}"] = {
+                    "first_s": first,
+                    "best_s": best,
+                    "tok_s": rates[name][n],
+                }
+                if args.json:  # after every run: a timeout later still leaves these numbers
+                    args.json.write_text(json.dumps(record, indent=2) + "\n")
     ref, fast, b = rates["eager generate"], rates["ours"], args.batch
     print(f"{'':16}{'batch 1 tok/s':>15}{f'batch {b} tok/s':>15}")
     for name, r in rates.items():
         print(f"{name:16}{r[1]:15.1f}{r[b]:15.1f}")
     print(f"{'ours / eager':16}{fast[1] / ref[1]:14.2f}x{fast[b] / ref[b]:14.2f}x")
     print(f"ours at batch {b} vs eager one at a time: {fast[b] / ref[1]:.2f}x")
+    if args.json:
+        record["ratios"] = {
+            "batch_1": fast[1] / ref[1],
+            f"batch_{b}": fast[b] / ref[b],
+            "batched_vs_one": fast[b] / ref[1],
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,14 @@
 
 stdout is a block to paste into docs/benchmarks.md. Both training paths get the same random batch, already
 on the device, so their ratio is the cost of the loop (Lightning + NoodleClassifier), not of data loading.
+
+`--photo-size 4032x3024` times the loader on phone-sized photos instead: `--photos` synthetic JPEGs (some
+with an EXIF rotation) per core (one process, one thread, like a DataLoader worker): ours (the data
+module's decode: draft mode at the Resize size, then the write-up stack), data.cache=resized (a second
+epoch), data.augment_on=gpu (the worker's part: decode + Resize; the rest timed on the device), and
+data.decode=gpu (workers read bytes, nvJPEG decodes; CUDA only), each against a plain full decode
+(`Image.open().convert("RGB")` + the same stack) in the same run, with the cores needed to feed
+`--feed` img/s (the issue's 444: ConvNeXt-Base training at batch 16 on an H100).
 """
 
 from __future__ import annotations
@@ -14,22 +22,28 @@ import datetime
 import gc
 import json
 import logging
+import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning
+import numpy as np
 import timm
 import torch
 from lightning.pytorch import Callback, Trainer
 from machine import device_name, sync
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from noodlenext.data.datamodule import NoodleDataModule
+from noodlenext.data.gpu_decode import collate_encoded
 from noodlenext.data.images import load_rgb
 from noodlenext.data.synthetic import render_dataset
 from noodlenext.models.classifier import NoodleClassifier
@@ -91,6 +105,197 @@ def loader_throughput(args: argparse.Namespace, root: Path) -> dict[str, float]:
         "loader_img_s": rate,
         "worker_speedup": rate * per_image,
     }
+
+
+# ------------------------------------------------------------------------------ 1b. phone-sized photos
+def render_photos(folder: Path, size: tuple[int, int], n: int) -> Path:
+    """n phone-sized JPEGs (q 90) in two class folders: synthetic noodles enlarged, with fine grain (a
+    photo's entropy), every 4th stored sideways (EXIF 6), every 4th+2 upside down (EXIF 3)."""
+    small = render_dataset(folder / "small", max(1, (n + 2) // 3), 256, test_fraction=0.0)
+    sources = sorted(small.rglob("*.jpg"))[:n]
+    rng = np.random.default_rng(0)
+    grain = rng.integers(-10, 11, (size[1], size[0], 3), dtype=np.int16)
+    root = folder / "photos"
+
+    def render(i: int, source: Path) -> None:
+        image = Image.open(source).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        arr = np.asarray(image, dtype=np.int16) + np.roll(grain, 97 * i, axis=1)
+        image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        orientation = {0: 6, 2: 3}.get(i % 4, 1)
+        exif = Image.Exif()
+        if orientation == 6:
+            image, exif[0x0112] = image.transpose(Image.Transpose.ROTATE_90), 6
+        elif orientation == 3:
+            image, exif[0x0112] = image.transpose(Image.Transpose.ROTATE_180), 3
+        out = root / "train" / ("0_spaghetti", "1_ramen")[i % 2] / f"photo_{i:03d}.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL and numpy release the GIL
+        list(pool.map(render, range(len(sources)), sources))
+    return root
+
+
+def per_core(fn: Callable[[Path], Any], paths: list[Path], repeats: int) -> float:
+    """Best CPU seconds per image of fn over the paths on one thread (torch too): a loader worker's cost.
+    CPU time of this thread, not wall time, so other jobs on a shared machine do not inflate it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = float("inf")
+    try:
+        for _ in range(repeats):
+            start = time.thread_time()
+            for path in paths:
+                fn(path)
+            best = min(best, (time.thread_time() - start) / len(paths))
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def photo_throughput(args: argparse.Namespace, tmp: Path, device: torch.device) -> dict[str, Any]:
+    """Per-core img/s of each loader variant on phone-sized photos, vs a plain full decode (same stack)."""
+    size = tuple(int(v) for v in args.photo_size.lower().split("x"))
+    root = render_photos(tmp, size, args.photos)
+    common = {"batch_size": args.batch_size, "num_workers": 0, "val_fraction": 0.0}
+    dm = NoodleDataModule(root, args.image_size, **common)
+    dm.setup("fit")
+    paths = [p for p, _ in dm.train_set.samples]
+    stack = dm.train_set.transform
+    index = {p: i for i, p in enumerate(paths)}
+    reps = args.repeats
+    mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+    rows: dict[str, dict[str, float]] = {}
+
+    def row(name: str, seconds: float, **extra: float) -> None:
+        rows[name] = {"per_core_img_s": 1 / seconds, "ms": 1e3 * seconds, **extra}
+
+    plain = per_core(lambda p: stack(Image.open(p).convert("RGB")), paths, reps)
+    row("plain: Image.open().convert('RGB') + write-up stack", plain)
+    plain_decode = per_core(lambda p: Image.open(p).convert("RGB"), paths, reps)
+    draft_decode = per_core(lambda p: load_rgb(p, dm.train_set.decode_size), paths, reps)
+    ours = per_core(lambda p: dm.train_set[index[p]], paths, reps)
+    row(
+        "ours: draft decode + write-up stack",
+        ours,
+        decode_ms=1e3 * draft_decode,
+        plain_decode_ms=1e3 * plain_decode,
+    )
+
+    cached = NoodleDataModule(root, args.image_size, cache="resized", cache_dir=tmp / "cache", **common)
+    cached.setup("fit")
+    build = per_core(lambda p: cached.train_set[index[p]], paths, 1)  # the first epoch writes the entries
+    read = per_core(lambda p: cached.train_set[index[p]], paths, reps)
+    row("ours, data.cache=resized: first epoch (writes the cache)", build)
+    row("ours, data.cache=resized: later epochs", read)
+
+    on_device = NoodleDataModule(root, args.image_size, augment_on="gpu", **common)
+    on_device.setup("fit")
+    worker = per_core(lambda p: on_device.train_set[index[p]], paths, reps)
+    row("ours, data.augment_on=gpu: worker part (draft decode + Resize)", worker)
+    both = NoodleDataModule(
+        root, args.image_size, augment_on="gpu", cache="resized", cache_dir=tmp / "cache", **common
+    )
+    both.setup("fit")  # the cache entries of `cached` above: same files, same Resize
+    both_s = per_core(lambda p: both.train_set[index[p]], paths, reps)
+    row("ours, cache=resized + augment_on=gpu: worker part, later epochs", both_s)
+    # The write-up stack after its Resize alone: PIL in a worker vs tensors (v2, per image) on the device.
+    resized = [cached.train_set.cache.load(p) for p in paths[: args.batch_size]]
+    pil_stack = T.Compose(stack.transforms[1:])
+    pil_s = per_core(lambda p: pil_stack(resized[index[p] % len(resized)]), paths, reps)
+    batch = torch.stack([on_device.train_set[i][0] for i in range(min(args.batch_size, len(paths)))])
+    batch = batch.to(device)
+    device_s = timed_per_image(
+        lambda: on_device.augment_on_device(batch, training=True), device, len(batch), reps
+    )
+    out: dict[str, Any] = {
+        "photo_size": list(size),
+        "photos": len(paths),
+        "mean_mb": mb,
+        "image_size": args.image_size,
+        "decode_size": list(dm.train_set.decode_size),
+        "feed_img_s": args.feed,
+        "rows": rows,
+        "augment_on_device": {
+            "device": device.type,
+            "img_s": 1 / device_s,
+            "batch": len(batch),
+            "pil_per_core_img_s": 1 / pil_s,
+        },
+    }
+    if device.type == "cuda":
+        gpu = NoodleDataModule(root, args.image_size, augment_on="gpu", decode="gpu", **common)
+        gpu.setup("fit")
+        encoded = gpu.train_dataloader().dataset  # EncodedImages: what a worker does
+        worker = per_core(lambda p: encoded[index[p]], paths, reps)
+        row("ours, data.decode=gpu: worker part (read bytes + EXIF header)", worker)
+        items = collate_encoded([encoded[i] for i in range(min(args.batch_size, len(paths)))])
+
+        def decode_and_augment() -> torch.Tensor:
+            images, _ = gpu.decode_on_device(items, device, training=True)
+            return gpu.augment_on_device(images, training=True)
+
+        gpu_s = timed_per_image(decode_and_augment, device, len(items[0]), reps)
+        out["decode_on_device"] = {"device": torch.cuda.get_device_name(device), "img_s": 1 / gpu_s}
+    else:
+        out["decode_on_device"] = {"skipped": "no CUDA GPU: data.decode=gpu needs nvJPEG"}
+    for r in rows.values():
+        r["vs_plain"] = plain / (1 / r["per_core_img_s"])
+        r["cores_to_feed"] = args.feed / r["per_core_img_s"]
+    return out
+
+
+def timed_per_image(fn: Callable[[], Any], device: torch.device, n: int, repeats: int) -> float:
+    """Best seconds per image of fn (a whole batch of n) after one warm-up call: wall time on a GPU; on the
+    CPU, CPU time of one thread (torch too), i.e. per core, as per_core."""
+    cpu = device.type == "cpu"
+    clock = time.thread_time if cpu else time.perf_counter
+    threads = torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(1)
+    try:
+        fn()
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            sync(device)
+            start = clock()
+            fn()
+            sync(device)
+            best = min(best, (clock() - start) / n)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def print_photos(r: dict[str, Any]) -> None:
+    w, h = r["photo_size"]
+    dw, dh = r["decode_size"]
+    print(
+        f"| {r['photos']} JPEGs of {w}x{h} ({r['mean_mb']:.1f} MB), write-up stack at {r['image_size']} px "
+        f"(JPEGs decode for {dw}x{dh}) | ms/img | img/s per core | vs plain "
+        f"| cores for {r['feed_img_s']:.0f} img/s |"
+    )
+    print("|---|---|---|---|---|")
+    for name, v in r["rows"].items():
+        print(
+            f"| {name} | {v['ms']:.1f} | {v['per_core_img_s']:.1f} | {v['vs_plain']:.2f}x | "
+            f"{math.ceil(v['cores_to_feed'])} |"
+        )
+    d = r["augment_on_device"]
+    where = "the CPU, per core" if d["device"] == "cpu" else d["device"]
+    print(
+        f"\n- the write-up stack after its Resize: PIL (a worker) {d['pil_per_core_img_s']:.0f} img/s per "
+        f"core; tensors (data.augment_on=gpu, per image) on {where}: {d['img_s']:.0f} img/s"
+    )
+    g = r["decode_on_device"]
+    if "skipped" in g:
+        print(f"- data.decode=gpu: skipped ({g['skipped']})")
+    else:
+        print(f"- data.decode=gpu, nvJPEG decode + Resize + stack on {g['device']}: {g['img_s']:.0f} img/s")
+    ours = r["rows"]["ours: draft decode + write-up stack"]
+    print(
+        f"- decode alone: plain {ours['plain_decode_ms']:.1f} ms, draft {ours['decode_ms']:.1f} ms a photo\n"
+    )
 
 
 # ------------------------------------------------------------------------------ 2. training step
@@ -195,6 +400,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loader-images", type=int, default=256, help="images timed through the loader")
     p.add_argument("--repeats", type=int, default=1, help="alternate plain/Lightning runs, keep the best")
     p.add_argument("--skip", choices=("loader", "train"), help="leave one part out")
+    p.add_argument("--photo-size", help="WxH, e.g. 4032x3024: the loader on phone-sized JPEGs (see above)")
+    p.add_argument("--photos", type=int, default=32, help="how many phone-sized JPEGs (--photo-size)")
+    p.add_argument("--feed", type=float, default=444.0, help="img/s the loader must feed (cores needed)")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -218,10 +426,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"- {args.model}, {args.image_size} px, batch {args.batch_size}, {precision}")
     if args.skip != "train":
         print(f"- train: {args.steps} steps timed after {args.warmup} warm-up, best of {args.repeats} run(s)")
-    print(f"- train loader: {args.workers} workers\n" if args.skip != "loader" else "")
+    if args.photo_size and args.skip != "loader":
+        print(
+            f"- loader on {args.photos} photos of {args.photo_size}: one process, one thread, "
+            f"best of {args.repeats}\n"
+        )
+    else:
+        print(f"- train loader: {args.workers} workers\n" if args.skip != "loader" else "")
     with tempfile.TemporaryDirectory(prefix="noodle-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        if args.skip != "loader":
+        if args.skip != "loader" and args.photo_size:
+            out["photos"] = photo_throughput(args, tmp, device)
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=2) + "\n")
+            print_photos(out["photos"])
+        elif args.skip != "loader":
             root = data_root(args.data, tmp, args.image_size, per_class=max(1, args.loader_images // 3))
             out["data"] = args.data or f"synthetic {min(args.image_size, 512)} px JPEGs"
             out["loader"] = r = loader_throughput(args, root)
@@ -248,6 +467,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "ratio": ratio,
                     "overhead": 1 - ratio,
                 }
+                if args.json:  # after every mode: a timeout in the next still leaves this one
+                    args.json.write_text(json.dumps(out, indent=2) + "\n")
                 verdict = "ok" if 1 - ratio < TARGET_OVERHEAD else "ABOVE TARGET"
                 overhead = f"{1 - ratio:+.1%} (target < {TARGET_OVERHEAD:.0%}: {verdict})"
                 print(f"| {mode} | {plain:.1f} | {ours:.1f} | {ratio:.3f} | {overhead} |")

@@ -11,8 +11,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision import transforms as T
 
+from noodlenext.data.cache import CACHE_FOLDER, ResizedCache
 from noodlenext.data.fingerprints import hash_files
+from noodlenext.data.gpu_decode import EncodedImages, collate_encoded, decode_batch, require_cuda
 from noodlenext.data.images import (
     ScanReport,
     check_images,
@@ -28,9 +31,13 @@ from noodlenext.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Augmentation,
+    DeviceAugmentation,
     augmentation_of,
+    decode_size,
     eval_transform,
+    first_resize,
     load_augmentation,
+    split_for_device,
 )
 
 log = logging.getLogger(__name__)
@@ -40,11 +47,21 @@ UNLABELLED = -1
 
 
 class NoodleImages(Dataset):
-    """(path, label) samples decoded to RGB and transformed; label -1 means unlabelled."""
+    """(path, label) samples decoded to RGB and transformed; label -1 means unlabelled.
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Any) -> None:
+    When the transform starts with a Resize, JPEGs decode in draft mode at the smallest DCT scale not
+    below its size (load_rgb). cache_dir (data.cache=resized): decoded-and-resized copies are kept there
+    and read back in later epochs (noodlenext.data.cache); a transform without a first Resize is not cached.
+    """
+
+    def __init__(
+        self, samples: Sequence[tuple[Path, int]], transform: Any, cache_dir: str | Path | None = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.decode_size = decode_size(transform)
+        resize = first_resize(transform)
+        self.cache = ResizedCache(cache_dir, resize) if cache_dir is not None and resize is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -52,7 +69,7 @@ class NoodleImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
+            image = self.cache.load(path) if self.cache is not None else load_rgb(path, self.decode_size)
         except Exception as e:  # checked at setup, so only a file changed since then lands here
             raise RuntimeError(f"could not read {path} (it was readable at setup): {e}") from e
         return self.transform(image), label
@@ -72,6 +89,15 @@ class NoodleDataModule(LightningDataModule):
         classes: the class names in label order (from a checkpoint); default: train/'s folders.
         allow_leakage: train and test even when test images are byte-identical to train/val ones.
         file_list: root-relative paths of the only images to use (the data doctor's fix=list).
+        folds, fold: k-fold cross-validation (experiment=crossval): train/'s images are split into `folds`
+            stratified, seeded (split_seed) folds; with `fold` = i, fold i is held out (`heldout_set`,
+            never trained on nor validated on) and val comes from the other folds. null: no folds.
+        cache: None (or "none"), or "resized": every image decoded and resized (the stacks' first Resize)
+            once, into cache_dir (default: <root>/.noodlenext_cache), and read back from there.
+        decode: "cpu" (loader workers, JPEGs in draft mode) or "gpu": workers read the bytes and nvJPEG
+            decodes each batch on the GPU (needs CUDA and augment_on="gpu").
+        augment_on: "cpu" (loader workers) or "gpu": workers decode and resize, and the rest of the training
+            stack runs per image on the training device after the batch is moved there.
     """
 
     def __init__(
@@ -91,14 +117,41 @@ class NoodleDataModule(LightningDataModule):
         synthetic: dict | None = None,
         allow_leakage: bool = False,
         file_list: str | Path | None = None,
+        folds: int = 5,
+        fold: int | None = None,
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
+        decode: str = "cpu",
+        augment_on: str = "cpu",
     ) -> None:
         super().__init__()
+        cache = None if cache in (None, "none") else cache
+        if cache not in (None, "resized"):
+            raise ValueError(f"data.cache={cache!r} is not known; use none or resized")
+        if decode not in ("cpu", "gpu"):
+            raise ValueError(f"data.decode={decode!r} is not known; use cpu or gpu")
+        if augment_on not in ("cpu", "gpu"):
+            raise ValueError(f"data.augment_on={augment_on!r} is not known; use cpu or gpu")
+        if decode == "gpu" and augment_on != "gpu":
+            raise ValueError(
+                "data.decode=gpu decodes on the GPU, so the training augmentation must run there too: "
+                "add data.augment_on=gpu"
+            )
+        if decode == "gpu" and cache is not None:
+            raise ValueError(
+                "data.cache=resized and data.decode=gpu: choose one (the cache's small copies decode on the "
+                "CPU; decode=gpu reads the original JPEGs)"
+            )
         if sampler not in (None, "weighted"):
             raise ValueError(f"data.sampler={sampler!r} is not known; use null or 'weighted'")
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"data.on_bad_image={on_bad_image!r} is not known; use 'skip' or 'error'")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if fold is not None and (int(folds) < 2 or not 0 <= int(fold) < int(folds)):
+            raise ValueError(
+                f"data.fold={fold} with data.folds={folds}: need folds >= 2 and 0 <= fold < folds"
+            )
         self.root = Path(root).expanduser()
         self.image_size = int(image_size)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -122,6 +175,15 @@ class NoodleDataModule(LightningDataModule):
         self.train_set: NoodleImages | None = None
         self.val_set: NoodleImages | None = None
         self.test_set: NoodleImages | None = None
+        self.folds, self.fold = int(folds), None if fold is None else int(fold)
+        self.heldout_set: NoodleImages | None = None  # data.fold's images of train/ (cross-validation)
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / CACHE_FOLDER
+        self.decode, self.augment_on = decode, augment_on
+        self._digests: dict[Path, str] = {}  # content hashes from the duplicate check, for the cache
+        self._device_train: DeviceAugmentation | None = None  # augment_on=gpu: the stack after its Resize
+        self._device_eval: DeviceAugmentation | None = None  # decode=gpu: the eval transform after its Resize
+        self._resize: dict[bool, Any] = {}  # decode=gpu: training? -> the first Resize
         self.test_is_labelled = False
         self.report = ScanReport()
         self._scanned = False
@@ -251,6 +313,7 @@ class NoodleDataModule(LightningDataModule):
         if len(named) < 2:
             return
         digests = hash_files([p for _, p, _ in named])
+        self._digests = {p: d for (_, p, _), d in zip(named, digests, strict=True)}  # data.cache reuses them
         groups = duplicate_groups(
             HashedImage(split, path, label, digest, labelled=label != UNLABELLED)
             for (split, path, label), digest in zip(named, digests, strict=True)
@@ -300,25 +363,47 @@ class NoodleDataModule(LightningDataModule):
             train += [mine[i] for i in order[n_val:]]
         return train, val
 
+    def _fold_split(self, samples: list[tuple[Path, int]]) -> tuple[list, list]:
+        """(the other folds, fold `self.fold`): each class's images shuffled by split_seed and dealt
+        round-robin into `folds` folds, so every fold has the same share of every class and all jobs of
+        a cross-validation (same split_seed) agree on the folds."""
+        rng = np.random.default_rng([self.split_seed, self.folds])
+        rest, held = [], []
+        for label in range(self.num_classes):
+            mine = [s for s in samples if s[1] == label]
+            if len(mine) < self.folds:
+                raise ValueError(
+                    f"data.folds={self.folds}: class '{self.class_names[label]}' has only {len(mine)} "
+                    "training image(s); every fold needs one. Lower data.folds or add images"
+                )
+            for position, i in enumerate(rng.permutation(len(mine))):
+                (held if position % self.folds == self.fold else rest).append(mine[i])
+        return rest, held
+
     def _scan(self) -> None:
         if self._scanned:
             return
         tf_eval = eval_transform(self.image_size, self.mean, self.std)
+        tf_train = self._train_transform(tf_eval)
+        cache = self._cache_folder()
         train_dir, val_dir, test_dir = (self.root / s for s in ("train", "val", "test"))
         scanned: dict[str, list[tuple[Path, int]]] = {}
         if train_dir.is_dir():
             train = scanned["train"] = self._scan_split(train_dir, required=True)
+            if self.fold is not None:
+                train, held = self._fold_split(train)
+                self.heldout_set = NoodleImages(held, tf_eval, cache)
             if val_dir.is_dir():
                 val = scanned["val"] = self._scan_split(val_dir, required=False)
             else:
                 train, val = self._split_train(train)
-            tf_train = self.augment.train or tf_eval
-            self.train_set, self.val_set = NoodleImages(train, tf_train), NoodleImages(val, tf_eval)
+            self.train_set = NoodleImages(train, tf_train, cache)
+            self.val_set = NoodleImages(val, tf_eval, cache)
         elif self._classes is None:
             self._train_class_folders()  # raises the clear "no train/" error
         if test_dir.is_dir():
             test = scanned["test"] = self._scan_split(test_dir, required=False)
-            self.test_set = NoodleImages(test, tf_eval)
+            self.test_set = NoodleImages(test, tf_eval, cache)
             self.test_is_labelled = bool(test) and test[0][1] != UNLABELLED
         for line in self.report.lines(self.image_size):
             log.warning(line)
@@ -335,9 +420,47 @@ class NoodleDataModule(LightningDataModule):
                 )
         if "train" in scanned:  # prediction (test/ only, classes from a checkpoint) has nothing to leak from
             self._check_duplicates(scanned)
+        for dataset in (self.train_set, self.val_set, self.test_set, self.heldout_set):
+            if dataset is not None and dataset.cache is not None:
+                dataset.cache.remember(self._digests)  # the files were hashed once already
         self._scanned = True
 
+    def _train_transform(self, tf_eval: Any) -> Any:
+        """The training set's per-image transform; with augment_on=gpu only its first Resize (then uint8),
+        the rest kept for the device (and with decode=gpu the Resizes too, for the GPU decoder)."""
+        tf_train = self.augment.train or tf_eval
+        if self.augment_on == "gpu":
+            resize, self._device_train = split_for_device(tf_train)
+            tf_train = T.Compose([resize, T.PILToTensor()])
+            if self.decode == "gpu":
+                eval_resize, self._device_eval = split_for_device(tf_eval)
+                self._resize = {True: resize, False: eval_resize}
+        return tf_train
+
+    def _cache_folder(self) -> Path | None:
+        """data.cache=resized: the cache folder, created (a clear error where it cannot be written)."""
+        if self.cache is None:
+            return None
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test-{id(self)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(
+                f"data.cache=resized: cannot write to the cache folder {self.cache_dir} ({e}); set "
+                "data.cache_dir to a writable folder, or data.cache=none"
+            ) from e
+        if self.augment.train is not None and first_resize(self.augment.train) is None:
+            log.warning(
+                "data.cache=resized: the training stack does not start with a Resize (it crops the full "
+                "image), so training images are decoded in full every epoch; val/test images are cached"
+            )
+        return self.cache_dir
+
     def setup(self, stage: str | None = None) -> None:
+        if self.decode == "gpu":
+            require_cuda()
         self._scan()
         if stage in (None, "fit") and self.train_set is None:
             raise FileNotFoundError(f"{self.root / 'train'} does not exist: nothing to train on")
@@ -351,13 +474,43 @@ class NoodleDataModule(LightningDataModule):
                 )
             self._mixup = self.augment.mixup(num_classes=self.num_classes)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Mixup/cutmix on the device, for training batches only: labels become (B, classes) mixtures."""
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """data.decode=gpu: the batch's JPEG bytes decoded (and resized) on the training device."""
+        if self.decode != "gpu":
+            return batch
         trainer = self.trainer
-        if self._mixup is not None and trainer is not None and trainer.training:
-            images, labels = batch
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cuda")
+        return self.decode_on_device(batch, device, training=trainer is not None and trainer.training)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: the training stack after its Resize (augment_on=gpu) or the eval transform after
+        its Resize (decode=gpu), then mixup/cutmix, for training batches only: labels become (B, classes)
+        mixtures."""
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        mix = self._mixup is not None and training
+        if not mix and (self._device_train if training else self._device_eval) is None:
+            return batch  # nothing to do on the device
+        images, labels = batch
+        images = self.augment_on_device(images, training)
+        if mix:
             return self._mixup(images, labels)
-        return batch
+        return images, labels
+
+    def decode_on_device(self, batch: Any, device: str | torch.device, training: bool) -> tuple:
+        """decode=gpu: a loader batch (bytes, orientations, labels) -> ((B, 3, H, W) uint8 on `device`,
+        labels), resized to the training (training=True) or eval stack's first Resize."""
+        data, orientations, labels = batch
+        return decode_batch(data, orientations, self._resize[bool(training)], device), labels
+
+    def augment_on_device(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+        """What is left of the transform on the device: the training stack after its Resize (augment_on=gpu),
+        per image; for eval batches of decode=gpu, the eval transform after its Resize; else unchanged."""
+        if training and self._device_train is not None:
+            return self._device_train(images)
+        if not training and self._device_eval is not None:
+            return self._device_eval(images)
+        return images
 
     @property
     def class_counts(self) -> list[int]:
@@ -370,9 +523,13 @@ class NoodleDataModule(LightningDataModule):
     def _loader(
         self, dataset: Dataset, shuffle: bool = False, sampler: Any = None, train: bool = False
     ) -> DataLoader:
+        collate = None
+        if self.decode == "gpu":  # workers read bytes; on_before_batch_transfer decodes on the GPU
+            dataset, collate = EncodedImages(dataset.samples, self._resize[train]), collate_encoded
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            collate_fn=collate,
             shuffle=shuffle,
             sampler=sampler,
             # A short last training batch adds noise and makes torch.compile recompile for its shape.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,60 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image upright (EXIF orientation applied) as RGB."""
+_ORIENTATION_TAG = 0x0112  # EXIF Orientation
+_UPRIGHT = {  # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = {5, 6, 7, 8}  # these orientations store the image on its side: width and height swap
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8, 1 = upright); from a JPEG's header without decoding a pixel (other
+    formats may load the image to find their EXIF block: load them first, so that a broken file raises
+    there and not in here, where a failure only means "no orientation")."""
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a damaged EXIF block: PIL raises many types; the pixels may still be fine
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def load_rgb(path: str | Path, size: int | tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image upright (EXIF orientation applied) as RGB.
+
+    size: the (width, height) of the image upright (an int: both sides) that the caller resizes it to
+    next. A JPEG (or MPO, a phone's JPEG with extra frames) then decodes in draft mode, at the smallest
+    of the 1/1, 1/2, 1/4, 1/8 DCT scales that is not below it on either side (a 4032x3024 photo for a
+    420x420 resize decodes at 1008x756, ~4x less CPU: bench/train_throughput.py --photo-size); other
+    formats decode in full. A JPEG's orientation tag is read before decoding: it tells which stored side
+    is which. An upright image (the common case) is not copied to be transposed.
+    """
     with Image.open(path) as im:
-        return to_rgb(ImageOps.exif_transpose(im))
+        jpeg = im.format in ("JPEG", "MPO")
+        if not jpeg:
+            im.load()  # a PNG's EXIF may follow its pixels: getexif would load it, and hide a failure
+        orientation = exif_orientation(im)
+        if size is not None and jpeg:
+            width, height = (size, size) if isinstance(size, int) else size
+            if orientation in _SWAPS_AXES:
+                width, height = height, width
+            im.draft("RGB", (max(1, int(width)), max(1, int(height))))
+        im.load()
+        if orientation in _UPRIGHT:
+            im = im.transpose(_UPRIGHT[orientation])
+            try:  # upright now: drop the tag, as exif_transpose does, so none applies it twice
+                exif = im.getexif()
+                exif.pop(_ORIENTATION_TAG, None)
+                im.info["exif"] = exif.tobytes()
+            except Exception:  # a damaged EXIF block that PIL reads but cannot write back (struct.error;
+                im.info.pop("exif", None)  # exif_transpose crashes there): drop it, the pixels are upright
+        return im if im.mode == "RGB" else to_rgb(im)
 
 
 @dataclass
