@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from noodlenext.core.config import CONFIG_DIR
-from noodlenext.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
+from noodlenext.data.images import IMAGE_EXTENSIONS, check_image, find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, Message, cut_to_sentence, text_of
@@ -58,7 +58,10 @@ def open_photo(path: str | Path, max_pixels: int, size: int | None = None) -> Im
                     f"{name} is {width}×{height} pixels, more than the {max_pixels:,} allowed "
                     "(app.max_pixels): scale it down and upload it again"
                 )
-        return load_rgb(path, size)  # the one decode: a damaged file fails here
+        problem, _ = check_image(Path(path))  # what the data doctor refuses, the page refuses too
+        if problem is not None:
+            raise ValueError(f"{name} is a damaged image ({problem}): try another file")
+        return load_rgb(path, size)
     except UnidentifiedImageError:
         raise ValueError(f"{name} is not an image: upload a photo (JPEG, PNG, WebP, ...)") from None
     except Image.DecompressionBombError:

@@ -24,7 +24,6 @@ SHRUNK = [
     "data.num_workers=0",
     "data.batch_size=8",
     "llm.max_new_tokens=40",  # the quickstart's SmolLM2 explains the worst test mistakes
-    "callbacks.mistakes.max_groups=2",  # and writes a paragraph per confusion pair
 ]
 
 
@@ -58,6 +57,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"data.root={work / 'synthetic'}",
         *SHRUNK,
         "trainer.max_epochs=2",
+        "callbacks.mistakes.max_groups=2",  # SmolLM2 writes a paragraph per confusion pair: two do
         f"hydra.run.dir={run_dir}",
         "tags=[e2e]",
         cwd=work,
@@ -343,7 +343,7 @@ def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tm
         "noodlenext.chat",
         f"ckpt_path={ckpt}",
         f"image={udon_photo(trained)}",
-        "chat.questions=[Why not spaghetti?,What would change your mind?,Thanks!]",
+        "chat.questions=[Why not spaghetti?,What would change your mind?,Thanks]",
         "llm.max_new_tokens=32",
         f"hydra.run.dir={out}",
         cwd=tmp_path,
@@ -358,7 +358,7 @@ def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tm
     assert evidence.true_label == "udon"  # from the image's class folder
     assert "evidence:\n  1. The classifier predicted" in proc.stdout
     # The follow-ups were answered by running the model: the router picked the test, its result was
-    # printed beside the answer and joined the evidence; "Thanks!" needed no test.
+    # printed beside the answer and joined the evidence; "Thanks" needed no test.
     assert "test> why_not(other='spaghetti'), picked by the router:" in proc.stdout
     assert "test> change_mind(), picked by the router:" in proc.stdout
     assert [f.probe for f in evidence.findings] == ["why_not", "change_mind"]
