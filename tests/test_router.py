@@ -33,6 +33,7 @@ def evidence() -> Evidence:
         ("Why ramen rather than udon?", ToolCall("why_not", {"other": "udon"})),
         ("Why spaghetti?", ToolCall("why_not", {"other": "spaghetti"})),
         ("Why not?", ToolCall("why_not", {"other": "udon"})),  # the contrast class
+        ("Why not ramen?", ToolCall("why_not", {"other": "ramen"})),  # the prediction: "it does predict it"
         ("What would change your mind?", ToolCall("change_mind")),
         ("How sure are you?", ToolCall("how_sure")),
         ("What is the probability it is right?", ToolCall("how_sure")),

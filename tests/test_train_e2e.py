@@ -363,7 +363,7 @@ def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tm
     assert "test> change_mind(), picked by the router:" in proc.stdout
     assert [f.probe for f in evidence.findings] == ["why_not", "change_mind"]
     assert evidence.findings[0].lines[0].startswith("Asked why not spaghetti")
-    assert proc.stdout.count("test> ") == 2 and (out / "test_01_why_not.png").is_file()
+    assert proc.stdout.count("test> ") == 2 and (out / "test_02_change_mind.png").is_file()
     # Every answer was checked against the evidence before it was printed, and says so.
     assert (
         proc.stdout.count("(checked against the evidence") + proc.stdout.count("(from the evidence template")

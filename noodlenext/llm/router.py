@@ -87,10 +87,11 @@ def route(question: str, evidence: Evidence) -> ToolCall | None:
     """The probe a question needs, or None when none fits (then the answer rests on the evidence already
     gathered). A question naming a class other than the prediction, with "not", "instead of", "rather
     than" or "over", is `why_not` of that class; "why not?" alone is `why_not` of the contrast class."""
-    named = [n for n in class_mentions(question, evidence.class_names) if n != evidence.predicted]
+    mentioned = list(class_mentions(question, evidence.class_names))
+    named = [n for n in mentioned if n != evidence.predicted]
     if _WHY_NOT.search(question):
-        if named:
-            return ToolCall("why_not", {"other": named[0]})
+        if named or mentioned:  # "why not ramen?" of a ramen prediction: the test says it is ramen
+            return ToolCall("why_not", {"other": (named or mentioned)[0]})
         if re.search(r"\bwhy\s+not\b", question, re.I):
             return ToolCall("why_not", {"other": evidence.contrast_class})
     if named and re.search(r"\bwhy\b|\bhow\s+come\b", question, re.I):
