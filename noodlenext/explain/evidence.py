@@ -212,8 +212,8 @@ class Evidence:
             )
         if self.appearance is not None and self.appearance.hot.colours:
             look = self.appearance
-            rest = f"; the rest is {_look(look.rest)}" if look.rest.colours else ""
-            out.append(f"The hot region is mostly {_look(look.hot)}{rest}.")
+            rest = f"; the rest is {look_words(look.rest)}" if look.rest.colours else ""
+            out.append(f"The hot region is mostly {look_words(look.hot)}{rest}.")
         if self.neighbours:
             out.append(self._neighbours_line())
         if self.trust:
@@ -338,7 +338,8 @@ DARK, BRIGHT = 0.35, 0.6
 _TEXTURE_WORDS = {"strand-like edges": "with strand-like edges", "smooth surface": "smooth"}
 
 
-def _look(look: RegionLook) -> str:
+def look_words(look: RegionLook) -> str:
+    """A region's look in words: "beige and white, bright, with strand-like edges"."""
     *first, last = look.colours
     colours = f"{', '.join(first)} and {last}" if first else last
     tone = "dark" if look.brightness < DARK else "bright" if look.brightness >= BRIGHT else "mid-toned"

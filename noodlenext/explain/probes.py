@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
 from noodlenext.explain.counterfactuals import HIDE, contrastive_maps
-from noodlenext.explain.evidence import BARELY, HOT_SHARE, HOT_THRESHOLD, Evidence, Finding, RegionLook
+from noodlenext.explain.evidence import BARELY, HOT_SHARE, HOT_THRESHOLD, Evidence, Finding, look_words
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 from noodlenext.explain.faithfulness import removed
 from noodlenext.explain.layers import unwrap
@@ -339,9 +339,9 @@ class PhotoProbe:
         if not look.hot.colours:
             lines = ["The heatmap has no hot region to describe."]
         else:
-            lines = [f"The hot region is mostly {_look(look.hot)}."]
+            lines = [f"The hot region is mostly {look_words(look.hot)}."]
             if look.rest.colours:
-                lines.append(f"The rest of the photo is {_look(look.rest)}.")
+                lines.append(f"The rest of the photo is {look_words(look.rest)}.")
         finding = Finding(
             "looks_like", {}, lines, [], [], {"hot": look.hot.__dict__, "rest": look.rest.__dict__}
         )
@@ -391,16 +391,6 @@ class PhotoProbe:
         return ProbeResult(
             finding, _contact_sheet([n.file for n in near], self.photo.size[0]), "nearest photos"
         )
-
-
-def _look(look: RegionLook) -> str:
-    *first, last = look.colours
-    colours = f"{', '.join(first)} and {last}" if first else last
-    tone = "dark" if look.brightness < 0.35 else "bright" if look.brightness >= 0.6 else "mid-toned"
-    texture = {"strand-like edges": "with strand-like edges", "smooth surface": "smooth"}.get(
-        look.texture, f"with {look.texture} texture"
-    )
-    return f"{colours}, {tone}, {texture}"
 
 
 def _as_picture(image: Tensor, mean: list[float], std: list[float]) -> Image.Image:
