@@ -3,6 +3,11 @@
 Built on the public API only: PhotoExplainer classifies and computes heatmaps, evidence_session and
 ChatSession hold the conversation. Each browser session keeps its own state (gr.State) and files.
 
+On a CPU an exact ScoreCAM map of a big model takes minutes, so the page shows the work as it is done
+(`PhotoExplainer.steps`): the prediction and GradCAM at once, then ScoreCAM's progress with the time left
+(a preview from a few channels first, labelled as one), then the evidence and the explanation; the Stop
+button (or a new photo) ends an analysis after its current batch, and what was shown stays.
+
 Sharing one model between users: every event that uses the classifier or the language model waits in
 Gradio's queue (one concurrency group, one event at a time, at most `app.queue_size` waiting, each
 waiting page shown its place); every answer stops at `app.generation_timeout_s` (`Deadline`), so one
@@ -14,6 +19,7 @@ closed tab's an hour later, an idle one's after `app.session_ttl_s`), Gradio's c
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -33,8 +39,9 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from noodlenext.core.config import CONFIG_DIR
+from noodlenext.core.durations import clock
 from noodlenext.data.images import IMAGE_EXTENSIONS, check_image, find_images, load_rgb
-from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
+from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer, Step
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, Message, cut_to_sentence, text_of
 from noodlenext.llm.followups import FollowupAnswer, answer_followup
@@ -248,6 +255,7 @@ class PageComponents:
     transcript_file: Any
     test: Any  # the test the last follow-up ran, in lines
     test_image: Any  # and its picture, beside the words
+    progress: Any  # how far the analysis is: a bar, what runs, the time left; the stages' times after
 
 
 class NoodleApp:
@@ -275,8 +283,10 @@ class NoodleApp:
 
     # ---------------------------------------------------------------------------- events
     def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[Updates]:
-        """Classify, show the maps, the evidence and the nearest training photos, then the explanation
-        once the grounding gate has checked it."""
+        """Classify and show GradCAM at once, then ScoreCAM with its progress (a preview first when the
+        exact map takes long), then the evidence and the nearest training photos, then the explanation
+        once the grounding gate has checked it. `stop` (the Stop button, or a new photo) ends it after
+        the current mask batch; what was shown stays."""
         ui = self.ui
         if not path:
             return
@@ -285,23 +295,41 @@ class NoodleApp:
         except ValueError as err:  # clear the page; the session state (and its conversation) stays
             yield {ui.status: f"⚠ {err}", ui.probabilities: None, ui.photo: None, ui.scorecam: None,
                    ui.gradcam: None, ui.contrastive: None, ui.facts: "", ui.evidence: "", ui.neighbours: [],
-                   ui.explanation: "", ui.chat: [], ui.overlay_file: None,
-                   ui.transcript_file: None}  # fmt: skip
+                   ui.explanation: "", ui.chat: [], ui.overlay_file: None, ui.transcript_file: None,
+                   ui.progress: ""}  # fmt: skip
             return
-        analysis = self.explainer(photo)
+        forget(state)  # the photo this session analysed before: its folder goes
+        name = Path(path).name
+        stop = threading.Event()
+        state = {"session": None, "stop": stop, "status": f"{name}: analysing"}
+        steps = self.explainer.steps(photo)
+        analysis = None
+        shown_at = 0.0
+        try:
+            for step in steps:
+                if stop.is_set() and step.stage != "done":  # at "done" all is computed: show it
+                    yield self._stopped(step, name, state)
+                    return
+                update = self._step_shown(step, name, alpha, state)
+                now = time.monotonic()
+                # A tiny model's mask batches come every few ms: the page redraws at most 5 times a second.
+                if step.progress is None or step.progress.maps is not None or now - shown_at > 0.2:
+                    shown_at = now
+                    yield update
+                analysis = step.analysis
+        finally:
+            steps.close()  # a closed tab or a stop: no forward pass after the current one
         folder = self.work_dir / uuid.uuid4().hex
         images = analysis.save_images(folder)
-        forget(state)  # the photo this session analysed before: its folder goes
-        status = f"{Path(path).name}: {analysis.predicted} ({analysis.confidence:.0%})"
+        status = f"{name}: {analysis.predicted} ({analysis.confidence:.0%})"
         probe = self.explainer.probe(analysis) if analysis.evidence is not None else None
-        state = {"analysis": analysis, "folder": folder, "session": None, "status": status, "probe": probe,
-                 "evidence": analysis.evidence}  # fmt: skip
+        state.update(analysis=analysis, folder=folder, status=status, probe=probe, evidence=analysis.evidence)
         shown = {
             ui.status: status,
             ui.probabilities: analysis.probabilities,
             ui.photo: analysis.photo,
             **self._overlays(analysis, alpha),
-            ui.facts: "\n".join(f"{m}: {h.facts.describe()}" for m, h in analysis.heatmaps.items()),
+            ui.facts: _facts_text(analysis),
             ui.evidence: "\n".join(analysis.evidence.lines()) if analysis.evidence else "",
             ui.neighbours: _neighbour_thumbnails(analysis),
             ui.chat: [],
@@ -309,6 +337,7 @@ class NoodleApp:
             ui.transcript_file: None,
             ui.test: "",
             ui.test_image: None,
+            ui.progress: _progress_html(_timings_line(analysis), 1.0),
             ui.state: state,
         }
         if self.backend is None:
@@ -327,6 +356,50 @@ class NoodleApp:
                ui.transcript_file: str(transcript), ui.state: state,
                ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
 
+    def stop(self, state: dict | None) -> Updates:
+        """The Stop button (and a new photo): the session's running analysis ends after its current mask
+        batch. Runs outside the model's queue, so it is heard while the analysis runs."""
+        stop = (state or {}).get("stop")
+        if stop is None or stop.is_set() or "analysis" in (state or {}):
+            return {}
+        stop.set()
+        return {self.ui.progress: _progress_html("stopping after the current batch of masked images…", None,
+                                                 bar=False)}  # fmt: skip
+
+    def _step_shown(self, step: Step, name: str, alpha: float, state: dict) -> Updates:
+        """What the page shows at one step of the analysis: the first look, ScoreCAM's progress (and its
+        preview, then the exact map), the evidence being gathered."""
+        ui, a = self.ui, step.analysis
+        status = f"{name}: {a.predicted} ({a.confidence:.0%})"
+        state.update(status=status, partial=a)
+        if step.stage == "first look":
+            return {ui.status: status, ui.probabilities: a.probabilities, ui.photo: a.photo,
+                    **self._overlays(a, alpha), ui.facts: _facts_text(a), ui.evidence: "",
+                    ui.neighbours: [], ui.chat: [], ui.overlay_file: None, ui.transcript_file: None,
+                    ui.test: "", ui.test_image: None,
+                    ui.explanation: "(the explanation follows ScoreCAM and the model's tests)",
+                    ui.progress: _progress_html(step.describe(), 0.0), ui.state: state}  # fmt: skip
+        shown: Updates = {ui.progress: _progress_html(_progress_line(step), _fraction(step))}
+        done = step.progress is not None and step.progress.maps is not None
+        if done and step.stage == "preview":
+            shown[ui.scorecam] = _labelled_image(a.overlay("preview", alpha), a.preview.describe())
+        elif done and step.stage == "scorecam":
+            shown[ui.scorecam] = _labelled_image(a.overlay("scorecam", alpha), SCORECAM_LABEL)
+            shown[ui.facts] = _facts_text(a)
+        return shown
+
+    def _stopped(self, step: Step, name: str, state: dict) -> Updates:
+        """The page after a stop: what was computed stays, the rest says it was stopped."""
+        ui, a = self.ui, step.analysis
+        where = STAGE_WORDS.get(step.stage, step.stage)
+        state["stopped"] = True
+        state["status"] = status = f"{name}: {a.predicted} ({a.confidence:.0%}) · stopped during {where}"
+        why = ("stopped: the explanation and the chat need the exact ScoreCAM map and the model's tests; "
+               "upload the photo again to run them")  # fmt: skip
+        return {ui.status: status, ui.explanation: f"({why})",
+                ui.progress: _progress_html(f"{why}. {_timings_line(a)}", None, bar=False),
+                ui.state: state}  # fmt: skip
+
     def ask(self, question: str, state: dict | None) -> Iterator[Updates]:
         """A follow-up about the same photo, checked against the evidence, into the chat; clears the
         question box."""
@@ -336,6 +409,10 @@ class NoodleApp:
             why = (state or {}).get("failed")
             message = f"⚠ {why}: upload the photo again to retry" if why else (
                 "⚠ upload a photo first (and choose an llm) to ask about it")  # fmt: skip
+            if state and "partial" in state and "analysis" not in state:  # stopped, or (an API call) running
+                message = f"{state['status']} ⚠ " + (
+                    "the analysis was stopped: upload the photo again to ask about it" if state.get("stopped")
+                    else "the analysis is still running: ask once it is done")  # fmt: skip
             yield {ui.chat: [], ui.transcript_file: None, ui.status: message}
             return
         status = state["status"]
@@ -427,16 +504,21 @@ class NoodleApp:
         return shown, problem
 
     def reblend(self, alpha: float, state: dict | None) -> Updates:
-        """The overlays at another opacity."""
-        if not state:
-            return {self.ui.scorecam: None, self.ui.gradcam: None, self.ui.contrastive: None}
-        return self._overlays(state["analysis"], alpha)
+        """The overlays at another opacity (of an analysis still running too: the maps it has so far)."""
+        analysis = (state or {}).get("analysis") or (state or {}).get("partial")
+        if analysis is None:
+            return {}
+        return {box: image for box, image in self._overlays(analysis, alpha).items() if image is not None}
 
     def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
-        """Every overlay box: a map over the photo at opacity `alpha`, None for a map that is missing."""
+        """Every overlay box: a map over the photo at opacity `alpha`, None for a map that is missing
+        (while ScoreCAM runs its box shows the preview, when there is one)."""
+        maps = {"scorecam": "scorecam" if "scorecam" in analysis.heatmaps else
+                            "preview" if analysis.preview is not None else None,
+                "gradcam": "gradcam" if "gradcam" in analysis.heatmaps else None,
+                "contrastive": "contrastive" if analysis.contrastive is not None else None}  # fmt: skip
         boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam, "contrastive": self.ui.contrastive}
-        present = {*analysis.heatmaps, *(["contrastive"] if analysis.contrastive is not None else [])}
-        return {box: analysis.overlay(m, alpha) if m in present else None for m, box in boxes.items()}
+        return {box: analysis.overlay(maps[m], alpha) if maps[m] else None for m, box in boxes.items()}
 
     def _gate(self) -> tuple[int, str]:
         """The grounding gate's settings from the prompt config: the longest answer, the retry's turn."""
@@ -473,6 +555,9 @@ class NoodleApp:
                         self.examples, label="…or pick an example", value=None, elem_id="example"
                     )
                     status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+                    # On a CPU an exact ScoreCAM of a big model takes minutes: its progress, and a way out.
+                    progress = gr.HTML("", elem_id="progress")
+                    stop = gr.Button("Stop", variant="stop", size="sm", elem_id="stop")
                     probabilities = gr.Label(label="Class probabilities", elem_id="probabilities")
                 with gr.Column(scale=2):
                     evidence = gr.Textbox(
@@ -515,15 +600,20 @@ class NoodleApp:
                 gradcam=gradcam, contrastive=contrastive, facts=facts, evidence=evidence,
                 neighbours=neighbours, explanation=explanation, chat=chat, question=question,
                 overlay_file=overlay_file, transcript_file=transcript_file, test=test, test_image=test_image,
+                progress=progress,
             )  # fmt: skip
             # Each event lists every component its handler may update (order no longer matters).
             analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam,
                                 ui.contrastive, ui.facts, ui.evidence, ui.neighbours, ui.explanation,
                                 ui.chat, ui.overlay_file, ui.transcript_file, ui.test, ui.test_image,
-                                ui.state]  # fmt: skip
+                                ui.progress, ui.state]  # fmt: skip
             model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1, "show_progress": "full"}
-            upload.upload(self.analyze, [upload, alpha, ui.state], analysis_outputs, **model)
-            example.input(self.analyze, [example, alpha, ui.state], analysis_outputs, **model)
+            # Stopping uses no model: it is heard while an analysis runs. A new photo stops the old one.
+            unqueued = {"concurrency_limit": None, "show_progress": "hidden"}
+            stop.click(self.stop, [ui.state], [ui.progress], **unqueued)
+            for new_photo, source in ((upload.upload, upload), (example.input, example)):
+                new_photo(self.stop, [ui.state], [ui.progress], **unqueued)
+                new_photo(self.analyze, [source, alpha, ui.state], analysis_outputs, **model)
             for event in (ask.click, question.submit):
                 event(self.ask, [question, ui.state],
                       [ui.chat, ui.question, ui.transcript_file, ui.status, ui.test, ui.test_image],
@@ -535,6 +625,59 @@ class NoodleApp:
 
 
 MODEL_QUEUE = "model"  # the concurrency group of every event that uses the classifier or the LLM
+SCORECAM_LABEL = "ScoreCAM (predicted class)"
+STAGE_WORDS = {"preview": "the ScoreCAM preview", "scorecam": "the exact ScoreCAM map",
+               "evidence": "the model's tests", "done": "the end"}  # fmt: skip
+
+
+def _facts_text(analysis: PhotoAnalysis) -> str:
+    return "\n".join(f"{m}: {h.facts.describe()}" for m, h in analysis.heatmaps.items())
+
+
+def _progress_line(step: Step) -> str:
+    """ScoreCAM's progress in words; while a preview is shown, what it is."""
+    preview = step.analysis.preview
+    if step.stage == "scorecam" and preview is not None and step.progress.maps is None:
+        return (f"The ScoreCAM box shows a preview from the {preview.top_k} most active of "
+                f"{preview.channels} channels (approximate). {step.describe()}")  # fmt: skip
+    return step.describe()
+
+
+def _fraction(step: Step) -> float | None:
+    """The bar's fill: ScoreCAM's share of masked images done; None (a busy bar) for the model's tests."""
+    return step.progress.fraction if step.progress is not None else None
+
+
+def _timings_line(analysis: PhotoAnalysis) -> str:
+    """How long each stage took, counted from the photo's arrival: what a reader waited for what."""
+    t, preview = analysis.timings, analysis.preview
+    parts = [f"prediction and GradCAM after {clock(t['first look'])}"]
+    if preview is not None and "preview" in t:
+        r = f" (r = {preview.correlation:.2f} with the exact map)" if preview.correlation is not None else ""
+        parts.append(f"ScoreCAM preview after {clock(t['preview'])}{r}")
+    if "scorecam" in t:
+        parts.append(f"exact ScoreCAM after {clock(t['scorecam'])}")
+    if "evidence" in t:
+        parts.append(f"the model's tests after {clock(t['evidence'])}")
+    return "Shown: " + ", ".join(parts) + "."
+
+
+def _progress_html(text: str, fraction: float | None, bar: bool = True) -> str:
+    """The progress panel: a bar (filled to `fraction`; None: busy, no measure) and a line of text."""
+    if not bar:
+        shown = ""
+    elif fraction is None:
+        shown = '<progress style="width:100%"></progress>'
+    else:
+        shown = f'<progress style="width:100%" value="{fraction:.4f}" max="1"></progress>'
+    return f'<div class="analysis-progress">{shown}<p>{html.escape(text)}</p></div>'
+
+
+def _labelled_image(image: Image.Image, label: str) -> Any:
+    """An image update that also renames its box (a preview is labelled as one)."""
+    import gradio as gr
+
+    return gr.Image(value=image, label=label)
 
 
 def forget(state: dict | None) -> None:

@@ -21,7 +21,8 @@ from PIL import Image
 from tiny_llms import END_OF_TURN, EOS, save_tiny_llama
 from torch.utils.data import DataLoader, TensorDataset
 
-from noodlenext.app import Deadline, PageLimits, forget, image_files, open_photo, run_examples
+from noodlenext.app import Deadline, NoodleApp, PageLimits, forget, image_files, open_photo, run_examples
+from noodlenext.explain.photo import PhotoExplainer
 from noodlenext.llm.base import LLMError
 from noodlenext.models.classifier import NoodleClassifier
 
@@ -74,6 +75,45 @@ def test_forgetting_a_session_removes_its_folder(tmp_path: Path) -> None:
     assert not folder.exists()
     forget(None)  # a session that never analysed a photo
     forget({"folder": folder})  # already gone
+
+
+# ---------------------------------------------------------------------------- the analysis, as it is made
+def page_of(work: Path, tmp_path: Path) -> NoodleApp:
+    """The page's handlers over the tiny checkpoint, no language model, built (not served)."""
+    explainer = PhotoExplainer(work / "run" / "checkpoints" / "tiny.ckpt", "cpu", "both")
+    app = NoodleApp(explainer, None, {}, {}, tmp_path / "sessions", 10**6, [])
+    app.build()
+    return app
+
+
+def test_the_page_shows_the_prediction_and_gradcam_before_scorecam_and_a_stop_keeps_them(
+    work: Path, tmp_path: Path
+) -> None:
+    app = page_of(work, tmp_path)
+    ui = app.ui
+    updates = app.analyze(str(work / "examples" / "bowl_a.png"), 0.5, None)
+    first = next(updates)
+    assert re.fullmatch(r"bowl_a.png: \w+ \(\d+%\)", first[ui.status])
+    assert first[ui.gradcam] is not None and first[ui.scorecam] is None  # GradCAM first, ScoreCAM next
+    assert "<progress" in first[ui.progress] and "and GradCAM in" in first[ui.progress]
+    state = first[ui.state]
+    assert "stopping" in app.stop(state)[ui.progress]
+    rest = list(updates)  # the handler stops at its next step
+    assert len(rest) == 1 and "stopped during the exact ScoreCAM map" in rest[0][ui.status]
+    assert "stopped:" in rest[0][ui.explanation] and "prediction and GradCAM after" in rest[0][ui.progress]
+    assert not (tmp_path / "sessions").exists()  # nothing saved for an analysis that did not finish
+    # The shown maps stay and can still be reblended; a question is told why there is no chat.
+    assert set(app.reblend(0.8, state)) == {ui.gradcam}
+    (asked,) = app.ask("why?", state)
+    assert "the analysis was stopped" in asked[ui.status]
+
+    # Left to run, the same photo ends with every map, the evidence and how long each stage took.
+    *_, last = app.analyze(str(work / "examples" / "bowl_a.png"), 0.5, state)
+    assert last[ui.scorecam] is not None and last[ui.evidence].startswith("1. The classifier predicted")
+    assert re.search(
+        r"Shown: prediction and GradCAM after \d+ s, exact ScoreCAM after \d+ s", last[ui.progress]
+    )
+    assert app.stop(last[ui.state]) == {}  # nothing left to stop
 
 
 # ---------------------------------------------------------------------------- the deadline
@@ -161,13 +201,16 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def launch_app(work: Path, run_dir: Path, *overrides: str, **env: str) -> Iterator[tuple[str, Path]]:
-    """`python -m noodlenext.app` on a free loopback port with the tiny checkpoint, until the caller is
-    done: (url, run dir)."""
+def launch_app(
+    work: Path, run_dir: Path, *overrides: str, ckpt: Path | None = None, **env: str
+) -> Iterator[tuple[str, Path]]:
+    """`python -m noodlenext.app` on a free loopback port with the tiny checkpoint (or `ckpt`), until
+    the caller is done: (url, run dir)."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env}
+    ckpt = ckpt or work / "run" / "checkpoints" / "tiny.ckpt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "noodlenext.app", f"ckpt_path={work / 'run' / 'checkpoints' / 'tiny.ckpt'}",
+        [sys.executable, "-m", "noodlenext.app", f"ckpt_path={ckpt}",
          f"app.port={port}", f"app.examples={work / 'examples'}", "app.max_pixels=1000000",
          f"hydra.run.dir={run_dir}", *overrides],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -210,6 +253,19 @@ def slow_server(work: Path) -> Iterator[tuple[str, Path]]:
         "llm.backend.device=cpu", f"app.generation_timeout_s={SLOW_TIMEOUT_S}", "app.max_question_chars=120",
         GRADIO_IS_E2E_TEST="1",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slow_maps_server(work: Path) -> Iterator[tuple[str, Path]]:
+    """The page over a model whose exact ScoreCAM takes seconds, as a big one's takes minutes on a CPU:
+    ConvNeXt-Atto at 256 px (320 channels in the last stage), one masked image per forward pass."""
+    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=256, pretrained=False)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    ckpt = work / "run" / "checkpoints" / "atto256.ckpt"
+    torch.save(checkpoint, ckpt)
+    yield from launch_app(work, work / "slow_maps_run", "llm=none", "explain.mask_batch_size=1",
+                          ckpt=ckpt)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -410,3 +466,43 @@ def test_two_users_take_turns_and_a_slow_answer_stops_at_the_deadline(
     while first_folder.exists() and time.monotonic() < deadline:
         time.sleep(0.25)
     assert not first_folder.exists() and second_chat.is_file()
+
+
+@pytest.mark.slow
+def test_a_slow_scorecam_shows_gradcam_first_then_a_preview_and_its_progress_and_can_be_stopped(
+    slow_maps_server: tuple[str, Path], browser, work: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    url, run_dir = slow_maps_server
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#photo input[type=file]").set_input_files(str(work / "examples" / "bowl_a.png"))
+    # The prediction and GradCAM at once; ScoreCAM's box first shows a preview from a few channels.
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r"bowl_a.png: \w+ \(\d+%\)"),
+                                                            timeout=60_000)  # fmt: skip
+    assert page.locator("#gradcam img").get_attribute("src")
+    expect(page.locator("#progress")).to_contain_text("exact ScoreCAM:", timeout=60_000)
+    expect(page.locator("#scorecam")).to_contain_text("ScoreCAM preview from the 32 most active of 320")
+    expect(page.locator("#progress")).to_contain_text(re.compile(r"masked images, .* so far, about .* left"))
+    fill = float(page.locator("#progress progress").get_attribute("value"))
+    assert 0 <= fill < 1
+    # Stopped midway: what was shown stays, and the page says what is missing.
+    page.locator("#stop").click()
+    expect(page.locator("#status textarea")).to_have_value(
+        re.compile("stopped during the exact ScoreCAM map"), timeout=30_000
+    )
+    expect(page.locator("#explanation textarea")).to_have_value(re.compile(r"^\(stopped: "))
+    assert page.locator("#gradcam img").get_attribute("src") and page.locator("#scorecam img").count() == 1
+    assert not (run_dir / "sessions").exists()
+
+    # Left to run, the exact map replaces the preview, labelled as ScoreCAM, with the preview's measured
+    # correlation to it and the time each stage took.
+    page.locator("#example input").click()
+    page.get_by_role("option", name=re.compile("bowl_b.png")).click()
+    expect(page.locator("#progress")).to_contain_text(
+        re.compile(r"^\s*Shown: prediction and GradCAM after .*, ScoreCAM preview after .*\(r = -?\d\.\d\d "
+                   r"with the exact map\), exact ScoreCAM after"), timeout=120_000,
+    )  # fmt: skip
+    expect(page.locator("#scorecam")).to_contain_text("ScoreCAM (predicted class)")
+    expect(page.locator("#evidence textarea")).to_have_value(re.compile("^1. The classifier predicted"))

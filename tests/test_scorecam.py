@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from pytorch_grad_cam import GradCAM as GradCamGradCAM
 from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -316,6 +317,34 @@ def test_gradcam_returns_maps_and_restores_the_model() -> None:
     assert maps.min() >= 0 and maps.max() <= 1
     assert flags(model) == before and hooks(model) == 0
     assert all(p.grad is None for p in model.parameters())  # its backward pass leaves no gradients behind
+
+
+def gradcam_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets, reshape=None):
+    """pytorch-grad-cam's GradCAM maps (B, H, W), used the way its README says."""
+    with GradCamGradCAM(model, [layer], reshape_transform=reshape) as cam:
+        wanted = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
+        return cam(x, wanted)
+
+
+@pytest.mark.parametrize("arch", ["convnext", "vit"])
+def test_gradcam_matches_pytorch_grad_cam_with_a_backward_pass_that_stops_at_the_layer(arch: str) -> None:
+    model = convnext() if arch == "convnext" else vit()
+    layer, reshape = target_layer(model), reshape_transform(model)
+    x = images(2)
+    for targets in ([0, 2], None):  # given classes, and the predicted ones
+        ours = GradCAM(model, layer, reshape)(x, targets).numpy()
+        theirs = gradcam_reference(model, layer, x, targets, reshape)
+        assert min(pearson(ours, theirs)) > 0.9999
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_gradcam_leaves_which_parameters_train_as_it_found_them() -> None:
+    model = convnext()
+    model.stem.requires_grad_(False)  # a frozen stem, as a fine-tuning run may leave it
+    before = [p.requires_grad for p in model.parameters()]
+    GradCAM(model, target_layer(model))(images(1), [1])
+    assert [p.requires_grad for p in model.parameters()] == before
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_gradcam_on_vit_with_default_targets() -> None:

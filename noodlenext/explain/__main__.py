@@ -21,15 +21,30 @@ log = logging.getLogger(__name__)
 
 def explain_images(cfg: DictConfig) -> Path:
     """Overlays `<relative path>_<method>.png` (the input's folders mirrored, extension kept) and
-    `facts.json` for every readable image of cfg.input."""
+    `facts.json` for every readable image of cfg.input.
+
+    Each image's prediction and GradCAM overlay come first, then ScoreCAM with a progress bar and the
+    time left. Ctrl+C stops it: facts.json still records every overlay written (an image whose ScoreCAM
+    was cut off says `unfinished: ["scorecam"]`), and the command exits with 130.
+    """
     model = load_classifier(cfg.ckpt_path, trust_checkpoint=cfg.get("trust_checkpoint", False))
     model = model.use(calibration=cfg.get("calibration")).to(resolve_device(cfg.device))
     paths = find_readable_images(cfg.input)
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "explanations"
-    records = explain_files(
-        model, paths, out, cfg.method, HeatmapSettings.of(cfg.explain), cfg.get("target"),
-        cfg.batch_size, Path(cfg.input).expanduser(),
-    )  # fmt: skip
+    records: list[dict] = []
+    try:
+        explain_files(
+            model, paths, out, cfg.method, HeatmapSettings.of(cfg.explain), cfg.get("target"),
+            cfg.batch_size, Path(cfg.input).expanduser(), records=records,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        write_json_atomic(out / "facts.json", records)
+        finished = sum("unfinished" not in r for r in records)
+        log.warning(
+            "stopped: %d of %d image(s) explained in full, %d cut off before ScoreCAM; what was written and "
+            "facts.json are in %s", finished, len(paths), len(records) - finished, out,
+        )  # fmt: skip
+        raise SystemExit(130) from None
     write_json_atomic(out / "facts.json", records)
     log.info("explained %d image(s) into %s", len(records), out)
     print(out)

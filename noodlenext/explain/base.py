@@ -44,6 +44,15 @@ def normalise(x: Tensor) -> Tensor:
     return x / (1e-7 + x.amax(dim=(-2, -1), keepdim=True))
 
 
+def finish_maps(cams: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Raw maps (B, h, w) on the layer's grid to what every method returns: negative evidence dropped,
+    min-max scaled, resized to `size` (bilinear, half-pixel centres as cv2), scaled again, float32 on
+    the CPU, as pytorch-grad-cam's `scale_cam_image` twice."""
+    cams = normalise(cams.float().clamp(min=0))
+    cams = torch.nn.functional.interpolate(cams[:, None], size=tuple(size), mode="bilinear")[:, 0]
+    return normalise(cams.clamp(min=0)).cpu()
+
+
 class BaseCAM(ABC):
     """A heatmap method: which pixels of an image carry the evidence for one class.
 

@@ -1,12 +1,17 @@
 """One photo in, everything a person (or an LLM) needs out: prediction, probabilities, heatmaps, facts.
 
 The chat CLI and the web app share this, so a photo is classified and explained the same way everywhere.
+`PhotoExplainer.steps` hands the work out as it is done, for a reader on a slow machine: the prediction
+and GradCAM first (one forward and a short backward pass), then ScoreCAM with its progress (on a CPU an
+exact map of a big model takes minutes), then the evidence.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +19,43 @@ import torch
 from PIL import Image
 
 from noodlenext.core.devices import resolve_device
+from noodlenext.core.durations import clock
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.registry import parse_methods
+from noodlenext.explain.scorecam import CAMProgress, ScoreCAM
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.models.calibration import rescale_probabilities
 from noodlenext.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
+
+# A preview is worth its own passes only when the exact map would keep a reader waiting longer than this.
+PREVIEW_WORTH_S = 5.0
+
+
+@dataclass
+class Preview:
+    """An approximate ScoreCAM map shown while the exact one is computed: the `top_k` of `channels`
+    channels of highest activation variance. `correlation`: Pearson r between it and the exact map,
+    measured once the exact map is there (None before)."""
+
+    heatmap: Heatmap
+    top_k: int
+    channels: int
+    correlation: float | None = None
+
+    def describe(self) -> str:
+        what = f"ScoreCAM preview from the {self.top_k} most active of {self.channels} channels"
+        if self.correlation is None:
+            return f"{what} (approximate: the exact map follows)"
+        return f"{what}: its correlation with the exact map is r = {self.correlation:.2f}"
 
 
 @dataclass
@@ -41,14 +70,21 @@ class PhotoAnalysis:
     evidence: Evidence | None = None  # what the model's own tests say (noodlenext.explain.evidence)
     contrastive: np.ndarray | None = None  # (H, W) map of the predicted class over the contrast class
     inputs: torch.Tensor | None = None  # (1, 3, H, W): the photo as the model took it (for the probes)
+    preview: Preview | None = None  # the approximate map shown while ScoreCAM ran, when one was
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds from the photo's arrival
 
     @property
     def confidence(self) -> float:
         return self.probabilities[self.predicted]
 
     def overlay(self, method: str = "scorecam", alpha: float = 0.5) -> Image.Image:
-        """The photo with one map blended on: a heatmap method's, or `contrastive`."""
-        cam = self.contrastive if method == "contrastive" else self.heatmaps[method].cam
+        """The photo with one map blended on: a heatmap method's, `contrastive` or `preview`."""
+        if method == "preview":
+            if self.preview is None:
+                raise ValueError("no preview map: ScoreCAM was quick enough to show exact at once")
+            cam = self.preview.heatmap.cam
+        else:
+            cam = self.contrastive if method == "contrastive" else self.heatmaps[method].cam
         if cam is None:
             raise ValueError("no contrastive map: the analysis was made without evidence")
         return overlay(self.photo, cam, alpha)
@@ -60,6 +96,41 @@ class PhotoAnalysis:
         self.photo.save(photo_path)
         self.overlay(method).save(overlay_path)
         return [str(photo_path), str(overlay_path)]
+
+
+STAGES = ("first look", "preview", "scorecam", "evidence", "done")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One moment of `PhotoExplainer.steps`: the stage the work is in and the analysis so far.
+
+    stage: `first look` (the prediction and GradCAM are in `analysis`), `preview` / `scorecam` (the
+    approximate / exact ScoreCAM map is being computed: `progress`; when done it is in `analysis`),
+    `evidence` (the model's own tests are running), `done` (the analysis is complete). The analysis is
+    one object, filled in as the stages pass.
+    """
+
+    stage: str
+    analysis: PhotoAnalysis
+    progress: CAMProgress | None = None
+
+    def describe(self) -> str:
+        """The step in words, for a status line: what is shown, what runs, how long it should take."""
+        a = self.analysis
+        if self.stage == "first look":
+            shown = " and GradCAM" if "gradcam" in a.heatmaps else ""
+            return f"{a.predicted} ({a.confidence:.0%}){shown} in {a.timings['first look']:.1f} s"
+        if self.stage in ("preview", "scorecam"):
+            what = "ScoreCAM preview" if self.stage == "preview" else "exact ScoreCAM"
+            p = self.progress
+            if p is None or p.maps is not None:
+                return f"{what} done in {a.timings.get(self.stage, 0.0):.1f} s"
+            left = f", about {clock(p.left_s)} left" if p.left_s is not None else ""
+            return f"{what}: {p.done:,}/{p.total:,} masked images, {clock(p.elapsed_s)} so far{left}"
+        if self.stage == "evidence":
+            return "testing the map: hiding its hot region, a random map's deletion and insertion, ..."
+        return f"done in {a.timings.get('done', 0.0):.1f} s"
 
 
 class PhotoExplainer:
@@ -77,6 +148,8 @@ class PhotoExplainer:
             set and stored in the checkpoint; the evidence's too) or `none` (the raw softmax).
         trust_checkpoint: unpickle the checkpoint in full (it can run code) when it needs more than plain
             data; by default such a file is refused (`load_classifier`).
+        preview_after_s: `steps` shows a ScoreCAM preview (`settings.preview_top_k` channels) first
+            when the exact map is estimated to take longer than this.
     """
 
     def __init__(
@@ -88,7 +161,9 @@ class PhotoExplainer:
         evidence: bool = True,
         calibration: str = "temperature",
         trust_checkpoint: bool = False,
+        preview_after_s: float = PREVIEW_WORTH_S,
     ) -> None:
+        self.preview_after_s = preview_after_s
         model = load_classifier(ckpt_path, trust_checkpoint=trust_checkpoint)
         self.model = model.use(calibration=calibration).to(resolve_device(device))
         self.with_evidence = evidence
@@ -110,37 +185,81 @@ class PhotoExplainer:
     ) -> PhotoAnalysis:
         """Classify and explain one RGB photo; `true_label` (a class name), when known, is what the
         contrastive map and the evidence compare the prediction with."""
+        *_, last = self.steps(photo, true_label, file)
+        return last.analysis
+
+    def steps(self, photo: Image.Image, true_label: str | None = None, file: str = "photo") -> Iterator[Step]:
+        """`__call__`'s analysis as it is made: a `Step` after the first look (prediction and GradCAM),
+        after every ScoreCAM mask batch (a preview of `settings.preview_top_k` channels first, when the
+        exact map would take over `preview_after_s`), before the evidence and when done.
+
+        To cancel, stop iterating (or `close()`): no forward pass runs after the current batch, and what
+        the steps so far handed out stays valid.
+        """
         names = self.class_names
         if true_label is not None and true_label not in names:
             raise ValueError(f"true_label={true_label!r} is not one of the checkpoint's classes {names}")
+        started = time.perf_counter()
         x = self.transform(photo)[None].to(self.model.device)
         with torch.no_grad():
             probs = self.model.probabilities(self.model(x))[0].cpu()
         pred = int(probs.argmax())
-        heatmaps = explain_batch(self.model, x, [pred], self.methods, self.settings)[0]
-        resized = photo.resize((self.image_size, self.image_size))
-        evidence, contrastive = None, None
+        analysis = PhotoAnalysis(
+            photo=photo.resize((self.image_size, self.image_size)),
+            class_names=names,
+            probabilities=dict(zip(names, probs.tolist(), strict=True)),
+            predicted=names[pred],
+            heatmaps={},
+            inputs=x.cpu(),
+        )
+        for method in self.methods:  # the fast ones first: each is one forward and backward pass
+            if method != ScoreCAM.name:
+                analysis.heatmaps.update(explain_batch(self.model, x, [pred], method, self.settings)[0])
+        analysis.timings["first look"] = time.perf_counter() - started
+        yield Step("first look", analysis)
+
+        exact = ScoreCAM.from_settings(self.model, self.settings).steps(x, [pred])
+        start = next(exact)  # the activations' pass: how many channels, and a first estimate
+        k = self.settings.preview_top_k
+        if (
+            k is not None and self.settings.top_k is None and k * 2 <= start.total
+            and (start.left_s or 0.0) > self.preview_after_s
+        ):  # fmt: skip
+            approximate = ScoreCAM(self.model, self.settings.target_layer, top_k=k,
+                                   batch_size=self.settings.mask_batch_size)  # fmt: skip
+            for progress in approximate.steps(x, [pred]):
+                if progress.maps is not None:
+                    cam = progress.maps[0]
+                    analysis.preview = Preview(Heatmap("scorecam", cam.numpy(), heatmap_facts(cam)), k,
+                                               start.total)  # fmt: skip
+                    analysis.timings["preview"] = time.perf_counter() - started
+                yield Step("preview", analysis, progress)
+        yield Step("scorecam", analysis, start)
+        for progress in exact:
+            if progress.maps is not None:
+                cam = progress.maps[0]
+                exact_map = Heatmap("scorecam", cam.numpy(), heatmap_facts(cam))
+                # Every method in the order asked for (the evidence lists them so).
+                analysis.heatmaps = {m: exact_map if m == ScoreCAM.name else analysis.heatmaps[m]
+                                     for m in self.methods}  # fmt: skip
+                if analysis.preview is not None:
+                    analysis.preview.correlation = _pearson(analysis.preview.heatmap.cam, exact_map.cam)
+                analysis.timings["scorecam"] = time.perf_counter() - started
+            yield Step("scorecam", analysis, progress)
+
         if self.with_evidence:
+            yield Step("evidence", analysis)
             maps: list[np.ndarray] = []
             truth = names.index(true_label) if true_label is not None else None
             (evidence,) = gather_evidence(
-                self.model, x, [resized], [pred], [truth], [heatmaps], index=self.index,
+                self.model, x, [analysis.photo], [pred], [truth], [analysis.heatmaps], index=self.index,
                 settings=self.settings, files=[file], class_names=names, contrastive_out=maps,
             )  # fmt: skip
-            contrastive = maps[0]
-        probabilities = dict(zip(names, probs.tolist(), strict=True))
-        if evidence is not None:
-            evidence = _calibrated(evidence, probabilities, self.model.applied_temperature)
-        return PhotoAnalysis(
-            photo=resized,
-            class_names=names,
-            probabilities=probabilities,
-            predicted=names[pred],
-            heatmaps=heatmaps,
-            evidence=evidence,
-            contrastive=contrastive,
-            inputs=x.cpu(),
-        )
+            analysis.contrastive = maps[0]
+            analysis.evidence = _calibrated(evidence, analysis.probabilities, self.model.applied_temperature)
+            analysis.timings["evidence"] = time.perf_counter() - started
+        analysis.timings["done"] = time.perf_counter() - started
+        yield Step("done", analysis)
 
     def probe(self, analysis: PhotoAnalysis) -> PhotoProbe:
         """The tests the chat can run on demand about `analysis` (one of this explainer's)."""
@@ -168,6 +287,14 @@ def _calibrated(evidence: Evidence, probabilities: dict[str, float], temperature
         drop = original[cf.predicted] - hidden[cf.predicted]
         cf = replace(cf, original=original, hidden=hidden, kept=kept, drop=drop)
     return replace(evidence, probabilities=dict(probabilities), counterfactual=cf)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two maps' pixels; 0 when either is flat (a map with no contrast agrees with nothing)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _run_feature_index(ckpt_path: Path, model: torch.nn.Module) -> FeatureIndex | None:

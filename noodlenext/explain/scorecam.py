@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noodlenext.explain.base import AUTO, BaseCAM, Reshape, normalise, register_cam
+from noodlenext.explain.base import AUTO, BaseCAM, Reshape, eval_mode, finish_maps, register_cam
 
 if TYPE_CHECKING:
     from noodlenext.explain.settings import HeatmapSettings
@@ -17,6 +20,23 @@ if TYPE_CHECKING:
 # On CPU throughput falls once a batch outgrows the caches: on 2 cores ConvNeXt peaked near this many
 # pixels per batch (8 images at 160 px, 2 at 384 px; pytorch-grad-cam's 16 are 1.5x slower at 384 px).
 CPU_PIXELS_PER_BATCH = 2**18
+
+
+@dataclass(frozen=True)
+class CAMProgress:
+    """How far a map computation is (`ScoreCAM.steps`): masked images scored of all, seconds spent
+    computing so far (pauses of the caller between steps not counted), an estimate of the seconds left
+    (None: none yet), and on the last step the maps (B, H, W)."""
+
+    done: int
+    total: int
+    elapsed_s: float
+    left_s: float | None
+    maps: Tensor | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
 
 
 @register_cam
@@ -57,23 +77,58 @@ class ScoreCAM(BaseCAM):
     def from_settings(cls, model: nn.Module, settings: HeatmapSettings) -> ScoreCAM:
         return cls(model, settings.target_layer, batch_size=settings.mask_batch_size, top_k=settings.top_k)
 
-    @torch.no_grad()
     def compute(self, images: Tensor, targets: Sequence[int] | Tensor | None) -> Tensor:
-        images = images.to(self.device, torch.float32)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-            activations, logits = self._activations(images)
-            targets = (
-                logits.argmax(dim=1) if targets is None else self.checked_targets(targets, *logits.shape)
-            )
-            if self.top_k is not None and self.top_k < activations.shape[1]:
-                channels = activations.flatten(2).var(dim=2).topk(self.top_k, dim=1).indices
-                activations = activations[torch.arange(len(images), device=self.device)[:, None], channels]
-            scores = self._scores(images, activations, targets)
-        weights = scores.softmax(dim=1)  # over channels
-        cam = torch.einsum("bc,bchw->bhw", weights, activations).clamp(min=0)
-        # pytorch-grad-cam normalises, resizes (cv2 bilinear = half-pixel centres), then normalises again.
-        cam = F.interpolate(normalise(cam)[:, None], size=images.shape[-2:], mode="bilinear")[:, 0]
-        return normalise(cam.clamp(min=0)).cpu()
+        *_, last = self.steps(images, targets)
+        return last.maps
+
+    def steps(self, images: Tensor, targets: Sequence[int] | Tensor | None = None) -> Iterator[CAMProgress]:
+        """The maps of `__call__`, a mask batch at a time: a `CAMProgress` after the activations' pass
+        (done = 0, with a first estimate), after every mask batch, and last with the maps.
+
+        For a progress bar and a cancel button: stop iterating (or `close()`) and no forward pass runs
+        after the current batch; the model's train/eval flags are restored either way. No grad or
+        autocast mode is held between steps, so the caller's own code runs as it would without us.
+        """
+        started = time.perf_counter()
+        with eval_mode(self.model):
+            with self._inference():
+                images = images.to(self.device, torch.float32)
+                activations, logits = self._activations(images)
+                targets = (
+                    logits.argmax(dim=1) if targets is None else self.checked_targets(targets, *logits.shape)
+                )
+                if self.top_k is not None and self.top_k < activations.shape[1]:
+                    channels = activations.flatten(2).var(dim=2).topk(self.top_k, dim=1).indices
+                    rows = torch.arange(len(images), device=self.device)[:, None]
+                    activations = activations[rows, channels]
+            n_images, n_channels = activations.shape[:2]
+            total = n_images * n_channels
+            # Time is counted while this runs, not while the caller holds it between steps.
+            first_pass = busy = time.perf_counter() - started
+            # Until a mask batch is timed, a masked image costs what one image of the first pass did.
+            yield CAMProgress(0, total, busy, first_pass / n_images * total)
+            maps = activations.flatten(0, 1)[:, None]  # (B*C, 1, h, w)
+            rows = torch.arange(n_images, device=self.device).repeat_interleave(n_channels)
+            scores = torch.empty(total, device=self.device)
+            step = self.batch_size or self._auto_batch_size(images)
+            for start in range(0, total, step):  # chunks may span images, so batches stay full
+                began, chunk = time.perf_counter(), slice(start, start + step)
+                with self._inference():
+                    scores[chunk] = self._masked_scores(images, maps[chunk], rows[chunk], targets)
+                busy += time.perf_counter() - began
+                done = min(start + step, total)
+                if done < total:
+                    yield CAMProgress(done, total, busy, (busy - first_pass) / done * (total - done))
+            began = time.perf_counter()
+            with torch.no_grad():  # in float32: the weighting is outside autocast
+                weights = scores.view(n_images, n_channels).softmax(dim=1)  # over channels
+                cam = finish_maps(torch.einsum("bc,bchw->bhw", weights, activations), images.shape[-2:])
+        yield CAMProgress(total, total, busy + time.perf_counter() - began, 0.0, cam)
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            yield
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.device.type == "cuda":
@@ -86,21 +141,13 @@ class ScoreCAM(BaseCAM):
             logits = self._forward(images)
         return self.as_grid(captured[0]).float(), logits
 
-    def _scores(self, images: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
-        """Target logit of each image masked by each of its channels: (B, C), all kept on the device."""
-        n_images, n_channels = activations.shape[:2]
-        maps = activations.flatten(0, 1)[:, None]  # (B*C, 1, h, w)
-        rows = torch.arange(n_images, device=self.device).repeat_interleave(n_channels)
-        scores = torch.empty(n_images * n_channels, device=self.device)
-        step = self.batch_size or self._auto_batch_size(images)
-        for start in range(0, len(maps), step):  # chunks may span images, so batches stay full
-            chunk = slice(start, start + step)
-            # Min-max after upsampling, as pytorch-grad-cam: the upsampled grid can miss interior peaks.
-            up = F.interpolate(maps[chunk], size=images.shape[-2:], mode="bilinear", align_corners=True)
-            lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
-            logits = self._forward(images[rows[chunk]] * ((up - lo) / (hi - lo + 1e-8)))
-            scores[chunk] = logits.gather(1, targets[rows[chunk], None])[:, 0]
-        return scores.view(n_images, n_channels)
+    def _masked_scores(self, images: Tensor, maps: Tensor, rows: Tensor, targets: Tensor) -> Tensor:
+        """Target logit of image `rows[i]` masked by channel map `maps[i]` (N, 1, h, w): (N,)."""
+        # Min-max after upsampling, as pytorch-grad-cam: the upsampled grid can miss interior peaks.
+        up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
+        logits = self._forward(images[rows] * ((up - lo) / (hi - lo + 1e-8)))
+        return logits.gather(1, targets[rows, None])[:, 0]
 
     def _auto_batch_size(self, images: Tensor) -> int:
         """Masked images per forward pass: cache-sized on CPU, on CUDA what half the free memory holds."""

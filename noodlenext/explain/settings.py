@@ -16,14 +16,17 @@ class HeatmapSettings:
             picks the architecture's default (ConvNeXt: last depthwise conv; ViT: last block's norm1).
         top_k: ScoreCAM over only the k channels of highest variance (approximate, faster); None: exact.
         mask_batch_size: ScoreCAM's masked images per forward pass; None sizes it from the device.
+        preview_top_k: the page shows a ScoreCAM preview from this many channels while the exact map is
+            computed, when that would take more than a few seconds (a CPU and a big model); None: never.
     """
 
     target_layer: str | None = None
     top_k: int | None = None
     mask_batch_size: int | None = None
+    preview_top_k: int | None = 32
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "mask_batch_size"):
+        for name in ("top_k", "mask_batch_size", "preview_top_k"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"explain.{name}={value!r}: must be a whole number of at least 1, or null")
