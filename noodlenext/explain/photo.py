@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # A preview is worth its own passes only when the exact map would keep a reader waiting longer than this.
 PREVIEW_WORTH_S = 5.0
+# The evidence's forward passes, for its estimate: the trust check's deletion and insertion curves
+# (2 x 21 images) for every map and a random one, then the contrastive map, counterfactuals and the rest.
+TRUST_PASSES_PER_MAP, OTHER_EVIDENCE_PASSES = 42, 6
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Step:
     stage: str
     analysis: PhotoAnalysis
     progress: CAMProgress | None = None
+    estimate_s: float | None = None  # `evidence`: about how long it takes (from the first look's pass)
 
     def describe(self) -> str:
         """The step in words, for a status line: what is shown, what runs, how long it should take."""
@@ -129,7 +133,8 @@ class Step:
             left = f", about {clock(p.left_s)} left" if p.left_s is not None else ""
             return f"{what}: {p.done:,}/{p.total:,} masked images, {clock(p.elapsed_s)} so far{left}"
         if self.stage == "evidence":
-            return "testing the map: hiding its hot region, a random map's deletion and insertion, ..."
+            about = f" (about {clock(self.estimate_s)})" if self.estimate_s is not None else ""
+            return f"testing the maps{about}: hiding their hot regions, against a random map, ..."
         return f"done in {a.timings.get('done', 0.0):.1f} s"
 
 
@@ -203,6 +208,7 @@ class PhotoExplainer:
         x = self.transform(photo)[None].to(self.model.device)
         with torch.no_grad():
             probs = self.model.probabilities(self.model(x))[0].cpu()
+        forward_s = time.perf_counter() - started  # one forward pass (and the transform)
         pred = int(probs.argmax())
         analysis = PhotoAnalysis(
             photo=photo.resize((self.image_size, self.image_size)),
@@ -248,7 +254,8 @@ class PhotoExplainer:
             yield Step("scorecam", analysis, progress)
 
         if self.with_evidence:
-            yield Step("evidence", analysis)
+            passes = TRUST_PASSES_PER_MAP * (len(self.methods) + 1) + OTHER_EVIDENCE_PASSES
+            yield Step("evidence", analysis, estimate_s=passes * forward_s)
             maps: list[np.ndarray] = []
             truth = names.index(true_label) if true_label is not None else None
             (evidence,) = gather_evidence(
