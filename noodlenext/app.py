@@ -310,6 +310,7 @@ class NoodleApp:
                 if stop.is_set() and step.stage != "done":  # at "done" all is computed: show it
                     yield self._stopped(step, name, state)
                     return
+                alpha = state.get("alpha", alpha)  # the slider, moved while this runs (reblend)
                 update = self._step_shown(step, name, alpha, state)
                 now = time.monotonic()
                 # A tiny model's mask batches come every few ms: the page redraws at most 5 times a second.
@@ -324,11 +325,14 @@ class NoodleApp:
         status = f"{name}: {analysis.predicted} ({analysis.confidence:.0%})"
         probe = self.explainer.probe(analysis) if analysis.evidence is not None else None
         state.update(analysis=analysis, folder=folder, status=status, probe=probe, evidence=analysis.evidence)
+        alpha = state.get("alpha", alpha)
+        # ScoreCAM and GradCAM are shown (and maybe reblended) already: the contrastive map is new.
+        contrastive = analysis.overlay("contrastive", alpha) if analysis.contrastive is not None else None
         shown = {
             ui.status: status,
             ui.probabilities: analysis.probabilities,
             ui.photo: analysis.photo,
-            **self._overlays(analysis, alpha),
+            ui.contrastive: contrastive,
             ui.facts: _facts_text(analysis),
             ui.evidence: "\n".join(analysis.evidence.lines()) if analysis.evidence else "",
             ui.neighbours: _neighbour_thumbnails(analysis),
@@ -508,6 +512,7 @@ class NoodleApp:
         analysis = (state or {}).get("analysis") or (state or {}).get("partial")
         if analysis is None:
             return {}
+        state["alpha"] = alpha  # what a running analysis blends its next maps with
         return {box: image for box, image in self._overlays(analysis, alpha).items() if image is not None}
 
     def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
