@@ -100,8 +100,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or save_checkpoint(args.model, args.image_size, Path(tmp))
-        explainer = PhotoExplainer(ckpt, "cpu", "both", HeatmapSettings(preview_top_k=args.preview_k),
-                                   evidence=False, preview_after_s=0.0)  # fmt: skip
+        settings = HeatmapSettings(preview_top_k=args.preview_k, preview_after_s=0.0)
+        explainer = PhotoExplainer(ckpt, "cpu", "both", settings, evidence=False)
     photo, source = a_photo(explainer.image_size, args.photo)
 
     arrived = time.perf_counter()

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from noodlenext.app import Deadline, NoodleApp, PageLimits, forget, image_files, open_photo, run_examples
 from noodlenext.explain.photo import PhotoExplainer
+from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import LLMError
 from noodlenext.models.classifier import NoodleClassifier
 
@@ -80,7 +81,9 @@ def test_forgetting_a_session_removes_its_folder(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the analysis, as it is made
 def page_of(work: Path, tmp_path: Path) -> NoodleApp:
     """The page's handlers over the tiny checkpoint, no language model, built (not served)."""
-    explainer = PhotoExplainer(work / "run" / "checkpoints" / "tiny.ckpt", "cpu", "both")
+    # No preview: whether the exact map is slow enough for one depends on the machine's load.
+    settings = HeatmapSettings(preview_after_s=float("inf"))
+    explainer = PhotoExplainer(work / "run" / "checkpoints" / "tiny.ckpt", "cpu", "both", settings)
     app = NoodleApp(explainer, None, {}, {}, tmp_path / "sessions", 10**6, [])
     app.build()
     return app
@@ -259,14 +262,15 @@ def slow_server(work: Path) -> Iterator[tuple[str, Path]]:
 @pytest.fixture(scope="module")
 def slow_maps_server(work: Path) -> Iterator[tuple[str, Path]]:
     """The page over a model whose exact ScoreCAM takes seconds, as a big one's takes minutes on a CPU:
-    ConvNeXt-Atto at 192 px (320 channels in the last stage), one masked image per forward pass."""
-    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=192, pretrained=False)
+    ConvNeXt-Atto at 256 px (320 channels in the last stage), one masked image per forward pass, and a
+    preview however quick the machine."""
+    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=256, pretrained=False)
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(checkpoint)
-    ckpt = work / "run" / "checkpoints" / "atto192.ckpt"
+    ckpt = work / "run" / "checkpoints" / "atto256.ckpt"
     torch.save(checkpoint, ckpt)
     yield from launch_app(work, work / "slow_maps_run", "llm=none", "explain.mask_batch_size=1",
-                          ckpt=ckpt)  # fmt: skip
+                          "explain.preview_after_s=0", ckpt=ckpt)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,6 @@ from noodlenext.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
 
-# A preview is worth its own passes only when the exact map would keep a reader waiting longer than this.
-PREVIEW_WORTH_S = 5.0
 # The evidence's forward passes, for its estimate: the trust check's deletion and insertion curves
 # (2 x 21 images) for every map and a random one, then the contrastive map, counterfactuals and the rest.
 TRUST_PASSES_PER_MAP, OTHER_EVIDENCE_PASSES = 42, 6
@@ -153,8 +151,6 @@ class PhotoExplainer:
             set and stored in the checkpoint; the evidence's too) or `none` (the raw softmax).
         trust_checkpoint: unpickle the checkpoint in full (it can run code) when it needs more than plain
             data; by default such a file is refused (`load_classifier`).
-        preview_after_s: `steps` shows a ScoreCAM preview (`settings.preview_top_k` channels) first
-            when the exact map is estimated to take longer than this.
     """
 
     def __init__(
@@ -166,9 +162,7 @@ class PhotoExplainer:
         evidence: bool = True,
         calibration: str = "temperature",
         trust_checkpoint: bool = False,
-        preview_after_s: float = PREVIEW_WORTH_S,
     ) -> None:
-        self.preview_after_s = preview_after_s
         model = load_classifier(ckpt_path, trust_checkpoint=trust_checkpoint)
         self.model = model.use(calibration=calibration).to(resolve_device(device))
         self.with_evidence = evidence
@@ -196,7 +190,7 @@ class PhotoExplainer:
     def steps(self, photo: Image.Image, true_label: str | None = None, file: str = "photo") -> Iterator[Step]:
         """`__call__`'s analysis as it is made: a `Step` after the first look (prediction and GradCAM),
         after every ScoreCAM mask batch (a preview of `settings.preview_top_k` channels first, when the
-        exact map would take over `preview_after_s`), before the evidence and when done.
+        exact map would take over `settings.preview_after_s`), before the evidence and when done.
 
         To cancel, stop iterating (or `close()`): no forward pass runs after the current batch, and what
         the steps so far handed out stays valid.
@@ -229,7 +223,7 @@ class PhotoExplainer:
         k = self.settings.preview_top_k
         if (
             k is not None and self.settings.top_k is None and k * 2 <= start.total
-            and (start.left_s or 0.0) > self.preview_after_s
+            and (start.left_s or 0.0) > self.settings.preview_after_s
         ):  # fmt: skip
             approximate = ScoreCAM(self.model, self.settings.target_layer, top_k=k,
                                    batch_size=self.settings.mask_batch_size)  # fmt: skip
