@@ -327,11 +327,13 @@ class NoodleApp:
         state.update(analysis=analysis, folder=folder, status=status, probe=probe, evidence=analysis.evidence)
         alpha = state.get("alpha", alpha)
         # ScoreCAM and GradCAM are shown (and maybe reblended) already: the contrastive map is new.
-        contrastive = analysis.overlay("contrastive", alpha) if analysis.contrastive is not None else None
+        contrastive = (
+            _displayed(analysis.overlay("contrastive", alpha)) if analysis.contrastive is not None else None
+        )
         shown = {
             ui.status: status,
             ui.probabilities: analysis.probabilities,
-            ui.photo: analysis.photo,
+            ui.photo: _displayed(analysis.photo),
             ui.contrastive: contrastive,
             ui.facts: _facts_text(analysis),
             ui.evidence: "\n".join(analysis.evidence.lines()) if analysis.evidence else "",
@@ -377,7 +379,7 @@ class NoodleApp:
         status = f"{name}: {a.predicted} ({a.confidence:.0%})"
         state.update(status=status, partial=a)
         if step.stage == "first look":
-            return {ui.status: status, ui.probabilities: a.probabilities, ui.photo: a.photo,
+            return {ui.status: status, ui.probabilities: a.probabilities, ui.photo: _displayed(a.photo),
                     **self._overlays(a, alpha), ui.facts: _facts_text(a), ui.evidence: "",
                     ui.neighbours: [], ui.chat: [], ui.overlay_file: None, ui.transcript_file: None,
                     ui.test: "", ui.test_image: None,
@@ -523,7 +525,9 @@ class NoodleApp:
                 "gradcam": "gradcam" if "gradcam" in analysis.heatmaps else None,
                 "contrastive": "contrastive" if analysis.contrastive is not None else None}  # fmt: skip
         boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam, "contrastive": self.ui.contrastive}
-        return {box: analysis.overlay(maps[m], alpha) if maps[m] else None for m, box in boxes.items()}
+        return {
+            box: _displayed(analysis.overlay(maps[m], alpha)) if maps[m] else None for m, box in boxes.items()
+        }
 
     def _gate(self) -> tuple[int, str]:
         """The grounding gate's settings from the prompt config: the longest answer, the retry's turn."""
@@ -678,11 +682,23 @@ def _progress_html(text: str, fraction: float | None, bar: bool = True) -> str:
     return f'<div class="analysis-progress">{shown}<p>{html.escape(text)}</p></div>'
 
 
+DISPLAY_SIDE = 320  # the pictures' boxes: a 64 px model's maps are shown this big, not as 64 px stamps
+
+
+def _displayed(image: Image.Image) -> Image.Image:
+    """A picture enlarged (bicubic) to fill its box when it is smaller: at a small model's input size
+    a heatmap is too small to read."""
+    scale = DISPLAY_SIDE / max(image.size)
+    if scale <= 1:
+        return image
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+
+
 def _labelled_image(image: Image.Image, label: str) -> Any:
-    """An image update that also renames its box (a preview is labelled as one)."""
+    """An image update (enlarged to its box) that also renames the box (a preview is labelled as one)."""
     import gradio as gr
 
-    return gr.Image(value=image, label=label)
+    return gr.Image(value=_displayed(image), label=label)
 
 
 def forget(state: dict | None) -> None:
@@ -703,7 +719,8 @@ def _test_shown(followup: FollowupAnswer | None) -> tuple[str, Image.Image | Non
     lines = "\n".join(f"{n}. {line}" for n, line in zip(numbers, finding.lines, strict=True))
     head = f"**Test run:** `{followup.call.name}({args})`, picked by the {followup.call.source}"
     caption = f"\n\n*Picture: {followup.result.caption}*" if followup.result.image is not None else ""
-    return f"{head}\n\n{lines}{caption}", followup.result.image
+    picture = followup.result.image
+    return f"{head}\n\n{lines}{caption}", _displayed(picture) if picture is not None else None
 
 
 def _neighbour_thumbnails(analysis: PhotoAnalysis) -> list[tuple[Image.Image, str]]:

@@ -320,9 +320,11 @@ def test_a_user_uploads_a_photo_reads_the_explanation_and_asks_a_follow_up(
     expect(page.locator("#explanation textarea")).to_have_value(shown, timeout=30_000)
     # The evidence the model produced, numbered; every map (the contrastive one too) at least 320 px tall.
     assert page.locator("#evidence textarea").input_value().startswith("1. The classifier predicted")
-    for box in ("#scorecam", "#gradcam", "#contrastive"):
+    for box in ("#photo-view", "#scorecam", "#gradcam", "#contrastive"):
         assert page.locator(f"{box} img").get_attribute("src")
         assert page.locator(box).bounding_box()["height"] >= 320, box
+        # The 64 px model's maps fill their box, not a 64 px stamp in its middle.
+        assert page.locator(f"{box} img").bounding_box()["height"] >= 240, box
 
     page.locator("#question textarea").fill("Why not udon?")
     page.locator("#ask").click()
