@@ -47,13 +47,7 @@ YELLOW_BLUE = ((230, 200, 40), (26, 56, 216))
 RED_CYAN = ((230, 30, 30), (26, 226, 226))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core box OpenMP hand-offs cost 10-50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def striped(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, images
 
@@ -24,12 +23,7 @@ from noodlenext.llm.grounding import check_explanation, finding_answer
 UPPER_LEFT_QUADRANT = {"upper left", "upper center", "middle left", "center"}  # a 3x3 grid over 2x2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def probe_for(tmp_path: Path | None = None, true_label: int | None = 1, top_left: float = 2.0) -> PhotoProbe:

@@ -28,13 +28,7 @@ from noodlenext.models.classifier import NoodleClassifier
 NAMES = ["ramen", "spaghetti", "udon"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core box OpenMP hand-offs cost 10-50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class ForwardCounter:

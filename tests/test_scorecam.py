@@ -20,13 +20,7 @@ from noodlenext.explain import GradCAM, ScoreCAM, overlay, reshape_transform, ta
 EARLY = "stages.1.blocks.1.conv_dw"  # 80 channels: 4x fewer forward passes than the last layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core box OpenMP hand-offs cost 10-50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def convnext(seed: int = 0) -> nn.Module:
