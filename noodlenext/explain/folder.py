@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from noodlenext.core.durations import clock
 from noodlenext.data.images import load_rgb
 from noodlenext.data.transforms import eval_transform
-from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.registry import parse_methods
@@ -102,7 +101,7 @@ def explain_files(
                     cams = progress.maps
                 bar.remove_task(masked)
                 for i, record in enumerate(batch):
-                    heatmap = Heatmap(ScoreCAM.name, cams[i].numpy(), heatmap_facts(cams[i]))
+                    heatmap = Heatmap.of(ScoreCAM.name, cams[i])
                     written = _write_overlays(out_dir, chunk_names[i], resized[i], {ScoreCAM.name: heatmap})
                     # The methods in the order asked for, as before (the first is the record's lead).
                     record["overlays"] = {m: {**record["overlays"], **written}[m] for m in methods}

@@ -22,6 +22,11 @@ class Heatmap:
     cam: np.ndarray
     facts: HeatmapFacts
 
+    @classmethod
+    def of(cls, method: str, cam: torch.Tensor) -> Heatmap:
+        """One method's map (H, W), as a CAM returns it, with its facts."""
+        return cls(method, cam.numpy(), heatmap_facts(cam))
+
 
 def explain_batch(
     model: nn.Module,
@@ -35,7 +40,4 @@ def explain_batch(
     for method in parse_methods(methods):
         with create_cam(method, model, settings) as cam:
             maps[method] = cam(images, list(targets))
-    return [
-        {m: Heatmap(m, maps[m][i].numpy(), heatmap_facts(maps[m][i])) for m in maps}
-        for i in range(len(images))
-    ]
+    return [{m: Heatmap.of(m, maps[m][i]) for m in maps} for i in range(len(images))]

@@ -21,8 +21,8 @@ from PIL import Image
 from noodlenext.core.devices import resolve_device
 from noodlenext.core.durations import clock
 from noodlenext.data.transforms import eval_transform
+from noodlenext.explain.counterfactuals import map_agreement
 from noodlenext.explain.evidence import Evidence
-from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
@@ -230,7 +230,7 @@ class PhotoExplainer:
             for progress in approximate.steps(x, [pred]):
                 if progress.maps is not None:
                     cam = progress.maps[0]
-                    analysis.preview = Preview(Heatmap("scorecam", cam.numpy(), heatmap_facts(cam)), k,
+                    analysis.preview = Preview(Heatmap.of("scorecam", cam), k,
                                                start.total)  # fmt: skip
                     analysis.timings["preview"] = time.perf_counter() - started
                 yield Step("preview", analysis, progress)
@@ -238,12 +238,12 @@ class PhotoExplainer:
         for progress in exact:
             if progress.maps is not None:
                 cam = progress.maps[0]
-                exact_map = Heatmap("scorecam", cam.numpy(), heatmap_facts(cam))
+                exact_map = Heatmap.of("scorecam", cam)
                 # Every method in the order asked for (the evidence lists them so).
                 analysis.heatmaps = {m: exact_map if m == ScoreCAM.name else analysis.heatmaps[m]
                                      for m in self.methods}  # fmt: skip
                 if analysis.preview is not None:
-                    analysis.preview.correlation = _pearson(analysis.preview.heatmap.cam, exact_map.cam)
+                    analysis.preview.correlation = map_agreement(analysis.preview.heatmap.cam, exact_map.cam)
                 analysis.timings["scorecam"] = time.perf_counter() - started
             yield Step("scorecam", analysis, progress)
 
@@ -288,14 +288,6 @@ def _calibrated(evidence: Evidence, probabilities: dict[str, float], temperature
         drop = original[cf.predicted] - hidden[cf.predicted]
         cf = replace(cf, original=original, hidden=hidden, kept=kept, drop=drop)
     return replace(evidence, probabilities=dict(probabilities), counterfactual=cf)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two maps' pixels; 0 when either is flat (a map with no contrast agrees with nothing)."""
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _run_feature_index(ckpt_path: Path, model: torch.nn.Module) -> FeatureIndex | None:
