@@ -75,7 +75,8 @@ def evidence(true_label: str | None = "udon", predicted: str = "ramen", **change
     return replace(e, **changes) if changes else e
 
 
-GOOD = "The classifier took this udon photo for ramen [1]. Its heat is in the upper right [2]."
+FIRST = "The classifier took this udon photo for ramen [1]."
+GOOD = f"{FIRST} Its heat is in the upper right [2]."
 
 
 LEAD = "Here is what the evidence shows [1]. "  # a neutral first sentence: explanations need two
@@ -178,6 +179,20 @@ def test_plain_region_words_map_to_regions(words: str, regions: set[str]) -> Non
 def test_words_that_only_look_like_regions_are_not_regions() -> None:
     text = "That is right: its top class was ramen, and what is left is the top two guesses."
     assert region_mentions(text) == []
+    assert region_mentions("The egg sits on top of the noodles.") == []  # a place on the dish
+
+
+def test_bare_and_joined_region_words_are_regions() -> None:
+    top, bottom, left, right = ({"upper left", "upper center", "upper right"},
+                                {"lower left", "lower center", "lower right"},
+                                {"upper left", "middle left", "lower left"},
+                                {"upper right", "middle right", "lower right"})  # fmt: skip
+    found = region_mentions("The peak is on top and bottom.")
+    assert [(said, set(regions)) for said, regions, _ in found] == [("top", top), ("bottom", bottom)]
+    found = region_mentions("Heat at the upper left and right, or the left, and the bottom.")
+    assert [(said, set(regions)) for said, regions, _ in found] == [
+        ("upper left", {"upper left"}), ("right", right), ("left", left), ("bottom", bottom)
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -194,9 +209,14 @@ def test_words_that_only_look_like_regions_are_not_regions() -> None:
     ],
 )
 def test_only_hot_regions_may_be_named(where: str, ok: bool) -> None:
-    text = f"The classifier took this udon photo for ramen [1]. Its heat is at the {where} [2]."
+    text = f"The classifier took this udon photo for ramen [1]. Its heat is at the {where}."
     found = reasons(text)
     assert found == [] if ok else found == [f"names the {where}, which the evidence does not call hot"]
+    # Citing the ScoreCAM line [2] makes the sentence about ScoreCAM's map: the reason says whose.
+    found = reasons(f"The classifier took this udon photo for ramen [1]. Its heat is at the {where} [2].")
+    assert (
+        found == [] if ok else found == [f"names the {where} for ScoreCAM, whose line does not call it hot"]
+    )
 
 
 def test_a_cold_region_may_be_called_cold_and_all_maps_count() -> None:
@@ -210,6 +230,72 @@ def test_a_cold_region_may_be_called_cold_and_all_maps_count() -> None:
     # An empty map's neutral "center" peak is no finding.
     empty = evidence(facts={"scorecam": heatmap_facts(np.zeros((30, 30)))}, counterfactual=None)
     assert allowed_regions(empty) == set()
+
+
+def two_maps() -> Evidence:
+    """ScoreCAM (line [2]) hot in the upper right; GradCAM (line [3]) with its largest share (52%) in the
+    upper left and its peak in the upper right."""
+    cam = np.zeros((30, 30), np.float32)
+    cam[:10, :10] = 1.0
+    cam[:10, 20:] = 0.9
+    cam[3, 25] = 1.5
+    e = evidence(facts={"scorecam": heatmap_facts(hot_upper_right()), "gradcam": heatmap_facts(cam)})
+    assert e.lines()[1:3] == [
+        "2. ScoreCAM: most heat (67%) in the upper right; peak in the upper right; 11% of the image is above "
+        "half the peak.",
+        "3. GradCAM: most heat (52%) in the upper left; peak in the upper right; 22% of the image is above "
+        "half the peak.",
+    ]
+    return e
+
+
+def test_a_sentence_about_one_map_may_name_only_that_maps_regions() -> None:
+    e = two_maps()
+    assert reasons(f"{GOOD} GradCAM points at the upper left [3].", e) == []
+    # The upper left is hot in GradCAM's map only: said of ScoreCAM (by name or by citing [2]), it is false.
+    why = "names the upper left for ScoreCAM, whose line does not call it hot"
+    assert why in reasons(f"{GOOD} ScoreCAM points at the upper left.", e)
+    assert why in reasons(f"{GOOD} The heat points at the upper left [2].", e)
+    assert reasons(f"{GOOD} Score-CAM and Grad-CAM point at the upper left and upper right.", e) == []
+    assert reasons(f"{GOOD} Both maps point at the upper left.", e) == []  # about no one map
+
+
+def test_a_peak_or_the_largest_share_is_put_only_where_its_line_puts_it() -> None:
+    e = two_maps()
+
+    def said(text: str) -> list[str]:
+        return reasons(f"{FIRST} {text}", e, lead="")
+
+    peak_not_upper_left = "the evidence puts GradCAM's peak in the upper right"
+    # The paragraph that once passed (a quickstart mistakes.md): GradCAM's peak is in the upper right only.
+    assert f"puts the peak at the bottom, but {peak_not_upper_left}" in said(
+        "GradCAM: The largest share of heat in upper left, peak on top and bottom."
+    )
+    assert said("GradCAM: the largest share of heat in upper left, peak on top.") == []
+    assert said("GradCAM peaks in the upper left [3].") == [
+        f"puts the peak at the upper left, but {peak_not_upper_left}"
+    ]
+    assert said("The upper left is the peak of GradCAM.") == [
+        f"puts the peak at the upper left, but {peak_not_upper_left}"
+    ]
+    assert said("Most of GradCAM's heat lies in the upper right.") == [
+        "puts the largest share of heat at the upper right, but the evidence puts GradCAM's largest share "
+        "of heat in the upper left"
+    ]
+    # Only the place named next to "peak" (and those joined to it) must hold the peak; "hottest" and
+    # "most heat" need one place of their clause to hold it.
+    assert said("GradCAM peaks in the upper right and its heat spreads to the upper left.") == []
+    assert said("GradCAM is hottest in the upper left and the upper right.") == []
+    assert said("GradCAM is not hottest in the upper left.") == []  # called cold
+    assert said("The peak is in the upper right.") == []  # about no one map: any map's peak
+
+
+def test_a_sentence_mostly_foreign_to_the_evidence_is_rejected() -> None:
+    invented = "Gradient map for max shade was mixed to match color scheme of Gradcam maps."
+    grounded_part = "Hiding the hot region drops ramen from 62% to 30%, and the prediction becomes udon [3]."
+    assert reasons(f"{GOOD} {grounded_part} {invented}") == [
+        f'says "{invented}", whose words mostly come from no evidence line (gradient, shade, mixed, match)'
+    ]
 
 
 def test_two_stray_regions_give_one_reason() -> None:

@@ -45,7 +45,7 @@ from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.images import load_rgb
 from noodlenext.data.transforms import eval_transform
-from noodlenext.explain.evidence import BARELY, Evidence, Finding
+from noodlenext.explain.evidence import BARELY, Evidence, Finding, method_name
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import explain_batch
@@ -91,10 +91,6 @@ THUMBNAIL = 96  # px, each half (photo | overlay) of a thumbnail
 def step_error(step: str, err: BaseException) -> dict[str, str]:
     """An error record: the step that failed and what it raised."""
     return {"step": step, "message": f"{type(err).__name__}: {err}"}
-
-
-def _method_name(method: str) -> str:
-    return {"scorecam": "ScoreCAM", "gradcam": "GradCAM"}.get(method, method)
 
 
 def _plural(n: int, word: str) -> str:
@@ -363,7 +359,7 @@ def _summary(evidences: Sequence[Evidence], method: str, count: int, has_contras
     first = evidences[0]
     pred, true, names = first.predicted, first.true_label, first.class_names
     assert true is not None
-    name = _method_name(method)
+    name = method_name(method)
     lines: dict[str, str] = {}
     data: dict[str, Any] = {"count": count, "examined": k, "method": method}
     classes: list[str] = [pred, true]
@@ -513,7 +509,7 @@ def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     line = dict(zip(data["keys"], numbers, strict=True))
     pred, true, k = evidence.predicted, evidence.true_label, data["examined"]
     count, conf = data["count"], f"{evidence.confidence:.0%}"
-    method = _method_name(data["method"])
+    method = method_name(data["method"])
     one = k == 1  # the evidence of a single photo: "its", not "their"
     if count == 1:
         first = f"The classifier took this {true} photo for {pred}, with {conf} confidence [1]."
@@ -762,7 +758,7 @@ def report_markdown(
     out.append(
         f"{n_mistakes} of {n_samples} test photos are misclassified, in {_plural(n_pairs, 'confusion pair')} "
         f"(true → predicted); {shown}, from the evidence of its mistakes with the largest loss "
-        f"({_method_name(method)} maps). Paragraphs: llm={llm_name or 'none'}, checked by the grounding gate."
+        f"({method_name(method)} maps). Paragraphs: llm={llm_name or 'none'}, checked by the grounding gate."
     )
     for error in errors:
         out += ["", f"> **Error** — {_error_text(error)}"]

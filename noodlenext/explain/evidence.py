@@ -183,7 +183,7 @@ class Evidence:
         uninformative, both in its own line and in the trust line.
         """
         out = [self._prediction_line()]
-        for method in sorted(self.facts, key=lambda m: (m != "scorecam", m)):  # ScoreCAM first
+        for method in self.facts_in_line_order():
             out.append(self._map_line(method))
         if self.contrastive is not None:
             c = self.contrastive
@@ -223,10 +223,22 @@ class Evidence:
         if self.agreement is not None:
             r = self.agreement
             verb = "agree" if r >= 0.5 else "partly agree" if r >= 0.2 else "disagree"
-            names = " and ".join(_method_name(m) for m in ("scorecam", "gradcam"))
+            names = " and ".join(method_name(m) for m in ("scorecam", "gradcam"))
             out.append(f"{names} {verb} (r = {r:.2f}).")
         out += [line for finding in self.findings for line in finding.lines]
         return [f"{i}. {line}" for i, line in enumerate(out, 1)]
+
+    def facts_in_line_order(self) -> list[str]:
+        """The methods of `facts` in the order of their lines (ScoreCAM first): line [2] is the first's."""
+        return sorted(self.facts, key=lambda m: (m != "scorecam", m))
+
+    def map_lines(self) -> dict[int, tuple[str, HeatmapFacts]]:
+        """Each map line's number in `lines()`, with the map it describes: (method, facts) for each method,
+        ("contrastive", facts) for the contrastive map."""
+        maps = [(m, self.facts[m]) for m in self.facts_in_line_order()]
+        if self.contrastive is not None:
+            maps.append(("contrastive", self.contrastive))
+        return {n: item for n, item in enumerate(maps, 2)}
 
     def finding_lines(self, finding: Finding) -> list[int]:
         """The numbers that the lines of `finding` (one of `findings`) have in `lines()`."""
@@ -250,11 +262,11 @@ class Evidence:
     def _map_line(self, method: str) -> str:
         f = self.facts[method]
         if f.area_above_half == 0.0:  # only an all-zero map has no pixel above half its peak
-            line = f"{_method_name(method)}: the map is empty; no part of the image stands out"
+            line = f"{method_name(method)}: the map is empty; no part of the image stands out"
         else:
             top, share = _top_region(f)
             line = (
-                f"{_method_name(method)}: {_heat_lead(share)} ({share:.0%}) in the {top}; peak in the "
+                f"{method_name(method)}: {_heat_lead(share)} ({share:.0%}) in the {top}; peak in the "
                 f"{f.peak_region}; {f.area_above_half:.0%} of the image is above half the peak"
             )
         trust = self.trust.get(method)
@@ -313,7 +325,8 @@ class Evidence:
 _METHOD_NAMES = {"scorecam": "ScoreCAM", "gradcam": "GradCAM"}
 
 
-def _method_name(method: str) -> str:
+def method_name(method: str) -> str:
+    """How the evidence lines name a heatmap method ("scorecam" -> "ScoreCAM")."""
     return _METHOD_NAMES.get(method, method)
 
 
@@ -352,7 +365,7 @@ def _trust_sentence(t: MapTrust) -> str:
         f"deletion {t.deletion:.3f} vs {t.random_deletion:.3f}, insertion {t.insertion:.3f} vs "
         f"{t.random_insertion:.3f}"
     )
-    name = _method_name(t.method)
+    name = method_name(t.method)
     if t.informative:
         return f"{name} beats a random map ({numbers}): informative."
     return f"{name} does not beat a random map ({numbers}): uninformative; do not rely on it."

@@ -13,7 +13,10 @@ The checks read English with simple patterns, so they have limits (tests/test_gr
 - regions are found by the 9 names of `noodlenext.explain.facts.REGIONS` and plain words ("top left",
   "top-right corner", "bottom", "centre", "left side", "on the right"...); a region named in a clause that
   says it is cold ("little heat in the lower left", "not the centre") is allowed when it is not hot, but a
-  "not only ... but also ..." clause is read as a negation too;
+  "not only ... but also ..." clause is read as a negation too; a sentence is about a map when it names
+  it ("GradCAM", "Score-CAM", "the contrastive map") or cites its line, and a peak is put where the next
+  region named after "peak" (and any joined to it by "and"/"or") is, "hottest"/"most heat" where any
+  region of its clause is;
 - a cause the evidence does not give ("because of the broth") is caught only when it names a class or a
   region the evidence does not, or when too many of the answer's content words come from nowhere in the
   evidence (MAX_FOREIGN: a vocabulary heuristic, words compared by their first 5 letters, with a list of
@@ -28,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from noodlenext.explain.evidence import BARELY, HOT_SHARE, Evidence, Finding
-from noodlenext.explain.facts import REGIONS
+from noodlenext.explain.evidence import BARELY, HOT_SHARE, Evidence, Finding, method_name
+from noodlenext.explain.facts import REGIONS, HeatmapFacts
 from noodlenext.llm.base import Backend, Message
 from noodlenext.llm.text import ends_on_sentence, sentences, words
 
@@ -40,6 +43,10 @@ NGRAM = 4  # a repeated word 4-gram is a repeated phrase
 # answers that invent an "algorithm designed to evaluate performance" 0.25-0.55.
 MAX_FOREIGN = 0.25
 MIN_FOREIGN = 3
+# A sentence whose content words are more than half foreign (and at least MIN_FOREIGN distinct ones) says
+# something no line says: the template's sentences score 0, "Gradient map for max shade was mixed to match
+# color scheme of Gradcam maps" (a draft that passed the whole-answer share) 0.75.
+MAX_FOREIGN_SENTENCE = 0.5
 MIN_SENTENCES = 2  # one sentence restates the verdict at most; the prompt asks for 2 to 4
 # Talk about the instructions instead of the photo, as a small model parrots them ("citing the facts you
 # use like [2]", "in 2 to 4 short sentences").
@@ -105,6 +112,18 @@ _COL = {"left": 0, "middle": 1, "center": 1, "centre": 1, "central": 1, "right":
 _CELL = rf"(?:{'|'.join(_ROW)})[\s-]+(?:{'|'.join(_COL)})(?:-hand)?"
 _BAND_NOUN = r"(?:half|halves|parts?|edges?|sides?|row|column|third|portion|area|region|section|border|strip)"
 _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], frozenset[str]]]] = []
+_NOT_A_PLACE = r"\s+(?:class|classes|prediction|guess|choice|candidates?|scores?|one|two|three|\d)"
+# "top and bottom", "left or right": a bare direction word joined to the region named just before it
+_JOINED = re.compile(
+    rf"\s*,?\s*(?:and|or|&)\s+(?:the\s+)?(?:very\s+|far\s+)?(?P<w>top|bottom|left|right)\b(?!{_NOT_A_PLACE})",
+    re.I,
+)
+_JOINED_BAND = {
+    "top": ([0], range(3)),
+    "bottom": ([2], range(3)),
+    "left": (range(3), [0]),
+    "right": (range(3), [2]),
+}
 
 
 def _cells(rows: Sequence[int], cols: Sequence[int]) -> frozenset[str]:
@@ -132,8 +151,16 @@ _PATTERNS += [
     # "at the top", "near the bottom" (not "the top class", "the top two")
     (
         re.compile(
-            r"\b(?:at|in|on|near|along|towards?|across|to)\s+the\s+(?:very\s+)?(?P<w>(?P<row>top|bottom))\b"
-            r"(?!\s+(?:class|classes|prediction|guess|choice|candidates?|scores?|one|two|three|\d))",
+            rf"\b(?:at|in|on|near|along|towards?|across|to)\s+the\s+(?:very\s+)?(?P<w>(?P<row>top|bottom))\b"
+            rf"(?!{_NOT_A_PLACE})",
+            re.I,
+        ),
+        _row_band,
+    ),
+    # "peak on top", "at bottom" (not "on top of the noodles": a place on the dish, not in the photo)
+    (
+        re.compile(
+            rf"\b(?:at|in|on|near|towards?|to)\s+(?P<w>(?P<row>top|bottom))\b(?!\s+of\b)(?!{_NOT_A_PLACE})",
             re.I,
         ),
         _row_band,
@@ -160,6 +187,11 @@ _CLAUSE = re.compile(r"[.;!?]|,|\bbut\b|\bwhile\b|\bwhereas\b", re.I)
 def region_mentions(text: str) -> list[tuple[str, frozenset[str], int]]:
     """(the words, the regions they can mean, where they start) for each place `text` names a region;
     longer names first, so "middle left" is one mention, not "middle" and "left"."""
+    return [(said, regions, start) for said, regions, start, _ in _mentions(text)]
+
+
+def _mentions(text: str) -> list[tuple[str, frozenset[str], int, int]]:
+    """region_mentions, with where each mention ends."""
     taken = [False] * len(text)
     found = []
     for pattern, regions in _PATTERNS:
@@ -168,7 +200,14 @@ def region_mentions(text: str) -> list[tuple[str, frozenset[str], int]]:
                 continue
             taken[m.start() : m.end()] = [True] * (m.end() - m.start())
             said = m.groupdict().get("w") or m.group(0)  # "bottom", not "at the bottom"
-            found.append((said, regions(m), m.start()))
+            found.append((said, regions(m), m.start(), m.end()))
+    found.sort(key=lambda f: f[2])
+    for _, _, _, end in list(found):  # "on top and bottom": "bottom" is a region too
+        while (m := _JOINED.match(text, end)) and not any(taken[m.start("w") : m.end("w")]):
+            taken[m.start("w") : m.end("w")] = [True] * (m.end("w") - m.start("w"))
+            rows, cols = _JOINED_BAND[m.group("w").lower()]
+            found.append((m.group("w"), _cells(rows, cols), m.start("w"), m.end("w")))
+            end = m.end()
     return sorted(found, key=lambda f: f[2])
 
 
@@ -180,23 +219,148 @@ def allowed_regions(evidence: Evidence) -> set[str]:
     above half its peak) has no hot region: its neutral "center" peak is no finding.
     """
     allowed: set[str] = set()
-    for facts in [*evidence.facts.values(), evidence.contrastive]:
-        if facts is None or facts.area_above_half == 0.0:
-            continue
-        allowed.add(facts.peak_region)
-        allowed.add(max(facts.region_shares.items(), key=lambda kv: kv[1])[0])
-        allowed |= {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
+    for _, facts in evidence.map_lines().values():
+        allowed |= map_regions(facts)
     for finding in evidence.findings:  # a test run on demand names the regions it found
         allowed |= set(finding.regions)
     return allowed
 
 
+def map_regions(facts: HeatmapFacts) -> set[str]:
+    """The regions one map's line lets an explanation name: its peak's, its largest share's and any
+    holding at least HOT_SHARE of its heat; none for an empty map."""
+    if facts.area_above_half == 0.0:
+        return set()
+    hot = {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
+    return hot | {facts.peak_region, _largest_share(facts)}
+
+
+def _largest_share(facts: HeatmapFacts) -> str:
+    return max(facts.region_shares.items(), key=lambda kv: kv[1])[0]  # first maximum, as its line
+
+
+# Where a map peaks ("peak", "hot spot"): the place named next, and any joined to it ("on top and bottom"),
+# must hold the peak. Where it is hottest, or holds most heat: one of the clause's places must hold it.
+_POINT = re.compile(r"\b(?:peak\w*|hot\s*spots?|maxim\w+)\b", re.I)
+_HOTTEST = re.compile(r"\b(?:hottest|strongest|brightest|most\s+intense)\b", re.I)
+_MOST = re.compile(
+    r"\b(?:most|largest|biggest|greatest|main)\s+(?:share\s+)?(?:of\s+)?(?:the\s+|its\s+|[\w-]+'s\s+)?heat\b|"
+    r"\b(?:largest|biggest|greatest)\s+share\b",
+    re.I,
+)
+_AND = re.compile(r"\s*,?\s*(?:and|or|&)\s+(?:the\s+)?(?:very\s+|far\s+)?", re.I)
+
+
+def _map_pattern(method: str) -> re.Pattern[str]:
+    if method == "contrastive":
+        return re.compile(r"\bcontrast(?:ive)?\s+(?:heat\s*)?map", re.I)
+    name = method_name(method)  # "ScoreCAM": also "Score-CAM", "score cam"
+    parts = re.findall(r"[A-Z]+[a-z]*|[a-z]+|\d+", name) or [name]
+    return re.compile(r"\b" + r"[\s-]?".join(re.escape(p) for p in parts) + r"\b", re.I)
+
+
+def _map_label(method: str) -> str:
+    return "the contrastive map" if method == "contrastive" else method_name(method)
+
+
+def _region_reasons(text: str, evidence: Evidence) -> list[str]:
+    """The region checks, sentence by sentence.
+
+    A sentence about a map (it names ScoreCAM, GradCAM or the contrastive map, or cites its line) may name
+    only the regions that map's line calls hot (`map_regions`), plus those of any test it cites; any other
+    sentence, the regions any line calls hot (`allowed_regions`). A clause that puts a map's peak, or most
+    of its heat, somewhere must name a place holding that map's peak, or largest share (any map's, in a
+    sentence about none). A clause that calls a region cold is never counted.
+    """
+    allowed = allowed_regions(evidence)
+    map_lines = evidence.map_lines()
+    stray: list[str] = []
+    out: list[str] = []
+    for sentence in sentences(text):
+        cited = set(_cited(sentence))
+        plain = _CITATION.sub(" ", sentence)
+        about = {method: facts for method, facts in map_lines.values() if _map_pattern(method).search(plain)}
+        about |= {method: facts for n, (method, facts) in map_lines.items() if n in cited}
+        about = {m: f for m, f in about.items() if f.area_above_half > 0}  # an empty map has no place
+        tested = {  # a test's own map (why not that class?) puts heat where its lines say
+            r
+            for f in evidence.findings
+            for r in f.regions
+            if not about or cited & set(evidence.finding_lines(f))
+        }
+        own = set().union(*(map_regions(f) for f in about.values())) if about else set(allowed)
+        own |= tested
+        mentions = [m for m in _mentions(plain) if not _COLD.search(_clause_around(plain, m[2]))]
+        for said, regions, _, _ in mentions:
+            if regions & own:
+                continue
+            if not about:
+                stray += [said.lower()] if said.lower() not in stray else []
+                continue
+            whose = _join([_map_label(m) for m in about])
+            reason = f"names the {said.lower()} for {whose}, whose line does not call it hot"
+            out += [reason] if reason not in out else []
+        maps = about or {m: f for m, f in map_lines.values() if f.area_above_half > 0}
+        for reason in _placement_reasons(plain, mentions, maps, tested):
+            out += [reason] if reason not in out else []
+    if stray:
+        names = " and ".join(f"the {s}" for s in stray)
+        out.insert(0, f"names {names}, which the evidence does not call hot")
+    return out
+
+
+def _placement_reasons(
+    text: str,
+    mentions: list[tuple[str, frozenset[str], int, int]],
+    maps: dict[str, HeatmapFacts],
+    tested: set[str],
+) -> list[str]:
+    """One reason per place `text` gives a peak, or most heat, that none of `maps` has there, nor a test's
+    map (`tested`: the regions a test the text may speak of found)."""
+    out = []
+    for claim, what in ((_POINT, "peak"), (_HOTTEST, "peak"), (_MOST, "largest share of heat")):
+        place = _largest_share if claim is _MOST else (lambda f: f.peak_region)
+        for word in claim.finditer(text):
+            start, end = _clause_span(text, word.start())
+            named = [m for m in mentions if start <= m[2] < end]
+            wrong = [m for m in named if not (m[1] & tested or any(place(f) in m[1] for f in maps.values()))]
+            if claim is _POINT:  # each place the peak is put must hold it
+                wrong = [m for m in _named_at(named, word.end(), text) if m in wrong]
+            elif len(wrong) < len(named):  # "hottest in the upper and middle right": one holding it will do
+                wrong = []
+            for said, *_ in wrong[:1] if claim is not _POINT else wrong:
+                whose = _join([f"{_map_label(m)}'s {what} in the {place(f)}" for m, f in maps.items()])
+                out.append(f"puts the {what} at the {said.lower()}, but the evidence puts {whose}")
+    return out
+
+
+def _named_at(
+    mentions: list[tuple[str, frozenset[str], int, int]], after: int, text: str
+) -> list[tuple[str, frozenset[str], int, int]]:
+    """The places a peak word points at: the first mention after it and those joined to that one by
+    "and" or "or" (else the last mention before it: "the upper left is the peak")."""
+    later = [m for m in mentions if m[2] >= after]
+    if not later:
+        return mentions[-1:]
+    chain = later[:1]
+    for m in later[1:]:
+        if not _AND.fullmatch(text, chain[-1][3], m[2]):
+            break
+        chain.append(m)
+    return chain
+
+
 def _clause_around(text: str, start: int) -> str:
     """The clause of `text` around offset `start` (between commas, semicolons, "but", sentence ends)."""
+    before, after = _clause_span(text, start)
+    return text[before:after]
+
+
+def _clause_span(text: str, start: int) -> tuple[int, int]:
     cuts = [m for m in _CLAUSE.finditer(text)]
     before = max((m.end() for m in cuts if m.end() <= start), default=0)
     after = min((m.start() for m in cuts if m.start() > start), default=len(text))
-    return text[before:after]
+    return before, after
 
 
 # ------------------------------------------------------------------------------------------ classes
@@ -422,13 +586,15 @@ def check_explanation(
     """Check `text` against `evidence`; each failed check gives one plain reason.
 
     The checks: it names the predicted class (and, for a mistake, the true one) without swapping them or
-    misstating the verdict; names only regions the evidence calls hot (`allowed_regions`); names no class
-    the evidence does not involve (`Evidence.involved_classes`); does not talk about its instructions
-    ("citing the facts"); has at least MIN_SENTENCES sentences; repeats no phrase (a word 4-gram) or
-    sentence; ends on a full sentence; has at most `max_words` words; cites (as "[2]") only line numbers
-    that `evidence.lines()` has; quotes only percentages (within one point) and decimals (within 0.01) that
-    an evidence line gives; takes at most MAX_FOREIGN of its content words from outside the evidence
-    (`foreign_words`). max_words: the longest answer accepted, in words (citations not counted).
+    misstating the verdict; names only regions the evidence calls hot, in a sentence about one map only
+    that map's, and puts a map's peak or largest share of heat only where its line does
+    (`_region_reasons`); names no class the evidence does not involve (`Evidence.involved_classes`); does
+    not talk about its instructions ("citing the facts"); has at least MIN_SENTENCES sentences; repeats no
+    phrase (a word 4-gram) or sentence; ends on a full sentence; has at most `max_words` words; cites (as
+    "[2]") only line numbers that `evidence.lines()` has; quotes only percentages (within one point) and
+    decimals (within 0.01) that an evidence line gives; takes at most MAX_FOREIGN of its content words
+    from outside the evidence (`foreign_words`), and no sentence more than MAX_FOREIGN_SENTENCE of them.
+    max_words: the longest answer accepted, in words (citations not counted).
     A sentence that cites lines may quote only the percentages those lines give (a number put on the
     wrong line is a misattribution).
     followup: an answer to a follow-up question, which need not name the predicted and true classes again
@@ -442,18 +608,7 @@ def check_explanation(
     plain = _CITATION.sub(" ", text)  # citations are not words, phrases or numbers of the text
     reasons = _class_reasons(plain, evidence, followup)
 
-    allowed = allowed_regions(evidence)
-    stray = []
-    for said, regions, start in region_mentions(plain):
-        if regions & allowed:
-            continue
-        if _COLD.search(_clause_around(plain, start)):
-            continue  # "little heat in the lower left": a cold region called cold
-        if said.lower() not in stray:
-            stray.append(said.lower())
-    if stray:
-        names = " and ".join(f"the {s}" for s in stray)
-        reasons.append(f"names {names}, which the evidence does not call hot")
+    reasons += _region_reasons(text, evidence)
 
     meta = _META.search(plain)
     if meta:
@@ -475,12 +630,7 @@ def check_explanation(
     if bad:
         listed = _join([f"[{n}]" for n in bad])
         reasons.append(f"cites {listed}, but the evidence has lines [1] to [{len(lines)}] only")
-    share, foreign = foreign_words(plain, evidence)
-    if share > MAX_FOREIGN and len(foreign) >= MIN_FOREIGN:
-        reasons.append(
-            f"uses words no evidence line uses ({', '.join(foreign[:4])}): {share:.0%} of its words, "
-            "so it may give causes the evidence does not"
-        )
+    reasons += _foreign_reasons(plain, evidence)
     known = _percentages(" ".join(lines))
     invented = [f"{p:g}%" for p in _percentages(plain) if not any(abs(p - k) <= 1.0 for k in known)]
     known_decimals = _decimals(" ".join(lines))
@@ -500,6 +650,24 @@ def check_explanation(
     if again:
         reasons.append(f'repeats an earlier answer ("{again[0].strip()}")')
     return GroundingVerdict(not reasons, reasons)
+
+
+def _foreign_reasons(text: str, evidence: Evidence) -> list[str]:
+    """The vocabulary checks: too many foreign words in the whole answer, or else in one sentence of it
+    (an invented sentence hides in an answer otherwise close to the lines)."""
+    share, foreign = foreign_words(text, evidence)
+    if share > MAX_FOREIGN and len(foreign) >= MIN_FOREIGN:
+        return [
+            f"uses words no evidence line uses ({', '.join(foreign[:4])}): {share:.0%} of its words, "
+            "so it may give causes the evidence does not"
+        ]
+    out = []
+    for sentence in sentences(text):
+        share, foreign = foreign_words(sentence, evidence)
+        if share > MAX_FOREIGN_SENTENCE and len(foreign) >= MIN_FOREIGN:
+            listed = ", ".join(foreign[:4])
+            out.append(f'says "{sentence}", whose words mostly come from no evidence line ({listed})')
+    return out
 
 
 def _misattributions(text: str, lines: Sequence[str]) -> list[str]:
