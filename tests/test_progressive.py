@@ -211,6 +211,12 @@ def test_explain_files_records_each_first_look_before_its_scorecam(tmp_path: Pat
     assert set(records[2]["overlays"]) == {"gradcam"}
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT's default action. A shell without job control starts background jobs with SIGINT
+    ignored, a pytest run so started passes that on, and Python then installs no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_explain_command_and_keeps_facts_of_everything_written(
     tmp_path: Path, checkpoint: Path
@@ -224,6 +230,7 @@ def test_ctrl_c_stops_the_explain_command_and_keeps_facts_of_everything_written(
         [sys.executable, "-m", "noodlenext.explain", f"ckpt_path={checkpoint}", f"input={root}",
          f"output={out}", "batch_size=1", "explain.mask_batch_size=1", f"hydra.run.dir={tmp_path / 'run'}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "00.jpg_gradcam.png").is_file() and time.monotonic() < deadline:
