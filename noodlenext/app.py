@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.core.durations import clock
+from noodlenext.core.ownership import new_folder
 from noodlenext.data.images import IMAGE_EXTENSIONS, check_image, find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer, Step
 from noodlenext.explain.settings import HeatmapSettings
@@ -745,7 +746,7 @@ def serve(cfg: DictConfig) -> None:
         log.warning(
             "app.host=%s: the page (and your checkpoint's predictions) is reachable from the network", host
         )
-    work_dir = Path(cfg.paths.output_dir) / "sessions"
+    work_dir = new_folder(Path(cfg.paths.output_dir) / "sessions")  # created here: removed whole at the end
     app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples,
                     limits)  # fmt: skip
     page = app.build()

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from noodlenext.core.config import CONFIG_DIR
+from noodlenext.core.ownership import guard_file
 from noodlenext.data.images import check_image, display_name, load_rgb
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer
@@ -21,7 +22,7 @@ from noodlenext.llm.base import Backend, LLMError
 from noodlenext.llm.followups import answer_followup
 from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.session import ChatSession, evidence_session
+from noodlenext.llm.session import SAVED_HEAD, ChatSession, evidence_session
 
 log = logging.getLogger(__name__)
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -56,6 +57,7 @@ def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = 
     """Explain (or resume), then answer `questions` (default: cfg.chat.questions, else stdin lines)."""
     output_dir = Path(cfg.paths.output_dir)
     transcript = Path(cfg.chat.transcript) if cfg.chat.get("transcript") else output_dir / "chat.json"
+    guard_file(transcript, "chat.transcript", SAVED_HEAD)  # before the analysis: never a user's own file
     if cfg.llm.get("backend") is None:
         raise ValueError(
             "llm=none: the chat needs a language model, e.g. llm=smollm2 (offline) or llm=gemma3_4b"

@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> float | None:
     )
     for saver in trainer.checkpoint_callbacks:  # a save that a kill cut short left a hidden .tmp there
         if saver.dirpath:
-            clean_stale_temps(saver.dirpath)
+            clean_stale_temps(saver.dirpath, legacy=True)
     for logger in loggers:
         logger.log_hyperparams({**model.run_config, "pretrained_loaded": model.pretrained_loaded})
 

@@ -84,3 +84,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ConvNeXt-Atto checkpoint at 32 px (classes spaghetti, ramen, udon), untrained, saved as training
+    saves one and read back through the real loading code by whoever uses it. Built once per session."""
+    from noodlenext.models.classifier import NoodleClassifier
+
+    torch.manual_seed(0)
+    names = ["spaghetti", "ramen", "udon"]
+    model = NoodleClassifier("convnext_atto", 3, names, image_size=32, pretrained=False)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "atto32.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every entry under root: a file's bytes, None for a folder (an added empty folder shows too)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+def user_photos(root: Path, splits: Iterable[str] = ("train", "test"), per_class: int = 2) -> Path:
+    """A user's ImageFolder as the README lays it out (JPEGs, class folders ramen and udon), nothing else."""
+    for s, split in enumerate(splits):
+        for c, cls in enumerate(("ramen", "udon")):
+            for i in range(per_class):
+                seed = 1000 * s + 100 * c + i
+                write_image(root / split / cls / f"IMG_{i:04d}.jpg", (40, 32), seed=seed, quality=90)
+    return root

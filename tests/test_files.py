@@ -99,16 +99,33 @@ def test_stale_temps_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path: Pa
         two_days_ago = time.time() - 2 * 24 * 3600
         for key in ("other_host_old", "legacy_old", "not_ours"):
             os.utime(tmp_path / names[key], (two_days_ago, two_days_ago))
-        stale = {"dead", "reused_pid", "other_host_old", "legacy_old"}
+        stale = {"dead", "reused_pid", "other_host_old"}
         assert {k for k, n in names.items() if is_stale_temp(tmp_path / n)} == stale
+        # Earlier versions' names look like anyone's mkstemp file: cleaned only where asked (checkpoints).
+        assert {k for k, n in names.items() if is_stale_temp(tmp_path / n, legacy=True)} == {
+            *stale,
+            "legacy_old",
+        }
         removed = clean_stale_temps(tmp_path)
         assert sorted(p.name for p in removed) == sorted(names[k] for k in stale)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
             n for k, n in names.items() if k not in stale
         )
+        assert clean_stale_temps(tmp_path, legacy=True) == [tmp_path / names["legacy_old"]]
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_an_atomic_write_leaves_a_users_old_tmp_files_alone(tmp_path: Path) -> None:
+    """file_list=~/notes/clean.txt must not clean ~/notes of a day-old `tmpab12cd34.tmp` of the user's."""
+    theirs = [tmp_path / "tmpab12cd34.tmp", tmp_path / ".draft.k3j2_9ab.tmp", tmp_path / "x.tmp"]
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in theirs:
+        path.write_text("mine")
+        os.utime(path, (two_days_ago, two_days_ago))
+    write_text_atomic(tmp_path / "clean_files.txt", "a.jpg\n")
+    assert all(p.read_text() == "mine" for p in theirs)
 
 
 def test_the_first_atomic_write_into_a_folder_cleans_its_stale_temps(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import snapshot, user_photos
 from test_train_e2e import SHRUNK, run_module
 
 from noodlenext.data.check import run as run_check
@@ -207,24 +208,25 @@ def test_label_issues_command_names_what_is_missing(tmp_path: Path, capsys) -> N
 
 @pytest.mark.slow
 def test_crossval_multirun_writes_out_of_fold_predictions_and_label_issues(tmp_path: Path) -> None:
-    sweep = tmp_path / "multirun"
+    """[quickstart,crossval] on a user's ImageFolder (train/ and test/ only): it trains on their photos
+    and leaves every byte of them as it was (issue 21: the synthetic experiment used to re-render it)."""
+    sweep, root = tmp_path / "multirun", user_photos(tmp_path / "my_noodles", ("train", "test"), per_class=6)
+    before = snapshot(root)
     run_module(
         "noodlenext.train",
         "experiment=[quickstart,crossval]",
         "data.folds=2",
         "llm=none",
         "logger=none",
-        f"data.root={tmp_path / 'synthetic'}",
+        f"data.root={root}",
         *SHRUNK,
         "trainer.max_epochs=1",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
+    assert snapshot(root) == before
     oof = read_out_of_fold(sweep)  # the jobs' held-out predictions, from their best checkpoints
-    train = sorted(
-        p.relative_to(tmp_path / "synthetic").as_posix()
-        for p in (tmp_path / "synthetic" / "train").rglob("*.jpg")
-    )
+    train = sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.jpg"))
     assert sorted(oof.files) == train and oof.folds == 2 and oof.missing_folds == []
     for job in ("0", "1"):
         assert (sweep / job / OOF_CSV).is_file() and (sweep / job / "metrics.json").is_file()

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import snapshot, user_photos
 from PIL import Image
 
+from noodlenext.core.files import process_stamp
 from noodlenext.data.synthetic import (
     CLASS_NAMES,
     GENERATOR_VERSION,
+    RENDERING,
+    NotSynthetic,
     _render,
     _render_image,
     load_mask,
+    marker_state,
     mask_path,
     render_dataset,
 )
+from noodlenext.data.synthetic import main as synthetic_main
 
 SMALL = {"images_per_class": 6, "image_size": 48}  # 6 * 0.2 -> 1 test + 5 train images per class
 
@@ -84,16 +94,6 @@ def test_second_call_is_a_no_op_unless_parameters_change(tmp_path: Path) -> None
     assert {_size(p) for p in root.rglob("*.jpg")} == {(40, 40)}
 
 
-def test_partial_dataset_without_marker_is_rerendered(tmp_path: Path) -> None:
-    root = tmp_path / "d"
-    (root / "train" / "0_spaghetti").mkdir(parents=True)
-    (root / "train" / "0_spaghetti" / "spaghetti_00000.jpg").write_bytes(b"\xff\xd8 truncated")
-    render_dataset(root, **SMALL)
-    assert (root / "SYNTHETIC.json").is_file() and len(_jpgs(root)) == 18
-    with Image.open(root / "train" / "0_spaghetti" / "spaghetti_00000.jpg") as im:
-        im.load()  # the truncated file was replaced by a real image
-
-
 def test_crash_mid_render_leaves_nothing_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import noodlenext.data.synthetic as synthetic
 
@@ -118,6 +118,99 @@ def test_refuses_to_delete_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         render_dataset(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "splits",
+    [("train", "test"), ("train", "val", "test"), ("train",), ("test",)],
+    ids=["train-test", "train-val-test", "train-only", "test-only"],
+)
+def test_a_users_folder_is_never_replaced_nor_told_to_go(tmp_path: Path, splits: tuple[str, ...]) -> None:
+    """Issue 21: a folder with only split folders at its top level was taken for a render and deleted."""
+    root = user_photos(tmp_path / "my_noodles", splits)
+    (root / "masks").mkdir()  # even the renderer's own folder names do not make it ours
+    before = snapshot(root)
+    with pytest.raises(NotSynthetic) as caught:
+        render_dataset(root, **SMALL)
+    with pytest.raises(NotSynthetic):
+        render_dataset(root, overwrite=True, **SMALL)
+    assert snapshot(root) == before
+    message = str(caught.value)
+    assert str(root) in message and "nothing in it was changed" in message
+    assert not re.search(r"\b(remove|delete|rm)\b", message, re.IGNORECASE)
+    if "train" in splits:
+        assert "data=noodles data.root=" in message  # what the user most likely meant
+    else:
+        assert "train/<class>/*.jpg" in message  # the layout expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_noodles"]  # nothing written beside it
+
+
+def test_the_command_line_refuses_a_users_folder_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = user_photos(tmp_path / "my_noodles", ("train", "test"))
+    before = snapshot(root)
+    with pytest.raises(SystemExit) as exited:
+        synthetic_main(["--root", str(root), "--images-per-class", "6", "--image-size", "48"])
+    assert exited.value.code == 2
+    assert "nothing in it was changed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synthetic_main(["--root", str(root), "--overwrite"])
+    assert snapshot(root) == before
+
+
+def test_a_render_with_a_users_file_added_is_left_alone(tmp_path: Path) -> None:
+    root = render_dataset(tmp_path / "d", **SMALL)
+    mine = root / "train" / "1_ramen" / "my_photo.jpg"
+    mine.write_bytes(b"mine")
+    before = snapshot(root)
+    with pytest.raises(NotSynthetic, match="my_photo.jpg"):
+        render_dataset(root, images_per_class=6, image_size=40)  # other parameters: would re-render
+    assert snapshot(root) == before
+
+
+def test_an_empty_folder_is_rendered_into(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    assert (render_dataset(tmp_path / "d", **SMALL) / "SYNTHETIC.json").is_file()
+
+
+def test_a_half_written_marker_is_ours_and_rerendered(tmp_path: Path) -> None:
+    root = render_dataset(tmp_path / "d", **SMALL)
+    neighbour = user_photos(tmp_path / "my_noodles", ("train", "test"))
+    theirs = snapshot(neighbour)
+    marker = root / "SYNTHETIC.json"
+    for cut in (b"", marker.read_bytes()[:5], marker.read_bytes()[:40]):
+        marker.write_bytes(cut)
+        assert marker_state(root) == "partial"
+        render_dataset(root, **SMALL)
+        assert marker_state(root) == "complete" and len(_jpgs(root)) == 18
+    assert snapshot(neighbour) == theirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "my_noodles"]  # no leftovers beside them
+
+
+def test_a_marker_that_is_not_ours_does_not_make_a_folder_ours(tmp_path: Path) -> None:
+    root = user_photos(tmp_path / "my_noodles", ("train", "test"))
+    (root / "SYNTHETIC.json").write_text('{"notes": "my own file"}')
+    assert marker_state(root) is None
+    before = snapshot(root)
+    with pytest.raises(NotSynthetic):
+        render_dataset(root, **SMALL)
+    assert snapshot(root) == before
+
+
+def test_leftovers_of_a_live_render_and_unmarked_partials_are_kept(tmp_path: Path) -> None:
+    """A .partial folder is removed only when its marker names a writer that is gone."""
+    live = tmp_path / ".d.live1234.partial"
+    (live / "train").mkdir(parents=True)
+    (live / RENDERING).write_text(json.dumps({"writer": process_stamp(), "meta": {}}))
+    unmarked = tmp_path / ".d.abcd1234.partial"
+    (unmarked / "train").mkdir(parents=True)
+    (unmarked / "train" / "keep.jpg").write_bytes(b"someone's")
+    empty = tmp_path / ".d.empty123.partial"
+    empty.mkdir()
+    render_dataset(tmp_path / "d", **SMALL)
+    assert live.is_dir() and (unmarked / "train" / "keep.jpg").read_bytes() == b"someone's"
+    assert not empty.exists()  # an empty folder holds nothing to lose
 
 
 def test_every_image_has_a_mask_of_its_size_where_the_dish_is(rendered: Path) -> None:
@@ -223,3 +316,28 @@ def test_pixels_match_the_generator_versions_reference() -> None:
             c, i, s, px = (int(part.lstrip("cisp x")) for part in key.split("_"))  # c0_i3_s1_px64
             diff = np.abs(np.asarray(_render_image(c, i, s, px), np.int16) - reference[key].astype(np.int16))
             assert (diff > 3).mean() < 0.005, f"{key}: rendering changed; bump GENERATOR_VERSION"
+
+
+@pytest.mark.slow
+def test_a_render_killed_midway_is_recovered_without_touching_anything_else(tmp_path: Path) -> None:
+    neighbour = user_photos(tmp_path / "my_noodles", ("train", "test"))
+    theirs = snapshot(neighbour)
+    root = tmp_path / "d"
+    # 6,000 photos to render: it is killed as soon as its first photo is on disk, long before the end.
+    cmd = [sys.executable, "-m", "noodlenext.data.synthetic", "--root", str(root), "--image-size", "48"]
+    cmd += ["--images-per-class", "2000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial, deadline = None, time.monotonic() + 120
+    try:
+        while partial is None and proc.poll() is None and time.monotonic() < deadline:
+            partial = next((p for p in tmp_path.glob(".d.*.partial") if any(p.rglob("*.jpg"))), None)
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert partial is not None, proc.stderr.read().decode()[-2000:]
+    assert (partial / RENDERING).is_file() and not root.exists()
+    render_dataset(root, **SMALL)
+    assert not partial.exists() and marker_state(root) == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "my_noodles"]
+    assert snapshot(neighbour) == theirs

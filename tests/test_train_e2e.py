@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import snapshot, user_photos
 from wandb_records import config_keys, history_keys, read_records, run_info
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=work,
     )
     return run_dir
+
+
+@pytest.mark.parametrize("splits", [("train", "test"), ("train", "val", "test")], ids=["no-val", "val"])
+def test_the_quickstart_on_a_users_imagefolder_trains_on_it_and_leaves_it_as_it_was(
+    tmp_path: Path, splits: tuple[str, ...]
+) -> None:
+    """Issue 21: `experiment=quickstart data.root=my_noodles` deleted the photos, rendered noodles there."""
+    root = user_photos(tmp_path / "my_noodles", splits, per_class=4)
+    before = snapshot(root)
+    run_dir = tmp_path / "run"
+    proc = run_module(
+        "noodlenext.train", "experiment=quickstart", f"data.root={root}", *SHRUNK, "trainer.max_epochs=1",
+        "llm=none", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert snapshot(root) == before
+    log = (run_dir / "quickstart.log").read_text()
+    assert log.count("is an ImageFolder of your own photos") == 1, proc.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test/acc_per_class"]) == {"ramen", "udon"}  # their classes, not the synthetic three
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_noodles", "run"]  # nothing rendered beside
 
 
 def test_train_leaves_best_and_last_checkpoints(trained: Path) -> None:

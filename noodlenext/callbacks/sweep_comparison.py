@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ THUMBS_DIR = "disagreements"  # thumbnails of the images two configurations disa
 THUMB_SIZE = 96
 MAX_THUMBS = 8  # per direction and comparison
 MAX_THUMB_COMPARISONS = 3  # thumbnails for the best's closest rivals only (an Optuna sweep has many)
+_THUMB_NAME = re.compile(r"^\d+_[ab]_\d+\.png$")  # <comparison>_<side>_<index>.png: ours to replace
 # metrics.json key -> comparison column (per-class accuracies are added per class).
 NUMBERS = {
     "test/acc": "test_acc",
@@ -256,8 +258,9 @@ def save_disagreements(sweep_dir: Path, comparisons: Sequence[PairComparison]) -
     from noodlenext.callbacks.significance import read_predictions
 
     out_dir = sweep_dir / THUMBS_DIR
-    for old in out_dir.glob("*.png") if out_dir.is_dir() else []:
-        old.unlink()  # ours: a rerun must not show the last run's images
+    for old in out_dir.glob("*_*_*.png") if out_dir.is_dir() else []:
+        if _THUMB_NAME.match(old.name):
+            old.unlink()  # ours (named as below): a rerun must not show the last run's images
     shown = []
     for k, comparison in enumerate(comparisons[:MAX_THUMB_COMPARISONS]):
         pair = next((p for p in comparison.pairs if p.images is not None), None)

@@ -110,12 +110,31 @@ def _writer_alive(pid: int, start: int) -> bool:
     return True
 
 
-def is_stale_temp(path: str | Path, now: float | None = None) -> bool:
+def process_stamp() -> dict[str, Any]:
+    """Who this process is, for a marker that says "a write of mine is under way": host (hashed), pid and
+    start time. `stamp_alive` tells later whether that process still runs."""
+    return {"host": _HOST, "pid": os.getpid(), "start": _my_start()}
+
+
+def stamp_alive(stamp: Any) -> bool:
+    """Does the process of a `process_stamp()` still run? Another host's, or a stamp that cannot be read,
+    counts as alive: only a writer known to be gone lets its leftovers be removed."""
+    try:
+        host, pid, start = str(stamp["host"]), int(stamp["pid"]), int(stamp["start"])
+    except (TypeError, KeyError, ValueError):
+        return True
+    return host != _HOST or _writer_alive(pid, start)
+
+
+def is_stale_temp(path: str | Path, now: float | None = None, legacy: bool = False) -> bool:
     """An atomic write's temp file whose writer is gone: its pid (on this host) no longer runs, or it is
-    older than STALE_AFTER_S. A live writer's temp file, or any other file, is never stale."""
+    older than STALE_AFTER_S. A live writer's temp file, or any other file, is never stale.
+
+    legacy: also earlier versions' names (`tmp<8 random>.tmp`, `.<name>.<8 random>.tmp`), which carry no
+    writer and look like any mkstemp file: only for a folder that noodlenext alone writes (checkpoints)."""
     path = Path(path)
-    ours, legacy = _OURS.match(path.name), _LEGACY.match(path.name)
-    if not (ours or legacy):
+    ours, old = _OURS.match(path.name), legacy and _LEGACY.match(path.name)
+    if not (ours or old):
         return False
     if ours and ours["host"] == _HOST and not _writer_alive(int(ours["pid"]), int(ours["start"])):
         return True
@@ -126,8 +145,11 @@ def is_stale_temp(path: str | Path, now: float | None = None) -> bool:
     return age > STALE_AFTER_S
 
 
-def clean_stale_temps(directory: str | Path) -> list[Path]:
-    """Remove the temp files that killed atomic writes left in `directory` (not below it); returns them."""
+def clean_stale_temps(directory: str | Path, legacy: bool = False) -> list[Path]:
+    """Remove the temp files that killed atomic writes left in `directory` (not below it); returns them.
+
+    Only names that say they are ours (`is_stale_temp`): a user's own `*.tmp` in a folder noodlenext
+    writes a report into is never touched. legacy: see is_stale_temp."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -136,7 +158,7 @@ def clean_stale_temps(directory: str | Path) -> list[Path]:
     for entry in entries:
         if entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
             path = Path(entry.path)
-            if is_stale_temp(path):
+            if is_stale_temp(path, legacy=legacy):
                 with contextlib.suppress(FileNotFoundError):  # another process cleaned it first
                     path.unlink()
                     removed.append(path)

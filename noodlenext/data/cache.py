@@ -31,6 +31,15 @@ from noodlenext.data.images import load_rgb
 from noodlenext.data.transforms import decode_size
 
 CACHE_FOLDER = ".noodlenext_cache"  # default: inside data.root (hidden: the scan skips it)
+# The cache folder's marker (the Cache Directory Tagging Specification, bford.info/cachedir: backup tools
+# skip such a folder): noodlenext writes entries only into a folder that carries it, or that it created
+# or found empty (core.ownership.claim_folder), never among a user's own files.
+CACHE_TAG = "CACHEDIR.TAG"
+CACHE_TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by noodlenext (data.cache=resized).\n"
+    "# For information about cache directory tags, see: https://bford.info/cachedir/\n"
+)
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

@@ -31,7 +31,9 @@ from omegaconf import DictConfig
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.core.files import write_text_atomic
+from noodlenext.core.ownership import guard_file
 from noodlenext.data.fixes import (
+    FILE_LIST_HEAD,
     default_quarantine_dir,
     quarantine,
     read_listed,
@@ -39,7 +41,7 @@ from noodlenext.data.fixes import (
     write_file_list,
 )
 from noodlenext.data.report import print_report
-from noodlenext.data.rules import SEVERITIES, CheckReport, check_dataset
+from noodlenext.data.rules import REPORT_HEAD, SEVERITIES, CheckReport, check_dataset
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,11 @@ def run(cfg: DictConfig) -> CheckReport | None:
         for p in problems:
             log.warning(p)
         return None
+    out = Path(cfg.report) if cfg.get("report") else Path(cfg.paths.output_dir) / "data_check.json"
+    guard_file(out, "report", REPORT_HEAD)  # before the work: a user's own file is never replaced
+    list_target = Path(cfg.get("file_list") or Path(cfg.paths.output_dir) / "clean_files.txt")
+    if cfg.fix == "list":
+        guard_file(list_target, "file_list", FILE_LIST_HEAD)
     report = check_dataset(
         root,
         image_size=cfg.image_size,
@@ -76,7 +83,6 @@ def run(cfg: DictConfig) -> CheckReport | None:
         progress=cfg.progress,
     )
     print_report(report)
-    out = Path(cfg.report) if cfg.get("report") else Path(cfg.paths.output_dir) / "data_check.json"
     write_text_atomic(out, json.dumps(report.to_dict(), indent=2))
     print(f"report: {out}  ({len(report.files)} files in {report.seconds:.1f}s)")
     kinds = list(cfg.fix_kinds)
@@ -89,8 +95,7 @@ def run(cfg: DictConfig) -> CheckReport | None:
             "%d file(s) of files=%s are not in %s, e.g. %s", len(unknown), cfg.files, root, unknown[0]
         )
     if cfg.fix == "list":
-        target = cfg.get("file_list") or Path(cfg.paths.output_dir) / "clean_files.txt"
-        path, left_out = write_file_list(report, target, kinds, listed)
+        path, left_out = write_file_list(report, list_target, kinds, listed)
         print(f"file list: {path} ({left_out} image(s) left out); train on it with data.file_list={path}")
     elif cfg.fix == "quarantine":
         moves = quarantine(report, qdir, kinds, listed)

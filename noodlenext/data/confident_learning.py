@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from noodlenext.core.files import write_json_atomic, write_text_atomic
+from noodlenext.core.ownership import guard_file
+from noodlenext.data.fixes import FILE_LIST_HEAD
 from noodlenext.data.images import list_files
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ OOF_META = "oof_probs.json"
 ISSUES_CSV = "label_issues.csv"
 ISSUES_LIST = "label_issues.txt"
 CLEAN_LIST = "clean_files.txt"
+ISSUES_CSV_HEAD = r"rank,file,given_label,"  # how the files start: the only existing ones it may replace
+ISSUES_LIST_HEAD = r"# \d+ likely label issue"
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 SPLITS = ("train", "val", "test")
 
@@ -259,9 +263,13 @@ def write_label_issues(
 ) -> LabelIssuesResult:
     """Find the label issues of a crossval sweep and write label_issues.csv, label_issues.txt and
     clean_files.txt (in out_dir, default the sweep directory)."""
+    out = Path(out_dir or sweep_dir).expanduser().resolve()
+    option = "--out-dir" if out_dir else "sweep_dir"
+    heads = {ISSUES_CSV: ISSUES_CSV_HEAD, ISSUES_LIST: ISSUES_LIST_HEAD, CLEAN_LIST: FILE_LIST_HEAD}
+    for name, head in heads.items():
+        guard_file(out / name, option, head)  # all three checked before one is written
     oof = read_out_of_fold(sweep_dir)
     issues = find_label_issues(oof, filter_by)
-    out = Path(out_dir or sweep_dir).expanduser().resolve()
     rows = [["rank", "file", "given_label", "likely_label", "score", "prob_likely", "fold"]]
     rows += [
         [str(r), i.file, i.given, i.likely, f"{i.score:.6f}", f"{i.prob_likely:.6f}", str(i.fold)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import transforms as T
 
-from noodlenext.data.cache import CACHE_FOLDER, ResizedCache
+from noodlenext.core.ownership import is_empty_dir
+from noodlenext.data.cache import CACHE_FOLDER, CACHE_TAG, CACHE_TAG_TEXT, ResizedCache
 from noodlenext.data.fingerprints import hash_files
 from noodlenext.data.gpu_decode import EncodedImages, collate_encoded, decode_batch, require_cuda
 from noodlenext.data.images import (
@@ -166,6 +168,7 @@ class NoodleDataModule(LightningDataModule):
         )
         self._mixup: Any = None
         self.synthetic = dict(synthetic) if synthetic else None
+        self._own_photos_said = False
         self._classes = list(classes) if classes is not None else None
         self.allow_leakage = bool(allow_leakage)
         self.file_list = Path(file_list).expanduser() if file_list else None
@@ -190,11 +193,25 @@ class NoodleDataModule(LightningDataModule):
 
     # ----------------------------------------------------------------------------- classes
     def prepare_data(self) -> None:
-        """Render the embedded synthetic dataset on first use (data=synthetic)."""
-        if self.synthetic is not None:
-            from noodlenext.data.synthetic import render_dataset
+        """Render the embedded synthetic dataset on first use (data=synthetic), unless data.root is the
+        user's own ImageFolder: then train on it, as data=noodles would (said in one log line). A data.root
+        that is neither is refused by the renderer (NotSynthetic), untouched."""
+        if self.synthetic is None:
+            return
+        from noodlenext.data.synthetic import looks_like_image_folder, marker_state, render_dataset
 
-            render_dataset(self.root, **self.synthetic)
+        if marker_state(self.root) is None and looks_like_image_folder(self.root):
+            if self._own_photos_said:  # Lightning calls prepare_data again for fit and test
+                return
+            self._own_photos_said = True
+            log.info(
+                "data.root=%s is an ImageFolder of your own photos, not a synthetic render: training on "
+                "them with this experiment's model and schedule, as data=noodles would (data.synthetic is "
+                "not used)",
+                self.root,
+            )
+            return
+        render_dataset(self.root, **self.synthetic)
 
     @property
     def class_names(self) -> list[str]:
@@ -442,10 +459,13 @@ class NoodleDataModule(LightningDataModule):
         if self.cache is None:
             return None
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.cache_dir / f".write-test-{id(self)}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # Entries only ever add files (<size>/<sha256[:2]>/<sha256>.npy, named by content), so any
+            # folder will do; one that noodlenext creates (or finds empty) gets the cache tag.
+            if not self.cache_dir.exists() or is_empty_dir(self.cache_dir):
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                (self.cache_dir / CACHE_TAG).write_text(CACHE_TAG_TEXT)
+            with tempfile.TemporaryFile(dir=self.cache_dir):  # can we write there? (no name to collide)
+                pass
         except OSError as e:
             raise ValueError(
                 f"data.cache=resized: cannot write to the cache folder {self.cache_dir} ({e}); set "

@@ -29,11 +29,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from noodlenext.core.files import atomic_write, fsync_dir, write_text_atomic
+from noodlenext.core.ownership import guard_file
 from noodlenext.data.rules import CheckReport
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "moves.jsonl"
+# How the files noodlenext writes start: the only existing files at those paths it may replace or append to.
+FILE_LIST_HEAD = r"# (?:noodlenext data check of |the images of .* without the \d+ likely label issue)"
+MOVES_HEAD = r'(?:\{"op": "|\Z)'  # a move log (or one created and cut short before its first record)
 FIX_KINDS = ("unreadable", "non_image", "label_conflict", "leakage", "exact_duplicate", "near_duplicate")
 
 
@@ -80,7 +84,7 @@ def write_file_list(
     bad = offending(report, kinds, listed)
     keep = [f.rel for f in report.files if f.readable and f.rel not in bad]
     left_out = sum(1 for f in report.files if f.is_image) - len(keep)
-    path = Path(path).expanduser().resolve()
+    path = guard_file(Path(path).expanduser().resolve(), "file_list", FILE_LIST_HEAD)
     header = [
         f"# noodlenext data check of {report.root}",
         f"# {len(keep)} image(s) kept, {left_out} left out ({', '.join(sorted(set(kinds)))} and unreadable)",
@@ -109,6 +113,7 @@ def quarantine(
     qdir = Path(qdir).expanduser().resolve() if qdir else default_quarantine_dir(root)
     bad = offending(report, kinds, listed)
     moves = []
+    guard_file(qdir / LOG_NAME, "quarantine_dir", MOVES_HEAD)  # appends to a move log of ours only
     qdir.mkdir(parents=True, exist_ok=True)
     with _move_log(qdir / LOG_NAME) as append:
         for rel, kind in sorted(bad.items()):

@@ -49,6 +49,7 @@ from noodlenext.data.images import IMAGE_EXTENSIONS
 from noodlenext.data.scan import SPLITS, UNKNOWN_FOLDER, FileInfo, inspect_file, scan_tree
 
 SEVERITIES = ("error", "warning", "info")  # most severe first
+REPORT_HEAD = r'\{\s*"root":'  # how data_check.json starts: the only existing report the doctor replaces
 _FORMAT_EXTENSIONS = {
     "JPEG": {".jpg", ".jpeg"},
     "PNG": {".png"},

@@ -13,19 +13,26 @@ noise do not move the mask.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from noodlenext.core.files import process_stamp, stamp_alive
+from noodlenext.core.ownership import is_empty_dir
 
 CLASS_NAMES: tuple[str, ...] = ("0_spaghetti", "1_ramen", "2_udon")
 GENERATOR_VERSION = 1  # bump whenever rendering changes: stale datasets then re-render
@@ -496,6 +503,123 @@ def _read_marker(root: Path) -> dict | None:
         return None
 
 
+def marker_state(root: str | Path) -> str | None:
+    """Whether `root` carries this module's marker: "complete" (SYNTHETIC.json, read whole), "partial" (a
+    SYNTHETIC.json cut short: empty, or the start of one this module writes) or None (no marker, or a
+    SYNTHETIC.json that is not ours). Only a folder with a marker is ever replaced."""
+    try:
+        data = (Path(root) / MARKER).read_bytes()
+    except OSError:
+        return None
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        head = data.lstrip()
+        return "partial" if _MARKER_HEAD[: len(head)] == head[: len(_MARKER_HEAD)] else None
+    return "complete" if isinstance(meta, dict) and "generator_version" in meta else None
+
+
+_MARKER_HEAD = b'{\n  "generator_version":'  # how every SYNTHETIC.json starts (json.dumps(meta, indent=2))
+RENDERING = ".rendering.json"  # in a render under way (root's .partial sibling): its writer and parameters
+# What a render holds: photos, masks, the marker, and the resized cache (data.cache=resized's default).
+_RENDERED = re.compile(
+    rf"^(?:(?:{'|'.join(_SPLITS)})/\d+_\w+/\w+_\d{{5}}\.jpg"
+    rf"|{MASKS}/(?:{'|'.join(_SPLITS)})/\d+_\w+/\w+_\d{{5}}\.png"
+    rf"|{re.escape(MARKER)}|{re.escape(RENDERING)}"
+    r"|\.noodlenext_cache/(?:CACHEDIR\.TAG|[^/]+/[0-9a-f]{2}/(?:[0-9a-f]{64}\.npy|\.[0-9a-f]+\.[^/]*\.tmp)))$"
+)
+
+
+class NotSynthetic(FileExistsError):
+    """data.root holds something the renderer did not write: it is left exactly as it is."""
+
+
+def looks_like_image_folder(root: str | Path) -> bool:
+    """root/train/ with at least one class folder: somebody's ImageFolder (or a render: see marker_state)."""
+    train = Path(root) / "train"
+    try:
+        return train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())
+    except OSError:
+        return False
+
+
+def _foreign_files(root: Path) -> list[str]:
+    """The files under a render's root that the renderer does not write (root-relative, sorted)."""
+    foreign = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if not _RENDERED.match(rel):
+            foreign.append(rel)
+    return foreign
+
+
+def _check_replaceable(root: Path) -> None:
+    """Refuse (NotSynthetic) unless root is missing, empty, or a render of ours holding nothing else."""
+    if not root.exists() and not root.is_symlink():
+        return
+    if root.is_symlink() or not root.is_dir():
+        raise NotSynthetic(
+            f"{root} is not a folder the synthetic renderer made; it was left as it is. Render into a "
+            "folder that does not exist yet (data.root=<new folder>)"
+        )
+    if next(root.iterdir(), None) is None:
+        return
+    if marker_state(root) is None:
+        kind = (
+            "an ImageFolder of your own photos: train on it with data=noodles data.root=" + str(root)
+            if looks_like_image_folder(root)
+            else (
+                "neither an ImageFolder (train/<class>/*.jpg, optional val/<class>/*.jpg, test/<class>/*.jpg "
+                "or test/unknown/*.jpg) nor a synthetic noodle render"
+            )
+        )
+        raise NotSynthetic(
+            f"{root} holds files that the synthetic renderer did not write (it has no {MARKER}); nothing "
+            f"in it was changed. It is {kind}. To render the synthetic noodles, pick a data.root that does "
+            "not exist yet"
+        )
+    foreign = _foreign_files(root)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise NotSynthetic(
+            f"{root} is a synthetic noodle render ({MARKER}) but also holds files the renderer did not "
+            f"write ({shown}); nothing in it was changed. Move those files elsewhere, or render into a "
+            "data.root that does not exist yet"
+        )
+
+
+def clean_interrupted_renders(root: str | Path) -> list[Path]:
+    """Remove what killed renders of `root` left beside it: `.<name>.*.partial` folders whose
+    RENDERING marker names a writer that no longer runs (and empty ones), and `.<name>.*.old` folders (a
+    render being replaced) that carry the marker. Anything else is left alone. Returns what was removed."""
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.parent.is_dir():
+        return removed
+    for path in sorted(root.parent.glob(f".{glob.escape(root.name)}.*.partial")):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if is_empty_dir(path):  # killed before its marker: nothing to lose (rmdir removes only empty ones)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+                removed.append(path)
+            continue
+        try:
+            stamp = json.loads((path / RENDERING).read_text())["writer"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not provably ours (no marker): left alone
+        if not stamp_alive(stamp) and not _foreign_files(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for path in sorted(root.parent.glob(f".{glob.escape(root.name)}.*.old")):
+        if path.is_dir() and not path.is_symlink() and marker_state(path) and not _foreign_files(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def render_dataset(
     root: str | Path = "data/synthetic_noodles",
     images_per_class: int = 300,
@@ -509,21 +633,23 @@ def render_dataset(
 
     root/<split>/<class>/<stem>_<index>.jpg are the photos (`image_size` px square, JPEG quality 90);
     root/masks/<split>/<class>/<stem>_<index>.png their evidence masks (see `mask_path`, `load_mask`).
+
+    A `root` that exists is replaced only when it is empty or carries the marker (SYNTHETIC.json, whole or
+    cut short) and holds nothing but what the renderer writes; anything else raises NotSynthetic and is
+    left as it is. The render goes to a sibling `.partial` folder (with a RENDERING marker naming this
+    process) that is renamed into place when complete; leftovers of killed renders are cleaned first.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     meta = _metadata(images_per_class, image_size, seed, val_fraction, test_fraction)
     counts = {split: per_class[CLASS_NAMES[0]] for split, per_class in meta["counts"].items()}
     if not overwrite and _read_marker(root) == meta:
         return root
-    if root.exists() and (
-        root.is_file() or any(p.name not in (*_SPLITS, MASKS, MARKER) for p in root.iterdir())
-    ):
-        # refuse to delete a directory that does not look like one of ours
-        raise FileExistsError(f"{root} is not a synthetic noodle dataset; remove it or pick another root")
+    _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    # render into a sibling temp dir and rename it into place: an interrupted run never looks complete
+    clean_interrupted_renders(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
     try:
+        (tmp / RENDERING).write_text(json.dumps({"writer": process_stamp(), "meta": meta}) + "\n")
         os.chmod(tmp, 0o755)
         for c, cls in enumerate(CLASS_NAMES):
             start, stem = 0, cls.split("_", 1)[1]
@@ -536,18 +662,36 @@ def render_dataset(
                     photo.save(out, quality=90)
                     mask.save(mask_path(tmp, out))
                 start += k
+        (tmp / RENDERING).unlink()
         (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")  # written last = completeness marker
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if _read_marker(root) != meta:
-                raise
-            # a concurrent process finished the same dataset first; keep theirs
+        _move_into_place(tmp, root, None if overwrite else meta)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():  # ours: this process made it and rendered into it
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _move_into_place(tmp: Path, root: Path, meta: dict | None) -> None:
+    """Rename the finished render `tmp` to `root`: straight over a missing or empty root; an old render is
+    first renamed aside (`.<name>.<id>.old`) and removed once the new one is in place. meta: a render of
+    these parameters that another process put there meanwhile is kept (None: replaced too)."""
+    aside = []
+    for _ in range(3):
+        try:
+            os.rename(tmp, root)  # fails on a non-empty root (ENOTEMPTY/EEXIST) instead of replacing it
+            break
+        except OSError:
+            if meta is not None and _read_marker(root) == meta:
+                break  # a concurrent render of the same dataset finished first; keep theirs
+            _check_replaceable(root)  # checked again: it may have changed while this one rendered
+            old = root.parent / f".{root.name}.{uuid.uuid4().hex[:8]}.old"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(root, old)
+                aside.append(old)
+    else:
+        raise OSError(f"could not move the new render into {root}: another process keeps replacing it")
+    for old in aside:  # renders of ours, checked before they were moved aside
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def mask_path(root: str | Path, image_path: str | Path) -> Path:
@@ -592,13 +736,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="render again over a complete render (only ever a folder with this module's SYNTHETIC.json)",
+    )
     a = p.parse_args(argv)
     params = (a.images_per_class, a.image_size, a.seed, a.val_fraction, a.test_fraction)
     meta = _metadata(*params)
     reused = not a.overwrite and _read_marker(Path(a.root)) == meta
     t0 = time.perf_counter()
-    root = render_dataset(a.root, *params, overwrite=a.overwrite)
+    try:
+        root = render_dataset(a.root, *params, overwrite=a.overwrite)
+    except NotSynthetic as e:
+        p.exit(2, f"error: {e}\n")
     done = "already complete at" if reused else f"wrote in {time.perf_counter() - t0:.1f}s to"
     print(f"synthetic noodles {done} {root.resolve()}")
     for split, per_class in meta["counts"].items():

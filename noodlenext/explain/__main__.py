@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.core.devices import resolve_device
 from noodlenext.core.files import write_json_atomic
+from noodlenext.core.ownership import claim_folder
 from noodlenext.data.images import find_readable_images
 from noodlenext.explain.folder import explain_files
 from noodlenext.explain.settings import HeatmapSettings
@@ -30,7 +31,10 @@ def explain_images(cfg: DictConfig) -> Path:
     model = load_classifier(cfg.ckpt_path, trust_checkpoint=cfg.get("trust_checkpoint", False))
     model = model.use(calibration=cfg.get("calibration")).to(resolve_device(cfg.device))
     paths = find_readable_images(cfg.input)
-    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "explanations"
+    # A folder the user named is filled only when it is new, empty, or an earlier explain's (its marker).
+    out = Path(cfg.paths.output_dir) / "explanations"
+    if cfg.get("output"):
+        out = claim_folder(cfg.output, "output")
     records: list[dict] = []
     try:
         explain_files(

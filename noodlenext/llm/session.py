@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from noodlenext.core.files import write_json_atomic
+from noodlenext.core.ownership import guard_file
 from noodlenext.explain.evidence import Evidence, Finding
 from noodlenext.llm.base import Backend, LLMError, Message, generation_options, text_of
 from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, grounded, retry_conversation
 from noodlenext.llm.prompt import ExplainRequest, evidence_messages, explain_messages
 from noodlenext.llm.text import cut_to_sentence, sentence_ends
 
+SAVED_HEAD = r'\{\s*"backend":'  # how a saved chat starts: the only file `save` may replace
 DROPPED_NOTE = "({n} earlier message(s) of this conversation were dropped to fit the model's context.)"
 
 
@@ -281,8 +283,9 @@ class ChatSession:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the conversation as JSON (atomically: an interrupted save leaves the previous one)."""
-        write_json_atomic(Path(path), self.to_dict())
+        """Write the conversation as JSON (atomically: an interrupted save leaves the previous one). An
+        existing file is replaced only when it is a saved chat (SAVED_HEAD); anything else: NotOurs."""
+        write_json_atomic(guard_file(path, "chat.transcript", SAVED_HEAD), self.to_dict())
         return Path(path)
 
     @classmethod

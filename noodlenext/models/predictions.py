@@ -12,8 +12,12 @@ from torch.utils.data import DataLoader
 
 from noodlenext.core.devices import resolve_device
 from noodlenext.core.files import atomic_write
+from noodlenext.core.ownership import guard_file
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.models.classifier import NoodleClassifier
+
+# How the CSV starts: the only existing file at `out` that predict may replace.
+PREDICTIONS_HEAD = r"file,label,confidence[,\r\n]"
 
 
 @torch.inference_mode()
@@ -32,6 +36,8 @@ def predict_to_csv(
     The probabilities are `model.predict_proba`'s: temperature-scaled unless the model was set to
     calibration=none, averaged over the test-time augmentation views of `tta` (default the model's).
     """
+    guard_file(out, "output", PREDICTIONS_HEAD)  # before any work: a user's own file is never replaced
+    guard_file(out, "output", PREDICTIONS_HEAD)  # before any work: a user's own file is never replaced
     target = resolve_device(device)
     model = model.to(target).eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
