@@ -22,17 +22,16 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
-import queue
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
@@ -44,11 +43,17 @@ from noodlenext.core.ownership import new_folder
 from noodlenext.data.images import IMAGE_EXTENSIONS, check_image, find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer, Step
 from noodlenext.explain.settings import HeatmapSettings
-from noodlenext.llm.base import Backend, Message, cut_to_sentence, text_of
+from noodlenext.llm.base import Backend, text_of
+from noodlenext.llm.deadline import Deadline
 from noodlenext.llm.followups import FollowupAnswer, answer_followup
 from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, template_explanation
 from noodlenext.llm.load import load_backend
 from noodlenext.llm.session import evidence_session
+
+if TYPE_CHECKING:
+    from noodlenext.explain.evidence import Evidence
+    from noodlenext.explain.probes import PhotoProbe
+    from noodlenext.llm.session import ChatSession
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -127,108 +132,25 @@ class PageLimits:
         return cls(**values)
 
 
-class Deadline(Backend):
-    """The shared backend as one page session sees it: every answer streams and stops at a deadline.
+@dataclass
+class SessionState:
+    """What one browser session keeps between events (Gradio's gr.State holds it): the photo it analyses,
+    that analysis's files and conversation. A new photo starts a new one."""
 
-    `arm()` before an answer starts its clock (`seconds`); every `generate`/`stream` call until the next
-    `arm()` shares it (the grounding gate's retry too); before the first `arm()` there is no deadline.
-    The model's pieces are read in a worker thread, so that even a backend that hangs without a word is
-    given up on at the deadline; when it passes, the worker closes the model's stream at its next piece
-    (transformers and llama.cpp stop generating then), `stopped` is set, `generate` answers what came so
-    far (cut to its last full sentence) and later calls answer "" at once. Errors of the backend are
-    raised in the caller's thread.
-    """
-
-    def __init__(self, backend: Backend, seconds: float) -> None:
-        self.backend, self.seconds = backend, float(seconds)
-        self.name, self.multimodal = backend.name, backend.multimodal
-        self.context_length = backend.context_length
-        self.ends_at, self.stopped = math.inf, False
-
-    def arm(self) -> None:
-        """Start the clock of the next answer."""
-        self.ends_at, self.stopped = time.monotonic() + self.seconds, False
-
-    def count_tokens(self, messages: list[Message]) -> int:
-        return self.backend.count_tokens(messages)
-
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        *,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-    ) -> list[str]:
-        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                   "repetition_penalty": repetition_penalty,
-                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
-        return [cut_to_sentence("".join(self._pieces(messages, options))) for messages in conversations]
-
-    def stream(
-        self,
-        messages: list[Message],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        *,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-    ) -> Iterator[str]:
-        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                   "repetition_penalty": repetition_penalty,
-                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
-        yield from self._pieces(messages, options)
-
-    def _pieces(self, messages: list[Message], options: dict[str, Any]) -> Iterator[str]:
-        if self.stopped or time.monotonic() >= self.ends_at:
-            self.stopped = True
-            return
-        pieces: queue.Queue[Any] = queue.Queue()
-        done = object()
-        stop = threading.Event()
-
-        def read() -> None:
-            try:
-                source = self.backend.stream(messages, **options)
-                try:
-                    for piece in source:
-                        pieces.put(piece)
-                        if stop.is_set():
-                            break
-                finally:
-                    source.close()  # stops the generation
-            except BaseException as err:  # noqa: BLE001 - handed to the reader below
-                pieces.put(_Raised(err))
-            finally:
-                pieces.put(done)
-
-        threading.Thread(target=read, name="llm-deadline", daemon=True).start()
-        try:
-            while True:
-                left = self.ends_at - time.monotonic()
-                try:
-                    if left <= 0:
-                        raise queue.Empty
-                    item = pieces.get(timeout=min(left, threading.TIMEOUT_MAX))  # never armed: inf
-                except queue.Empty:
-                    self.stopped = True
-                    return
-                if item is done:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.error
-                yield item
-        finally:
-            stop.set()
-
-    def close(self) -> None:
-        """Nothing: the shared backend outlives every session."""
-
-
-@dataclass(frozen=True)
-class _Raised:
-    error: BaseException
+    status: str = ""  # the status line
+    stop: threading.Event = field(default_factory=threading.Event)  # set: end the analysis after its batch
+    partial: PhotoAnalysis | None = None  # the analysis so far, while it runs (and after a stop)
+    analysis: PhotoAnalysis | None = None  # the finished analysis
+    stopped: bool = False  # the analysis was stopped before it finished
+    alpha: float | None = None  # the opacity the slider was moved to while the analysis ran
+    folder: Path | None = None  # the session's files (photo, overlay, chat.json): removed with the session
+    probe: PhotoProbe | None = None  # the tests a follow-up can run on the photo
+    evidence: Evidence | None = None  # the evidence so far: each follow-up's test joins it
+    session: ChatSession | None = None  # the conversation; None: no language model, or no first answer
+    clock: Deadline | None = None  # the deadline every answer of this session runs under
+    failed: str | None = None  # why there is no conversation, when the language model failed
+    shown: dict[int, str] = field(default_factory=dict)  # transcript index -> what the chat shows there
+    test: FollowupAnswer | None = None  # the test the last follow-up ran, until it is shown
 
 
 # Handlers return {component: new value}; components left out keep what they show (Gradio skips them).
@@ -239,7 +161,7 @@ Updates = dict[Any, Any]
 class PageComponents:
     """The components the handlers update, made by NoodleApp.build (Gradio is imported only there)."""
 
-    state: Any  # gr.State, per browser session: analysis, folder, chat session, status line
+    state: Any  # gr.State, per browser session: a SessionState (None until the first photo)
     status: Any
     probabilities: Any
     photo: Any
@@ -263,7 +185,8 @@ class NoodleApp:
     """The page's behaviour, one method per event; the model and LLM are shared, conversations are not.
 
     Model work is serialised by Gradio's queue (`build`: one concurrency group, one event at a time), so
-    the handlers take no lock; each session's answers go through its own `Deadline` over the backend.
+    the handlers take no lock; each session's answers go through its own `Deadline` over the backend
+    (`deadline(backend, app.generation_timeout_s)`: a test hands in one that it expires itself).
     """
 
     def __init__(
@@ -276,14 +199,16 @@ class NoodleApp:
         max_pixels: int,
         examples: list[str],
         limits: PageLimits | None = None,
+        deadline: Callable[[Backend, float], Deadline] = Deadline,
     ) -> None:
         self.explainer, self.backend, self.prompt, self.llm = explainer, backend, prompt, llm
         self.work_dir, self.max_pixels, self.examples = work_dir, max_pixels, examples
         self.limits = limits or PageLimits()
+        self.deadline = deadline
         self.ui: PageComponents | None = None  # set by build()
 
     # ---------------------------------------------------------------------------- events
-    def analyze(self, path: str | None, alpha: float, state: dict | None) -> Iterator[Updates]:
+    def analyze(self, path: str | None, alpha: float, state: SessionState | None) -> Iterator[Updates]:
         """Classify and show GradCAM at once, then ScoreCAM with its progress (a preview first when the
         exact map takes long), then the evidence and the nearest training photos, then the explanation
         once the grounding gate has checked it. `stop` (the Stop button, or a new photo) ends it after
@@ -301,22 +226,23 @@ class NoodleApp:
             return
         forget(state)  # the photo this session analysed before: its folder goes
         name = Path(path).name
-        stop = threading.Event()
-        state = {"session": None, "stop": stop, "status": f"{name}: analysing"}
+        state = SessionState(status=f"{name}: analysing")
         steps = self.explainer.steps(photo)
         analysis = None
-        shown_at = 0.0
+        shown_at, stage = 0.0, None
         try:
             for step in steps:
-                if stop.is_set() and step.stage != "done":  # at "done" all is computed: show it
+                if state.stop.is_set() and step.stage != "done":  # at "done" all is computed: show it
                     yield self._stopped(step, name, state)
                     return
-                alpha = state.get("alpha", alpha)  # the slider, moved while this runs (reblend)
+                alpha = state.alpha if state.alpha is not None else alpha  # the slider, moved meanwhile
                 update = self._step_shown(step, name, alpha, state)
                 now = time.monotonic()
-                # A tiny model's mask batches come every few ms: the page redraws at most 5 times a second.
-                if step.progress is None or step.progress.maps is not None or now - shown_at > 0.2:
-                    shown_at = now
+                # A tiny model's mask batches come every few ms: the page redraws at most 5 times a second,
+                # but a new stage, and a map when it is done, at once.
+                new = step.stage != stage or step.progress is None or step.progress.maps is not None
+                if new or now - shown_at > 0.2:
+                    shown_at, stage = now, step.stage
                     yield update
                 analysis = step.analysis
         finally:
@@ -324,9 +250,10 @@ class NoodleApp:
         folder = self.work_dir / uuid.uuid4().hex
         images = analysis.save_images(folder)
         status = f"{name}: {analysis.predicted} ({analysis.confidence:.0%})"
-        probe = self.explainer.probe(analysis) if analysis.evidence is not None else None
-        state.update(analysis=analysis, folder=folder, status=status, probe=probe, evidence=analysis.evidence)
-        alpha = state.get("alpha", alpha)
+        state.probe = self.explainer.probe(analysis) if analysis.evidence is not None else None
+        state.analysis, state.folder, state.status = analysis, folder, status
+        state.evidence = analysis.evidence
+        alpha = state.alpha if state.alpha is not None else alpha
         # ScoreCAM and GradCAM are shown (and maybe reblended) already: the contrastive map is new.
         contrastive = (
             _displayed(analysis.overlay("contrastive", alpha)) if analysis.contrastive is not None else None
@@ -350,35 +277,34 @@ class NoodleApp:
         if self.backend is None:
             yield {**shown, ui.explanation: "(no language model: llm=none)"}
             return
-        clock = Deadline(self.backend, self.limits.generation_timeout_s)
-        session, first = evidence_session(clock, analysis.evidence, self.prompt, self.llm, images)
-        state.update(session=session, clock=clock)
+        state.clock = self.deadline(self.backend, self.limits.generation_timeout_s)
+        state.session, first = evidence_session(state.clock, analysis.evidence, self.prompt, self.llm, images)
+        session = state.session
         # Nothing unchecked reaches the reader: the text shows once the grounding gate has passed it.
         yield {**shown, ui.explanation: "(writing the explanation and checking it against the evidence…)"}
         shown_text, problem = self._answer(state, first, first=True)
         if problem is not None and len(session.transcript) < 3:  # no first answer: nothing to follow up
-            state.update(session=None, failed=problem)
+            state.session, state.failed = None, problem
         transcript = session.save(folder / "chat.json")
-        yield {ui.explanation: shown_text, ui.chat: self._history(state) if state["session"] else [],
+        yield {ui.explanation: shown_text, ui.chat: self._history(state) if state.session else [],
                ui.transcript_file: str(transcript), ui.state: state,
                ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
 
-    def stop(self, state: dict | None) -> Updates:
+    def stop(self, state: SessionState | None) -> Updates:
         """The Stop button (and a new photo): the session's running analysis ends after its current mask
         batch. Runs outside the model's queue, so it is heard while the analysis runs."""
-        stop = (state or {}).get("stop")
-        if stop is None or stop.is_set() or "analysis" in (state or {}):
+        if state is None or state.stop.is_set() or state.analysis is not None:
             return {}
-        stop.set()
+        state.stop.set()
         return {self.ui.progress: _progress_html("stopping after the current batch of masked images…", None,
                                                  bar=False)}  # fmt: skip
 
-    def _step_shown(self, step: Step, name: str, alpha: float, state: dict) -> Updates:
+    def _step_shown(self, step: Step, name: str, alpha: float, state: SessionState) -> Updates:
         """What the page shows at one step of the analysis: the first look, ScoreCAM's progress (and its
         preview, then the exact map), the evidence being gathered."""
         ui, a = self.ui, step.analysis
-        status = f"{name}: {a.predicted} ({a.confidence:.0%})"
-        state.update(status=status, partial=a)
+        state.status = status = f"{name}: {a.predicted} ({a.confidence:.0%})"
+        state.partial = a
         if step.stage == "first look":
             return {ui.status: status, ui.probabilities: a.probabilities, ui.photo: _displayed(a.photo),
                     **self._overlays(a, alpha), ui.facts: _facts_text(a), ui.evidence: "",
@@ -395,34 +321,34 @@ class NoodleApp:
             shown[ui.facts] = _facts_text(a)
         return shown
 
-    def _stopped(self, step: Step, name: str, state: dict) -> Updates:
+    def _stopped(self, step: Step, name: str, state: SessionState) -> Updates:
         """The page after a stop: what was computed stays, the rest says it was stopped."""
         ui, a = self.ui, step.analysis
         where = STAGE_WORDS.get(step.stage, step.stage)
-        state["stopped"] = True
-        state["status"] = status = f"{name}: {a.predicted} ({a.confidence:.0%}) · stopped during {where}"
+        state.stopped = True
+        state.status = status = f"{name}: {a.predicted} ({a.confidence:.0%}) · stopped during {where}"
         why = ("stopped: the explanation and the chat need the exact ScoreCAM map and the model's tests; "
                "upload the photo again to run them")  # fmt: skip
         return {ui.status: status, ui.explanation: f"({why})",
                 ui.progress: _progress_html(f"{why}. {_timings_line(a)}", None, bar=False),
                 ui.state: state}  # fmt: skip
 
-    def ask(self, question: str, state: dict | None) -> Iterator[Updates]:
+    def ask(self, question: str, state: SessionState | None) -> Iterator[Updates]:
         """A follow-up about the same photo, checked against the evidence, into the chat; clears the
         question box."""
         ui = self.ui
-        session = (state or {}).get("session")
+        session = state.session if state is not None else None
         if session is None:
-            why = (state or {}).get("failed")
+            why = state.failed if state is not None else None
             message = f"⚠ {why}: upload the photo again to retry" if why else (
                 "⚠ upload a photo first (and choose an llm) to ask about it")  # fmt: skip
-            if state and "partial" in state and "analysis" not in state:  # stopped, or (an API call) running
-                message = f"{state['status']} ⚠ " + (
-                    "the analysis was stopped: upload the photo again to ask about it" if state.get("stopped")
+            if state is not None and state.partial is not None and state.analysis is None:  # stopped/running
+                message = f"{state.status} ⚠ " + (
+                    "the analysis was stopped: upload the photo again to ask about it" if state.stopped
                     else "the analysis is still running: ask once it is done")  # fmt: skip
             yield {ui.chat: [], ui.transcript_file: None, ui.status: message}
             return
-        status = state["status"]
+        status = state.status
         if not question.strip():
             yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: None,
                    ui.status: status}  # fmt: skip
@@ -439,18 +365,19 @@ class NoodleApp:
         yield {ui.chat: [*history, checking], ui.question: "", ui.status: status}
         before = len(session.transcript)
         shown_text, problem = self._answer(state, question)
-        transcript = session.save(state["folder"] / "chat.json")
+        transcript = session.save(state.folder / "chat.json")
         chat = self._history(state)
         if len(session.transcript) != before + 2:  # no answer was recorded: say why under the question
             if not chat or chat[-1] != {"role": "user", "content": question}:
                 chat.append({"role": "user", "content": question})
             chat.append({"role": "assistant", "content": shown_text})
-        test, picture = _test_shown(state.pop("test", None))
+        test, picture = _test_shown(state.test)
+        state.test = None
         yield {ui.chat: chat, ui.question: "", ui.transcript_file: str(transcript), ui.test: test,
                ui.test_image: picture,
                ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
 
-    def check_question(self, question: str, state: Any) -> list[dict[str, Any]]:
+    def check_question(self, question: str, state: SessionState | None) -> list[dict[str, Any]]:
         """Gradio's validator of `ask` (run before the event queues): a question over
         `app.max_question_chars` is refused with the reason under the question box, and not sent."""
         import gradio as gr
@@ -466,7 +393,7 @@ class NoodleApp:
                 "(app.max_question_chars): shorten it")  # fmt: skip
 
     def _answer(
-        self, state: dict, question: str | list[dict[str, Any]], first: bool = False
+        self, state: SessionState, question: str | list[dict[str, Any]], first: bool = False
     ) -> tuple[str, str | None]:
         """The session's gated answer to `question` (the `first` explanation or a follow-up), within the
         deadline: the text the reader sees, marked, and what went wrong (None: nothing).
@@ -475,18 +402,16 @@ class NoodleApp:
         marked as cut short, else the template's explanation, marked. A model that fails: the template's
         explanation for the first question, a note for a follow-up, and the error.
         """
-        session, clock, evidence = state["session"], state["clock"], state["evidence"]
+        session, clock, evidence = state.session, state.clock, state.evidence
         clock.arm()
         try:
             if first:
                 result = session.ask_grounded(question, evidence, *self._gate())
             else:  # run the test the question needs on the photo; its result joins the evidence
-                followup = answer_followup(
-                    session, str(question), state.get("probe"), evidence, *self._gate()
-                )
-                result, state["evidence"], state["test"] = followup.text, followup.evidence, followup
+                followup = answer_followup(session, str(question), state.probe, evidence, *self._gate())
+                result, state.evidence, state.test = followup.text, followup.evidence, followup
                 # The model got the question with the test's lines; the chat shows the question.
-                state.setdefault("shown", {})[len(session.transcript) - 2] = str(question)
+                state.shown[len(session.transcript) - 2] = str(question)
         except Exception as err:  # noqa: BLE001 - any backend failure: the page says so and stays usable
             log.error("the language model failed: %s: %s", type(err).__name__, err)
             problem = f"the language model failed ({type(err).__name__}: {err})"
@@ -507,15 +432,15 @@ class NoodleApp:
             session.metadata.setdefault("stopped", []).append(
                 {"turn": len(session.transcript) - 1, "after_s": seconds, "source": result.source}
             )
-        state.setdefault("shown", {})[len(session.transcript) - 1] = shown
+        state.shown[len(session.transcript) - 1] = shown
         return shown, problem
 
-    def reblend(self, alpha: float, state: dict | None) -> Updates:
+    def reblend(self, alpha: float, state: SessionState | None) -> Updates:
         """The overlays at another opacity (of an analysis still running too: the maps it has so far)."""
-        analysis = (state or {}).get("analysis") or (state or {}).get("partial")
+        analysis = None if state is None else state.analysis or state.partial
         if analysis is None:
             return {}
-        state["alpha"] = alpha  # what a running analysis blends its next maps with
+        state.alpha = alpha  # what a running analysis blends its next maps with
         return {box: image for box, image in self._overlays(analysis, alpha).items() if image is not None}
 
     def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
@@ -535,13 +460,12 @@ class NoodleApp:
         return int(self.prompt.get("max_words", MAX_WORDS)), str(self.prompt.get("retry", FEEDBACK))
 
     @staticmethod
-    def _history(state: dict) -> list[dict[str, str]]:
+    def _history(state: SessionState) -> list[dict[str, str]]:
         """What the chat box shows: the follow-ups (the first explanation has its own box above), each
         answer marked with what the grounding gate said."""
-        shown = state.get("shown", {})
         return [
-            {"role": m["role"], "content": shown.get(i, text_of(m["content"]))}
-            for i, m in enumerate(state["session"].transcript)
+            {"role": m["role"], "content": state.shown.get(i, text_of(m["content"]))}
+            for i, m in enumerate(state.session.transcript)
             if i >= 3
         ]
 
@@ -702,12 +626,11 @@ def _labelled_image(image: Image.Image, label: str) -> Any:
     return gr.Image(value=_displayed(image), label=label)
 
 
-def forget(state: dict | None) -> None:
+def forget(state: SessionState | None) -> None:
     """Remove a session's folder (its photo, overlay and chat.json): Gradio's State delete_callback, and
     when the session analyses another photo."""
-    folder = (state or {}).get("folder")
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    if state is not None and state.folder is not None:
+        shutil.rmtree(state.folder, ignore_errors=True)
 
 
 def _test_shown(followup: FollowupAnswer | None) -> tuple[str, Image.Image | None]:
@@ -732,7 +655,8 @@ def _neighbour_thumbnails(analysis: PhotoAnalysis) -> list[tuple[Image.Image, st
 
 def serve(cfg: DictConfig) -> None:
     """Load the checkpoint and the LLM (clear errors in the terminal), then serve the page until Ctrl+C
-    or SIGTERM; the session folders go with the server."""
+    or SIGTERM; the session folders go with the server. `app.port=0`: a free port the system picks (the
+    address is printed)."""
     limits = PageLimits.of(cfg.app)
     explainer = PhotoExplainer(
         cfg.ckpt_path, cfg.device, "both", HeatmapSettings.of(cfg.explain),
@@ -747,23 +671,56 @@ def serve(cfg: DictConfig) -> None:
             "app.host=%s: the page (and your checkpoint's predictions) is reachable from the network", host
         )
     work_dir = new_folder(Path(cfg.paths.output_dir) / "sessions")  # created here: removed whole at the end
-    app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples,
-                    limits)  # fmt: skip
-    page = app.build()
-    page.queue(max_size=limits.queue_size)
-    signal.signal(signal.SIGTERM, _interrupt)  # a stop from outside ends like Ctrl+C: cleaned up
-    print(f"noodlenext app on http://{host}:{cfg.app.port}", flush=True)
     try:
-        page.launch(
-            server_name=host,
-            server_port=int(cfg.app.port),
-            max_file_size=f"{int(cfg.app.max_upload_mb)}mb",
-            allowed_paths=examples,
-            ssr_mode=False,
-            quiet=True,
-        )
+        app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples,
+                        limits)  # fmt: skip
+        page = app.build()
+        page.queue(max_size=limits.queue_size)
+        listener = listen(host, int(cfg.app.port))
+        server = page_server(page, listener, int(cfg.app.max_upload_mb), examples)
+        signal.signal(signal.SIGTERM, _interrupt)  # a stop from outside ends like Ctrl+C: cleaned up
+        print(f"noodlenext app on {page_url(listener)}", flush=True)
+        try:
+            server.run(sockets=[listener])  # until Ctrl+C or SIGTERM (uvicorn shuts down, then re-raises)
+        except KeyboardInterrupt:
+            pass
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening: the page's. Port 0: one the system picks, so a
+    caller never has to guess a free one (`page_url` reads it back)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise RuntimeError(f"app.host={host} app.port={port}: cannot serve there ({err}); "
+                           "app.port=0 picks a free port") from None  # fmt: skip
+
+
+def page_url(listener: socket.socket) -> str:
+    """The address a browser opens for the page on `listener`."""
+    host, port = listener.getsockname()[:2]
+    host = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}/"
+
+
+def page_server(page: Any, listener: socket.socket, max_upload_mb: int, allowed_paths: list[str]) -> Any:
+    """A uvicorn server of the built page (its queue set up) for `listener`: `.run(sockets=[listener])`
+    serves it until a signal or `should_exit`; `started` says when it answers. Gradio's own launch binds
+    a port it chooses itself, so the page is mounted on a FastAPI app here instead (the same page, queue
+    and file limits)."""
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = gr.mount_gradio_app(
+        FastAPI(), page, path="/", max_file_size=f"{max_upload_mb}mb", allowed_paths=allowed_paths,
+        ssr_mode=False,
+    )  # fmt: skip
+    # An open tab keeps a connection: shut down after a few seconds rather than wait for it.
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -1,25 +1,40 @@
-"""Shared fixtures: small image trees built on the fly, and configs composed the way Hydra composes them."""
+"""Shared fixtures: small image trees built on the fly, configs composed the way Hydra composes them, the
+expensive things built once per session (a tiny checkpoint, the synthetic noodles, tiny language models,
+SmolLM2 loaded), and the suite's own rules (docs/testing.md): a time limit per test, and an unmarked test
+may neither start a process nor take more than 2 s."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-from PIL import Image
+# Read once, when torch loads OpenMP (below, in this process, and in every process a test starts): an idle
+# OpenMP thread sleeps instead of spinning. On a busy 2-core machine spinning threads take turns away from
+# the ones with work (ScoreCAM of a tiny model: 3x the CPU time, 2x the wall time), and they would count as
+# CPU time in the 2 s check below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from noodlenext.core.config import CONFIG_DIR
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from noodlenext.core.config import CONFIG_DIR  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite never reaches for a hub
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Gradio reads it at import (here, and in every process a test starts): no analytics, no version check.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 CLASSES = ("0_spaghetti", "1_ramen", "2_udon")
 
@@ -90,16 +105,7 @@ def one_thread():
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ConvNeXt-Atto checkpoint at 32 px (classes spaghetti, ramen, udon), untrained, saved as training
     saves one and read back through the real loading code by whoever uses it. Built once per session."""
-    from noodlenext.models.classifier import NoodleClassifier
-
-    torch.manual_seed(0)
-    names = ["spaghetti", "ramen", "udon"]
-    model = NoodleClassifier("convnext_atto", 3, names, image_size=32, pretrained=False)
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-    model.on_save_checkpoint(checkpoint)
-    path = tmp_path_factory.mktemp("tiny_checkpoint") / "atto32.ckpt"
-    torch.save(checkpoint, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "atto32.ckpt")
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -115,3 +121,115 @@ def user_photos(root: Path, splits: Iterable[str] = ("train", "test"), per_class
                 seed = 1000 * s + 100 * c + i
                 write_image(root / split / cls / f"IMG_{i:04d}.jpg", (40, 32), seed=seed, quality=90)
     return root
+
+
+# ------------------------------------------------------------------------------ built once per session
+def save_tiny_checkpoint(
+    path: Path, image_size: int = 32, names: Iterable[str] = ("spaghetti", "ramen", "udon"), seed: int = 0
+) -> Path:
+    """An untrained ConvNeXt-Atto checkpoint, saved as training saves one (state dict, hyper-parameters and
+    what NoodleClassifier.on_save_checkpoint adds): load it through the real loading code."""
+    from noodlenext.models.classifier import NoodleClassifier
+
+    names = list(names)
+    torch.manual_seed(seed)
+    model = NoodleClassifier("convnext_atto", len(names), names, image_size=image_size, pretrained=False)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+# The shrunk quickstart's data (tests/test_train_e2e.py's SHRUNK): 12 synthetic images per class at 48 px.
+SYNTHETIC = {"images_per_class": 12, "image_size": 48}
+
+
+@pytest.fixture(scope="session")
+def synthetic_noodles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic noodles as the shrunk quickstart renders them (SYNTHETIC), once per session: pass it
+    as data.root (a run finds the render complete and reuses it). Read only: write nothing into it."""
+    from noodlenext.data.synthetic import render_dataset
+
+    return render_dataset(tmp_path_factory.mktemp("synthetic") / "noodles", **SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def tiny_llms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random chat models saved like hub checkpoints (tests/tiny_llms.py), once per session:
+    `gemma3` (multimodal, 4 tokens per image), `llama` (text only, 1024 positions), `endless` (the Llama
+    with 4096 positions, room for the page's prompt, that never ends an answer on its own), `root` (a
+    photo.png and an overlay.png for their prompts)."""
+    from PIL import Image
+    from tiny_llms import save_endless_llama, save_tiny_gemma3, save_tiny_llama
+
+    root = tmp_path_factory.mktemp("llms")
+    Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "photo.png")
+    Image.new("RGB", (40, 40), (20, 20, 220)).save(root / "overlay.png")
+    return {
+        "gemma3": save_tiny_gemma3(root / "gemma3", mm_tokens_per_image=4),
+        "llama": save_tiny_llama(root / "llama"),
+        "endless": save_endless_llama(root / "endless"),
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Iterator[Any]:
+    """SmolLM2-135M-Instruct through llama.cpp (GGUFBackend, n_ctx 2048, seed 0), loaded once per session.
+    llama.cpp keeps the last prompt's KV cache: a test that compares generations resets it first
+    (`backend.llama.reset()`)."""
+    from noodlenext.llm.gguf_backend import GGUFBackend
+
+    backend = GGUFBackend(model=None, n_ctx=2048, seed=0)
+    yield backend
+    backend.close()
+
+
+# ------------------------------------------------------------------------------ commands in this process
+def run_main(main: Callable[[], Any], *args: str, stdin: str | None = None) -> tuple[int, str]:
+    """`python -m <command> args...` in this process: the command's Hydra `main` with `args` as its
+    command line (hydra.run.dir among them, or it writes under outputs/). Returns (exit status, what it
+    printed and logged): 0 when main returned, else its SystemExit's code (1 with Hydra's error message
+    for an exception, as the command line shows it). Hydra's logging set-up is undone afterwards."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    argv, stdin_before = sys.argv, sys.stdin
+    GlobalHydra.instance().clear()
+    out = io.StringIO()
+    sys.argv = [getattr(main, "__module__", "command"), *args]
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    status = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(out):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+                    code = 1
+                status = int(code or 0)
+    finally:
+        sys.argv, sys.stdin = argv, stdin_before
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = "".join(_log_files(args))
+    return status, out.getvalue() + logged
+
+
+def _log_files(args: Iterable[str]) -> list[str]:
+    """What the command logged to its run directory's <job>.log (Hydra's file handler)."""
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if run_dir is None:
+        return []
+    return [p.read_text() for p in sorted(Path(run_dir).glob("*.log"))]

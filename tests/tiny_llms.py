@@ -234,3 +234,16 @@ def save_tiny_llama(
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
     return path
+
+
+def save_endless_llama(path: str | Path, seed: int = 0) -> Path:
+    """The tiny Llama with room for a long prompt (4096 positions: RoPE learns none) and no way to end an
+    answer early (its end tokens suppressed in its generation config): it writes until max_new_tokens."""
+    import json
+
+    path = save_tiny_llama(path, seed)
+    for name, changes in (("config.json", {"max_position_embeddings": 4096}),
+                          ("generation_config.json", {"suppress_tokens": [EOS, END_OF_TURN]})):  # fmt: skip
+        config = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**config, **changes}))
+    return path
