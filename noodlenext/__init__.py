@@ -50,9 +50,10 @@ _EXPORTS = {
     "Backend": "noodlenext.llm.base",
     "LLMError": "noodlenext.llm.base",
     "load_backend": "noodlenext.llm.load",
-    "ExplainRequest": "noodlenext.llm.prompt",
+    "PromptSettings": "noodlenext.llm.prompt",
     "ChatSession": "noodlenext.llm.session",
-    "explain_session": "noodlenext.llm.session",
+    "evidence_session": "noodlenext.llm.session",
+    "check_explanation": "noodlenext.llm.grounding",
     # callbacks
     "TestReport": "noodlenext.callbacks.test_report",
     "HeatmapGallery": "noodlenext.callbacks.heatmap_gallery",

@@ -43,11 +43,12 @@ from noodlenext.core.ownership import new_folder
 from noodlenext.data.images import IMAGE_EXTENSIONS, check_image, find_images, load_rgb
 from noodlenext.explain.photo import PhotoAnalysis, PhotoExplainer, Step
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.explain.templates import photo_template
 from noodlenext.llm.base import Backend, text_of
 from noodlenext.llm.deadline import Deadline
 from noodlenext.llm.followups import FollowupAnswer, answer_followup
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, template_explanation
 from noodlenext.llm.load import load_backend
+from noodlenext.llm.prompt import PromptSettings
 from noodlenext.llm.session import evidence_session
 
 if TYPE_CHECKING:
@@ -406,9 +407,9 @@ class NoodleApp:
         clock.arm()
         try:
             if first:
-                result = session.ask_grounded(question, evidence, *self._gate())
+                result = session.ask_grounded(question, evidence, self._settings)
             else:  # run the test the question needs on the photo; its result joins the evidence
-                followup = answer_followup(session, str(question), state.probe, evidence, *self._gate())
+                followup = answer_followup(session, str(question), state.probe, evidence, self._settings)
                 result, state.evidence, state.test = followup.text, followup.evidence, followup
                 # The model got the question with the test's lines; the chat shows the question.
                 state.shown[len(session.transcript) - 2] = str(question)
@@ -417,7 +418,7 @@ class NoodleApp:
             problem = f"the language model failed ({type(err).__name__}: {err})"
             if not first:
                 return f"(no answer: {problem})", problem
-            template = template_explanation(evidence, self._gate()[0])
+            template = photo_template(evidence, self._settings.max_words)
             return f"{template}\n\n(from the evidence template: {problem})", problem
         shown = result.for_reader()
         problem = None
@@ -455,9 +456,10 @@ class NoodleApp:
             box: _displayed(analysis.overlay(maps[m], alpha)) if maps[m] else None for m, box in boxes.items()
         }
 
-    def _gate(self) -> tuple[int, str]:
-        """The grounding gate's settings from the prompt config: the longest answer, the retry's turn."""
-        return int(self.prompt.get("max_words", MAX_WORDS)), str(self.prompt.get("retry", FEEDBACK))
+    @property
+    def _settings(self) -> PromptSettings:
+        """The prompt settings (the gate's longest answer, the retry's turn): the config's, else shipped."""
+        return PromptSettings.of(self.prompt) if self.prompt else PromptSettings.default()
 
     @staticmethod
     def _history(state: SessionState) -> list[dict[str, str]]:

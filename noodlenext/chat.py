@@ -20,8 +20,8 @@ from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.llm.base import Backend, LLMError
 from noodlenext.llm.followups import answer_followup
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS
 from noodlenext.llm.load import load_backend
+from noodlenext.llm.prompt import PromptSettings
 from noodlenext.llm.session import SAVED_HEAD, ChatSession, evidence_session
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def _explain(
         f"ScoreCAM: {evidence.facts['scorecam'].describe()}\nheatmap: {images[1]}\nevidence:\n{lines}",
         file=out,
     )
-    max_words = int(cfg.prompt.get("max_words", MAX_WORDS))
-    result = session.ask_grounded(first, evidence, max_words, str(cfg.prompt.get("retry", FEEDBACK)))
+    result = session.ask_grounded(first, evidence, PromptSettings.of(cfg.prompt))
     print(f"llm> {result.for_reader()}", file=out, flush=True)
     session.save(transcript)
     return session, evidence
@@ -139,8 +138,7 @@ def _answer(
         _stream(session.ask_stream(question), out)
         print("(not checked: this saved chat holds no evidence to check the answer against)", file=out)
         return None
-    max_words, feedback = int(prompt.get("max_words", MAX_WORDS)), str(prompt.get("retry", FEEDBACK))
-    answer = answer_followup(session, question, probe, evidence, max_words, feedback)
+    answer = answer_followup(session, question, probe, evidence, PromptSettings.of(prompt))
     if answer.result is not None and answer.call is not None:
         finding, numbers = answer.result.finding, answer.evidence.finding_lines(answer.result.finding)
         args = ", ".join(f"{k}={v!r}" for k, v in answer.call.arguments.items())

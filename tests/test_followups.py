@@ -18,11 +18,15 @@ from noodlenext.llm.base import Message
 from noodlenext.llm.followups import answer_followup
 from noodlenext.llm.grounding import check_explanation
 from noodlenext.llm.openai_backend import OpenAIBackend
+from noodlenext.llm.prompt import PromptSettings
 from noodlenext.llm.router import ToolCall
 from noodlenext.llm.session import ChatSession
 from noodlenext.llm.transformers_backend import TransformersBackend
 
 SYSTEM: list[Message] = [{"role": "system", "content": "You explain an image classifier's decisions."}]
+
+
+PROMPT = PromptSettings.default()
 
 
 def tool_call(name: str, arguments: dict[str, Any] | str) -> bytes:
@@ -61,7 +65,7 @@ def test_a_native_tool_call_picks_the_test_and_its_result_is_cited() -> None:
     with server(tool_call("why_not", {"other": "udon"}), answer) as (url, seen):
         backend = OpenAIBackend(f"{url}/v1", "m", max_retries=0)
         session = ChatSession(backend, SYSTEM, max_new_tokens=64)
-        out = answer_followup(session, "Could it be something else?", probe, probe.evidence)
+        out = answer_followup(session, "Could it be something else?", probe, probe.evidence, PROMPT)
         backend.close()
     assert out.call == ToolCall("why_not", {"other": "udon"}, "model")  # the router would have picked none
     offered = [json.loads(r["body"]) for r in seen if r["path"].endswith("/chat/completions")]
@@ -91,7 +95,7 @@ def test_an_unusable_tool_call_falls_back_to_the_router(
     with server(pick, "It is ramen.") as (url, _):
         backend = OpenAIBackend(f"{url}/v1", "m", max_retries=0)
         session = ChatSession(backend, SYSTEM, max_new_tokens=64)
-        out = answer_followup(session, question, probe, probe.evidence)
+        out = answer_followup(session, question, probe, probe.evidence, PROMPT)
         backend.close()
     assert out.call == expected
     # "It is ramen." cites no line of the test: rejected twice, so the reader gets the test's own words.
@@ -109,10 +113,11 @@ def test_a_transformers_chat_model_is_asked_for_a_call_and_the_router_covers_for
     assert picked is None or isinstance(picked, str)
     probe = probe_for()
     session = ChatSession(backend, SYSTEM, max_new_tokens=16)
-    out = answer_followup(session, "Why not udon?", probe, probe.evidence)
+    out = answer_followup(session, "Why not udon?", probe, probe.evidence, PROMPT)
     assert out.call == ToolCall("why_not", {"other": "udon"})
-    assert out.text.source in ("llm", "llm_retry", "template")
+    # Its random words cite no line of the test: both drafts are rejected, the test's own words are shown.
+    assert out.text.source == "template" and len(out.text.verdicts) == 2
     assert check_explanation(out.text.text, out.evidence, followup=True, finding=out.result.finding).passed
     # A question no test fits is answered from the evidence, through the same gate.
-    plain = answer_followup(session, "Thanks!", probe, out.evidence)
+    plain = answer_followup(session, "Thanks!", probe, out.evidence, PROMPT)
     assert plain.call is None and plain.result is None and plain.evidence is out.evidence

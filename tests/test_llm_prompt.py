@@ -1,4 +1,4 @@
-"""The explanation prompt: facts in, chat messages out, templates from the real composed config."""
+"""The explanation prompt: claims in, chat messages out, templates from the real composed config."""
 
 from __future__ import annotations
 
@@ -6,29 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from noodlenext.core.config import CONFIG_DIR
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import heatmap_facts
-from noodlenext.llm.base import images_of, text_of, text_only
-from noodlenext.llm.prompt import ExplainRequest, evidence_fields, evidence_messages, explain_messages
+from noodlenext.llm.base import images_of, text_of
+from noodlenext.llm.prompt import PromptSettings, evidence_fields, evidence_messages, group_messages
 
 NAMES = ["spaghetti", "ramen", "udon"]
-
-
-def request(true_label: str | None = "udon", predicted: str = "ramen") -> ExplainRequest:
-    cam = np.zeros((30, 30), np.float32)
-    cam[:10, :10] = 1.0  # heat in the upper left
-    probs = {"spaghetti": 0.05, "ramen": 0.7, "udon": 0.25}
-    return ExplainRequest(
-        file="test/2_udon/001.jpg",
-        class_names=NAMES,
-        probabilities=probs,
-        predicted=predicted,
-        facts=heatmap_facts(cam),
-        true_label=true_label,
-        images=["photo.png", "overlay.png"],
-    )
 
 
 @pytest.fixture
@@ -36,53 +22,17 @@ def prompt(compose_cfg: Callable[..., DictConfig]) -> DictConfig:
     return compose_cfg("train").prompt
 
 
-def test_a_mistake_is_asked_about_with_all_its_facts(prompt: DictConfig) -> None:
-    system, user = explain_messages(request(), prompt, multimodal=False)
-    assert system["role"] == "system" and "ScoreCAM" in system["content"]
-    assert "spaghetti, ramen, udon" in system["content"]
-    text = user["content"]
-    assert isinstance(text, str)
-    assert '"ramen" with 70% confidence' in text
-    assert "True label: udon (the prediction is wrong)" in text
-    assert "ramen 70%, udon 25%, spaghetti 5%" in text
-    assert "upper left" in text and "taken this udon dish for ramen" in text
-    assert "{" not in text  # every field filled
-
-
-@pytest.mark.parametrize(
-    ("true_label", "verdict", "asks"), [("ramen", "correct", "how sure"), (None, "unknown", "how far")]
-)
-def test_the_question_follows_the_verdict(
-    prompt: DictConfig, true_label: str | None, verdict: str, asks: str
-) -> None:
-    _, user = explain_messages(request(true_label), prompt, multimodal=False)
-    assert f"(the prediction is {verdict})" in user["content"] and asks in user["content"]
-
-
-def test_a_multimodal_model_gets_photo_then_overlay_before_the_text(prompt: DictConfig) -> None:
-    messages = explain_messages(request(), prompt, multimodal=True)
-    assert images_of(messages[1]["content"]) == ["photo.png", "overlay.png"]
-    assert text_of(messages[1]["content"]).startswith("The first image is the photo")
-    flat = text_only(messages)
-    assert images_of(flat[1]["content"]) == [] and "70% confidence" in flat[1]["content"]
-
-
-def test_templates_are_overridable_and_a_bad_field_names_the_option(
-    compose_cfg: Callable[..., DictConfig],
-) -> None:
-    cfg = compose_cfg("train", ["prompt.explain='Guess: {predicted} at {confidence}. {question}'"])
-    _, user = explain_messages(request(), cfg.prompt, multimodal=False)
-    assert user["content"].startswith("Guess: ramen at 70%.")
-    bad = compose_cfg("train", ["prompt.system='You judge {dish}.'"]).prompt
-    with pytest.raises(ValueError, match=r"prompt.system.*'dish'.*fields are \{file\}, \{classes\}"):
-        explain_messages(request(), bad, multimodal=False)
-
-
-def test_request_serialises_to_json_types() -> None:
-    import json
-
-    data = json.loads(json.dumps(request().to_dict()))
-    assert data["predicted"] == "ramen" and data["facts"]["peak_region"] == "upper left"
+def test_prompt_settings_come_from_the_yaml_alone(prompt: DictConfig) -> None:
+    """One source: the settings are the composed config's, and the shipped default is the same file."""
+    settings = PromptSettings.of(prompt)
+    assert settings == PromptSettings.default()
+    assert settings.max_words == prompt.max_words and settings.retry == prompt.retry
+    assert "{reasons}" in settings.retry
+    assert PromptSettings.of(settings) is settings
+    raw = OmegaConf.load(f"{CONFIG_DIR}/prompt/explain.yaml")
+    del raw["retry"]
+    with pytest.raises(ValueError, match="no retry"):
+        PromptSettings.of(raw)
 
 
 # ------------------------------------------------------------------------------------------ evidence path
@@ -146,3 +96,12 @@ def test_evidence_templates_are_overridable_and_a_bad_field_names_the_option(
     with pytest.raises(ValueError, match=r"prompt.evidence_ask_wrong.*'dish'.*fields are \{classes\}"):
         evidence_messages(evidence(), bad, multimodal=False)
     assert "{reasons}" in cfg.prompt.retry and cfg.prompt.max_words > 0
+
+
+def test_a_mistake_is_asked_for_one_suggestion_and_a_group_what_it_shares(prompt: DictConfig) -> None:
+    _, user = evidence_messages(evidence(), prompt, multimodal=False)
+    assert "suggestion" in user["content"]
+    system, _ = evidence_messages(evidence(), prompt, multimodal=False)
+    assert "suggest nothing else" in system["content"]
+    system, user = group_messages(evidence(), prompt)
+    assert "group of photos" in system["content"] and "have in common" in user["content"]

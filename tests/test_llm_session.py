@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.llm.base import LLMError
 from noodlenext.llm.gguf_backend import GGUFBackend
-from noodlenext.llm.prompt import ExplainRequest
-from noodlenext.llm.session import ChatSession, explain_session
+from noodlenext.llm.prompt import PromptSettings
+from noodlenext.llm.session import ChatSession, evidence_session
 from noodlenext.llm.text import ends_on_sentence
 
 SYSTEM = {"role": "system", "content": "You answer questions about noodles in one short sentence."}
@@ -129,12 +130,9 @@ def test_repetition_settings_come_from_the_llm_config_and_reach_generation(
     assert llm.repetition_penalty > 1 and llm.no_repeat_ngram_size > 0
     llm.max_new_tokens = 48
     cam = [[1.0, 0.0], [0.0, 0.0]]
-    request = ExplainRequest(
-        "bowl.jpg", ["ramen", "udon"], {"ramen": 0.6, "udon": 0.4}, "ramen", heatmap_facts(cam)
-    )
-    session, _ = explain_session(
-        smollm2, request, {"system": "You list things.", "explain": "", "ask_unknown": ""}, llm
-    )
+    e = Evidence("bowl.jpg", ["ramen", "udon"], {"ramen": 0.6, "udon": 0.4}, "ramen", None, "udon",
+                 {"scorecam": heatmap_facts(cam)})  # fmt: skip
+    session, _ = evidence_session(smollm2, e, PromptSettings.default(), llm)
     assert session.options == {
         "max_new_tokens": 48,
         "temperature": 0.0,
@@ -187,7 +185,8 @@ def test_no_room_for_a_retry_gives_the_template(smollm2: GGUFBackend) -> None:
     question = "Why ramen?"
     needed = smollm2.count_tokens([SYSTEM, {"role": "user", "content": question}])
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24, max_context_tokens=needed + 24)
-    result = session.ask_grounded(question, e, max_words=3)  # any answer of 24 tokens is too long
+    settings = replace(PromptSettings.default(), max_words=3)  # any answer of 24 tokens is too long
+    result = session.ask_grounded(question, e, settings)
     assert result.source == "template" and len(result.drafts) == 2 and result.drafts[0]
     assert result.drafts[1] == "" and result.verdicts[1].reasons == ["is empty"]  # no retry was sent
     assert [m["role"] for m in session.messages] == ["system", "user", "assistant"]

@@ -21,25 +21,20 @@ from omegaconf import OmegaConf
 from PIL import Image
 from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel
 
-from noodlenext.callbacks.mistakes import (
-    MistakeGroup,
-    MistakeGroups,
-    check_paragraph,
-    confusion_groups,
-    examine,
-    explain_groups,
-    group_evidence,
-    group_template,
-    report_markdown,
-    save_images,
-)
+from noodlenext.callbacks.mistake_groups import MistakeGroup, confusion_groups, examine, save_images
+from noodlenext.callbacks.mistake_paragraphs import check_paragraph, explain_groups
+from noodlenext.callbacks.mistake_report import report_markdown
+from noodlenext.callbacks.mistakes import MistakeGroups
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.facts import heatmap_facts
+from noodlenext.explain.groups import group_evidence, summary_claim
 from noodlenext.explain.neighbours import FeatureIndex
+from noodlenext.explain.templates import group_template as template
 from noodlenext.llm.grounding import check_explanation
+from noodlenext.llm.prompt import PromptSettings
 
 MEAN = STD = (0.5, 0.5, 0.5)  # mid-grey is 0: only the stripes have energy
 # Stripe colour pairs that average to mid-grey: hidden stripes (the mean colour) have no energy left.
@@ -48,6 +43,16 @@ RED_CYAN = ((230, 30, 30), (26, 226, 226))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+PROMPT = PromptSettings.default()
+WORDS = PROMPT.max_words
+
+
+def group_template(evidence: Evidence) -> str:
+    return template(evidence, WORDS)
+
+
+def summary(group: MistakeGroup, kind: str) -> dict:
+    return summary_claim(group.evidence, kind).fields
 
 
 def striped(
@@ -117,24 +122,28 @@ def test_mistakes_are_grouped_by_confusion_pair_largest_first(examined) -> None:
 def test_what_a_groups_evidence_shares_is_counted(examined) -> None:
     groups, _, _ = examined
     udon, ramen = groups
-    data = udon.finding.data
-    assert data["examined"] == 3 and data["count"] == 4 and data["method"] == "gradcam"
+    size = summary(udon, "group_size")
+    assert size["examined"] == 3 and size["count"] == 4 and size["method"] == "gradcam"
     # The toy decides ramen from the top-left quadrant: every mistake's heat is in the upper left.
-    assert data["shared_regions"][0] == "upper left" and data["hot_regions"]["upper left"] == 3
-    assert ramen.finding.data["shared_regions"][0] == "lower right"
-    assert "lower right" not in data["hot_regions"]
+    hot = summary(udon, "group_hot")
+    assert hot["shared"][0] == ["upper left", 3] and udon.shared_regions[0] == "upper left"
+    assert ramen.shared_regions[0] == "lower right" and "lower right" not in hot["all"]
     # Hiding the top-left stripes leaves the faint bottom-right ones: every photo becomes udon.
-    assert data["hiding"] == {
-        **data["hiding"], "photos": 3, "changed": 3, "changed_to": {"udon": 3}, "dropped": 3, "kept": 3,
-    }  # fmt: skip
-    assert data["hiding"]["mean_after"] < data["hiding"]["mean_before"] - 0.05
+    hiding = summary(udon, "group_hiding")
+    assert (hiding["c"], hiding["changed"], hiding["to"], hiding["dropped"]) == (3, 3, [["udon", 3]], 3)
+    assert hiding["after"] < hiding["before"] - 0.05 and summary(udon, "group_keeping")["kept"] == 3
     # The nearest training photos are the top-left-striped ramen ones: they agree with the mistake.
-    assert data["neighbours"] == {"photos": 3, "majority": {"ramen": 3}, "agree": 3, "labels": {"ramen": 9}}
-    assert data["trust"]["photos"] == 3
+    near = summary(udon, "group_neighbours")
+    assert (near["j"], near["most"], near["agree"], near["total"]) == (3, [["ramen", 3]], 3, 9)
+    assert near["shares"] == [["ramen", 1.0]] and summary(udon, "group_trust")["j"] == 3
     # The colours are counted per photo: yellow and blue in each yellow/blue one, red in the red/cyan one.
+    colours = dict(summary(udon, "group_look")["colours"])
     striped_yellow = sum("/3.png" not in p.file for p in udon.photos)
-    assert data["colours"]["yellow"] == data["colours"]["blue"] == striped_yellow
-    assert data["colours"].get("red", 0) == 3 - striped_yellow
+    assert colours["yellow"] == colours["blue"] == striped_yellow
+    assert colours.get("red", 0) == 3 - striped_yellow
+    # The claims state the same numbers the words do: 3 of 3 changed, all to udon.
+    claim = summary_claim(udon.evidence, "group_hiding")
+    assert {(c.n, c.of, c.label) for c in claim.counts} >= {(3, 3, ""), (3, 3, "udon")}
 
 
 def test_a_group_reads_as_numbered_lines_with_its_summary_last(examined) -> None:
@@ -196,7 +205,7 @@ def test_the_template_passes_the_gate_whatever_the_group_holds(examined) -> None
             for count in (k, k + 2):
                 group = group_evidence(evidences, maps, [p.contrastive for p in udon.photos[:k]], count=count)
                 text = group_template(group)
-                verdict = check_paragraph(text, group)  # the gate, and not a list or a copy
+                verdict = check_paragraph(text, group, WORDS)  # the gate, and not a list or a copy
                 assert verdict.passed, (mix, count, text, verdict.reasons)
                 assert all(line.endswith(".") for line in group.lines())
                 checked += 1
@@ -233,17 +242,19 @@ def test_a_paragraph_that_lists_or_copies_the_facts_is_no_summary(examined) -> N
     # What SmolLM2 wrote for a group, which the gate alone lets by: the numbered facts back, as a list.
     echo = f"{lines[0]}\n{lines[1].split(' in the')[0]} in the upper left, as for most photos."
     assert check_explanation(echo, udon).passed
-    assert "is a list" in " ".join(check_paragraph(echo, udon).reasons)
+    assert "is a list" in " ".join(check_paragraph(echo, udon, WORDS).reasons)
     copied = "Udon was taken for ramen: " + lines[6].split(". ", 1)[1]
-    assert "copies fact [7] word for word" in " ".join(check_paragraph(copied, udon).reasons)
-    summary = "The classifier took these udon photos for ramen from the stripes in the upper left [2, 5]. " \
-        "Hiding them turns every one into udon [7]."  # fmt: skip
-    assert check_paragraph(summary, udon).passed
+    assert "copies fact [7] word for word" in " ".join(check_paragraph(copied, udon, WORDS).reasons)
+    summary_text = (
+        "The classifier took these udon photos for ramen, with their heat in the upper left [2, 5]. "
+        "Hiding them turns every one into udon [7]."
+    )
+    assert check_paragraph(summary_text, udon, WORDS).passed
 
 
 def test_without_a_language_model_each_group_gets_the_marked_template(examined, tmp_path: Path) -> None:
     groups, samples, root = examined
-    explain_groups(groups, OmegaConf.create({"name": "none", "backend": None}))
+    explain_groups(groups, OmegaConf.create({"name": "none", "backend": None}), PROMPT)
     for group in groups:
         assert group.paragraph.source == "template" and not group.paragraph.verdicts
         assert group.paragraph.text == group_template(group.evidence)
@@ -264,7 +275,7 @@ def test_a_model_whose_answers_fail_the_gate_is_replaced_by_the_template(examine
          "backend": {"_target_": "noodlenext.llm.transformers_backend.TransformersBackend",
                      "model": str(model), "device": "cpu"}}
     )  # fmt: skip
-    explain_groups(groups, llm)
+    explain_groups(groups, llm, PROMPT)
     for group in groups:
         result = group.paragraph
         assert not group.errors and result.source == "template"  # a random model's words never pass
@@ -279,7 +290,7 @@ def test_the_report_has_a_section_per_group_with_lines_paragraph_and_linked_thum
     examined, tmp_path: Path
 ) -> None:
     groups, samples, _ = examined
-    explain_groups(groups, None)
+    explain_groups(groups, None, PROMPT)
     run_dir = tmp_path / "run"
     save_images(groups, run_dir / "mistakes")
     md = report_markdown(groups, run_dir, len(samples), 6, 2, None, "gradcam")
@@ -305,7 +316,7 @@ def test_the_callback_is_on_by_default_and_follows_the_run_config(compose_cfg) -
     (callback,) = [c for c in instantiate_callbacks(cfg) if isinstance(c, MistakeGroups)]
     assert callback.methods == ("gradcam",) and callback.max_groups == 2 and callback.max_per_group == 8
     assert str(callback.output_dir) == cfg.paths.output_dir and callback.llm.name == "none"
-    assert "{count}" in callback.question and callback.prompt.max_words == 90
+    assert "{count}" in callback.prompt.group_question and callback.prompt.max_words == 90
     assert compose_cfg("train", ["experiment=crossval"]).callbacks.mistakes is None  # no report per fold
 
 
@@ -367,7 +378,8 @@ def test_a_training_run_writes_the_groups_to_markdown_json_and_wandb_and_names_a
             evidence = Evidence.from_dict(group["evidence"])
             assert group["source"] == "template" and check_explanation(group["paragraph"], evidence).passed
             assert all(line in md for line in group["evidence_lines"])
-            assert group["summary"]["examined"] == sum(p["error"] is None for p in group["photos"])
+            examined = group["summary"]["group_size"]["examined"]
+            assert examined == sum(p["error"] is None for p in group["photos"])
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     keys = history_keys(read_records(run_file))  # a table's and a page's fields: test/mistakes/_type, ...
     assert {"test/mistakes/_type", "test/mistakes_report/_type"} <= keys

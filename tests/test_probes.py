@@ -18,7 +18,8 @@ from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.probes import PROBES, PhotoProbe
-from noodlenext.llm.grounding import check_explanation, finding_answer
+from noodlenext.explain.templates import finding_answer
+from noodlenext.llm.grounding import check_explanation
 
 UPPER_LEFT_QUADRANT = {"upper left", "upper center", "middle left", "center"}  # a 3x3 grid over 2x2
 

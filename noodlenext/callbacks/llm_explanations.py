@@ -22,10 +22,11 @@ from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.overlays import overlay
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.explain.templates import photo_template
 from noodlenext.llm.base import Message, generation_options
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, grounded_batch, template_explanation
+from noodlenext.llm.grounding import GroundedText, grounded_batch, photo_check, photo_fallback
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import evidence_messages
+from noodlenext.llm.prompt import PromptSettings, evidence_messages
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class LLMExplanations(SampleCollector):
         settings: HeatmapSettings | Any = None,
     ) -> None:
         super().__init__()
-        self.llm, self.prompt = llm, prompt
+        self.llm = llm
+        self.prompt = PromptSettings.of(prompt) if prompt is not None else PromptSettings.default()
         self.output_dir = Path(output_dir)
         # _recursive_ is off (the LLM is built at test end), so the settings arrive as a config.
         self.settings = HeatmapSettings.of(settings)
@@ -249,8 +251,7 @@ class LLMExplanations(SampleCollector):
         """A gated explanation for every mistake that got this far (step llm): the model's, its retry, or
         the template's; when the model cannot load or answer, the template's, and the error, for all."""
         todo = [item for item in items if item.error is None]
-        max_words = int(self.prompt.get("max_words", MAX_WORDS))
-        feedback = str(self.prompt.get("retry", FEEDBACK))
+        max_words = self.prompt.max_words
         backend = None
         try:
             if todo:
@@ -264,9 +265,13 @@ class LLMExplanations(SampleCollector):
                 for item, messages in zip(todo, conversations, strict=True):
                     item.messages = messages
                 results = grounded_batch(
-                    backend, conversations, [item.evidence for item in todo], max_words, feedback,
+                    backend,
+                    conversations,
+                    [photo_check(item.evidence, max_words) for item in todo],
+                    [photo_fallback(item.evidence, max_words) for item in todo],
+                    self.prompt.retry,
                     **generation_options(self.llm),
-                )  # fmt: skip
+                )
                 for item, result in zip(todo, results, strict=True):
                     item.result = result
         except Exception as err:  # noqa: BLE001 - the run's results matter more than its explanations
@@ -284,7 +289,7 @@ class LLMExplanations(SampleCollector):
         for item in items:  # the template's words wherever there is evidence but no gated answer
             if item.result is None and item.evidence is not None:
                 try:
-                    item.result = GroundedText(template_explanation(item.evidence, max_words), "template")
+                    item.result = GroundedText(photo_template(item.evidence, max_words), "template")
                 except Exception:  # noqa: BLE001
                     log.exception("LLM explanations: the template failed for %s", item.file)
 

@@ -3,17 +3,22 @@
 Per explained image: the heatmaps' facts, a contrastive map (why the predicted class and not the other
 one), counterfactuals the model runs (the hot region hidden; only the hot region kept), what the hot
 region looks like in words, the nearest training photos in the classifier's feature space, and a trust
-check of each map against a random map. `Evidence.lines()` numbers these as the lines a prompt cites and
-the grounding gate checks against.
+check of each map against a random map. `Evidence.claims()` states these as typed claims
+(`noodlenext.explain.claims`), one per line; `Evidence.lines()` numbers their words
+(`noodlenext.explain.wording`), the lines a prompt cites; the grounding gate checks an answer against the
+claims.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from noodlenext.explain.claims import Claim, Count, Move, decimal, percent
 from noodlenext.explain.facts import HeatmapFacts
+from noodlenext.explain.wording import line, tone
 
 # A 3x3 region holding at least this share of a map's heat is hot (a uniform map gives each 1/9 = 0.11).
 HOT_SHARE = 0.2
@@ -102,28 +107,68 @@ class MapTrust:
 class Finding:
     """The result of a test the classifier ran on demand to answer a question (`noodlenext.explain.probes`).
 
-    probe: the test's name (`why_not`, `change_mind`, ...); arguments: what it was run with; lines: plain
-    sentences stating the result (they join the evidence lines, numbered after them); classes: the classes
-    the result involves; regions: the 3x3 regions it finds hot (an answer may name them); data: the raw
-    numbers, for the record.
+    probe: the test's name (`why_not`, `change_mind`, ...); arguments: what it was run with; claims: what
+    the result states (they join the evidence's claims, numbered after them); data: the raw numbers, for
+    the record. Its lines, classes and regions are its claims'.
     """
 
     probe: str
     arguments: dict[str, Any]
-    lines: list[str]
-    classes: list[str] = field(default_factory=list)
-    regions: list[str] = field(default_factory=list)
+    claims: list[Claim]
     data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line(c) for c in self.claims]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(dict.fromkeys(c for claim in self.claims for c in claim.classes))
+
+    @property
+    def regions(self) -> list[str]:
+        return list(dict.fromkeys(r for claim in self.claims for r in claim.regions))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "probe": self.probe,
+            "arguments": dict(self.arguments),
+            "claims": [c.to_dict() for c in self.claims],
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """Inverse of to_dict; a record saved before claims (its `lines` in words) keeps its lines as
+        `legacy` claims, which carry its classes and regions and no numbers."""
+        if "claims" in d:
+            claims = [Claim.from_dict(c) for c in d["claims"]]
+        else:
+            classes, regions = tuple(d.get("classes", ())), tuple(d.get("regions", ()))
+            claims = [Claim("legacy", classes, regions, fields={"text": t}) for t in d.get("lines", [])]
+        return cls(str(d["probe"]), dict(d.get("arguments", {})), claims, dict(d.get("data", {})))
+
+
+@dataclass(frozen=True)
+class LabelQuality:
+    """A cross-validation's view of this photo's label (`noodlenext.data.label_issues`): cleanlab's label
+    quality score 0..1 (low: the given label is likely wrong) and the class it likely is."""
+
+    score: float
+    likely: str
 
 
 @dataclass
 class Evidence:
-    """Everything known about one explained photo; JSON-serialisable through to_dict / from_dict.
+    """Everything known about one explained photo (or a group of photos); JSON-serialisable through
+    to_dict / from_dict.
 
     contrast_class: the class the contrastive map explains the prediction against (the true class when
     the prediction is wrong, else the runner-up). facts: per heatmap method, the facts of its map of the
     predicted class; contrastive: the facts of the map of (predicted - contrast_class) evidence.
-    agreement: Pearson r between the ScoreCAM and GradCAM maps (None without both).
+    agreement: Pearson r between the ScoreCAM and GradCAM maps (None without both). label_quality: a
+    cross-validation's score of the photo's label, when one scored it. summary: for a group of mistakes,
+    the claims of what its photos share (`noodlenext.explain.groups`). findings: the tests run on demand.
     """
 
     file: str
@@ -140,6 +185,8 @@ class Evidence:
     trust: dict[str, MapTrust] = field(default_factory=dict)
     agreement: float | None = None
     findings: list[Finding] = field(default_factory=list)  # tests run on demand (the chat), in order
+    label_quality: LabelQuality | None = None
+    summary: list[Claim] = field(default_factory=list)  # a group's shared evidence
 
     @property
     def confidence(self) -> float:
@@ -150,6 +197,11 @@ class Evidence:
         if self.true_label is None:
             return "unknown"
         return "correct" if self.true_label == self.predicted else "wrong"
+
+    @property
+    def primary(self) -> str | None:
+        """The method whose map the counterfactuals, the appearance and the templates use."""
+        return primary_method(self.facts) if self.facts else None
 
     def hot_regions(self, method: str = "scorecam", min_share: float = HOT_SHARE) -> list[str]:
         """The 3x3 regions this evidence calls hot: the peak's, and any holding at least `min_share` of
@@ -166,67 +218,90 @@ class Evidence:
         return sorted(hot, key=lambda r: -shares.get(r, 0.0))
 
     def involved_classes(self) -> list[str]:
-        """The classes the evidence involves: predicted, true, contrast, the counterfactuals' predictions
-        and the nearest training photos' labels. An explanation may blame no other class."""
+        """The classes the evidence involves: those its claims name. An explanation may blame no other."""
         names = [self.predicted, self.true_label, self.contrast_class]
-        if self.counterfactual is not None and self.counterfactual.hot_area > 0:  # else no line names them
-            names += [self.counterfactual.hidden_prediction, self.counterfactual.kept_prediction]
-        names += [n.label for n in self.neighbours]
-        names += [c for f in self.findings for c in f.classes]
+        names += [c for claim in self.claims() for c in claim.classes]
         return [n for n in dict.fromkeys(names) if n is not None]
 
-    def lines(self) -> list[str]:
-        """The evidence as short numbered plain-English lines ("1. ..."), the facts a prompt cites.
-
-        Probabilities are percentages; AUCs, similarities and r are two-decimal numbers. Evidence that is
-        missing has no line, and the numbers close up. A map that does not beat a random map is called
-        uninformative, both in its own line and in the trust line.
-        """
-        out = [self._prediction_line()]
-        for method in self.facts_in_line_order():
-            out.append(self._map_line(method))
+    # ------------------------------------------------------------------------------ claims and lines
+    def claims(self) -> list[Claim]:
+        """What the evidence says, one claim per line, in the lines' order: the prediction, each map
+        (ScoreCAM first), the contrastive map, hiding and keeping the hot region, its look, the nearest
+        training photos, the trust check, the maps' agreement, a group's summary, suggestions, and the
+        tests run on demand. Evidence that is missing has no claim."""
+        out = [self._prediction_claim()]
+        out += [self._map_claim(m) for m in self.facts_in_line_order()]
         if self.contrastive is not None:
-            c = self.contrastive
-            top, share = _top_region(c)
-            out.append(
-                f"Contrastive map ({self.predicted} over {self.contrast_class}): peak in the "
-                f"{c.peak_region}; {_heat_lead(share)} ({share:.0%}) in the {top}."
-            )
+            out.append(_contrastive_claim(self.contrastive, self.predicted, self.contrast_class))
         cf = self.counterfactual
         if cf is not None and cf.hot_area > 0:  # an empty map has no hot region to hide or keep
-            before, after = cf.original[cf.predicted], cf.hidden[cf.predicted]
-            change = (
-                f"leaves {cf.predicted} at {before:.0%}" if f"{before:.0%}" == f"{after:.0%}"
-                else f"drops {cf.predicted} from {before:.0%} to {after:.0%}" if after < before
-                else f"raises {cf.predicted} from {before:.0%} to {after:.0%}"
-            )  # fmt: skip
-            if abs(before - after) < BARELY:
-                change += " (barely a change: the region alone does not decide)"
-            out.append(
-                f"Hiding the hot region ({cf.hot_area:.0%} of the image) {change}; "
-                f"{_becomes(cf.hidden_prediction, cf.predicted)}."
-            )
-            out.append(
-                f"Keeping only the hot region gives {cf.predicted} {cf.kept[cf.predicted]:.0%}; "
-                f"{_becomes(cf.kept_prediction, cf.predicted)}."
-            )
+            out += self._counterfactual_claims(cf)
         if self.appearance is not None and self.appearance.hot.colours:
-            look = self.appearance
-            rest = f"; the rest is {look_words(look.rest)}" if look.rest.colours else ""
-            out.append(f"The hot region is mostly {look_words(look.hot)}{rest}.")
+            out.append(self._appearance_claim(self.appearance))
         if self.neighbours:
-            out.append(self._neighbours_line())
+            out.append(self._neighbours_claim())
         if self.trust:
-            out.append(
-                " ".join(_trust_sentence(t) for _, t in sorted(self.trust.items(), key=_first_scorecam))
-            )
+            out.append(self._trust_claim())
         if self.agreement is not None:
             r = self.agreement
             verb = "agree" if r >= 0.5 else "partly agree" if r >= 0.2 else "disagree"
-            names = " and ".join(method_name(m) for m in ("scorecam", "gradcam"))
-            out.append(f"{names} {verb} (r = {r:.2f}).")
-        out += [line for finding in self.findings for line in finding.lines]
-        return [f"{i}. {line}" for i, line in enumerate(out, 1)]
+            out.append(Claim("agreement", quantities=(decimal(r, 2, "r"),), verdict=verb, fields={"r": r}))
+        out += self.summary
+        out += self.advice()
+        out += [c for finding in self.findings for c in finding.claims]
+        return out
+
+    def lines(self) -> list[str]:
+        """The claims as short numbered plain-English lines ("1. ..."), the facts a prompt cites.
+
+        Probabilities are percentages; AUCs, similarities and r are decimals. A map that does not beat a
+        random map is called uninformative, both in its own line and in the trust line."""
+        return [f"{i}. {line(c)}" for i, c in enumerate(self.claims(), 1)]
+
+    def advice(self) -> list[Claim]:
+        """The suggestions the evidence supports, each from a fixed source: nearest training photos mostly
+        of the (wrongly) predicted class (add true-class photos like this one), a low label quality from a
+        cross-validation (check the label), a primary map that does not beat a random map (do not rely on
+        it). A group's suggestion (collect photos of a dominant pair) is in its summary."""
+        out = []
+        truth = self.true_label
+        if self.neighbours and self.verdict == "wrong" and truth is not None:
+            label, n = Counter(x.label for x in self.neighbours).most_common(1)[0]
+            if label == self.predicted and 2 * n > len(self.neighbours):  # most of them: the predicted class
+                out.append(
+                    Claim(
+                        "advice",
+                        (truth, self.predicted),
+                        advice="add_photos",
+                        counts=(Count(n, len(self.neighbours), label, "neighbours"),),
+                        fields={"true": truth, "predicted": self.predicted},
+                    )
+                )
+        quality = self.label_quality
+        if quality is not None and quality.score < LOW_LABEL_QUALITY:
+            classes = tuple(c for c in dict.fromkeys([self.true_label, quality.likely]) if c is not None)
+            out.append(
+                Claim(
+                    "advice",
+                    classes,
+                    quantities=(decimal(quality.score, 2, "label quality"),),
+                    advice="check_label",
+                    fields={"score": quality.score, "likely": quality.likely},
+                )
+            )
+        primary = self.primary
+        trust = self.trust.get(primary) if primary is not None else None
+        if trust is not None and not trust.informative:
+            out.append(
+                Claim(
+                    "advice",
+                    map=primary,
+                    advice="distrust_map",
+                    verdict="uninformative",
+                    fields={"method": primary},
+                )
+            )
+        return out
 
     def facts_in_line_order(self) -> list[str]:
         """The methods of `facts` in the order of their lines (ScoreCAM first): line [2] is the first's."""
@@ -242,49 +317,152 @@ class Evidence:
 
     def finding_lines(self, finding: Finding) -> list[int]:
         """The numbers that the lines of `finding` (one of `findings`) have in `lines()`."""
-        end = len(self.lines())
+        end = len(self.claims())
         for f in reversed(self.findings):
             if f is finding:
-                return list(range(end - len(f.lines) + 1, end + 1))
-            end -= len(f.lines)
+                return list(range(end - len(f.claims) + 1, end + 1))
+            end -= len(f.claims)
         raise ValueError(f"{finding.probe}: not a finding of this evidence")
 
     def with_finding(self, finding: Finding) -> Evidence:
         """A copy of this evidence with `finding` added last (the original is left as it was)."""
         return replace(self, findings=[*self.findings, finding])
 
-    def _prediction_line(self) -> str:
-        head = f"The classifier predicted {self.predicted} with {self.confidence:.0%} confidence"
-        if self.true_label is None:
-            return f"{head}; the true label is not known."
-        return f"{head}; the true label is {self.true_label} ({self.verdict})."
-
-    def _map_line(self, method: str) -> str:
-        f = self.facts[method]
-        if f.area_above_half == 0.0:  # only an all-zero map has no pixel above half its peak
-            line = f"{method_name(method)}: the map is empty; no part of the image stands out"
-        else:
-            top, share = _top_region(f)
-            line = (
-                f"{method_name(method)}: {_heat_lead(share)} ({share:.0%}) in the {top}; peak in the "
-                f"{f.peak_region}; {f.area_above_half:.0%} of the image is above half the peak"
-            )
-        trust = self.trust.get(method)
-        if trust is not None and not trust.informative:
-            line += " (uninformative: it does not beat a random map)"
-        return line + "."
-
-    def _neighbours_line(self) -> str:
-        labels = Counter(n.label for n in self.neighbours)  # ties: the label of the nearer photo first
-        label, count = labels.most_common(1)[0]
-        sims = [n.similarity for n in self.neighbours]
-        others = ", ".join(f"{c} {name}" for name, c in labels.most_common()[1:])
-        agree = "agree with" if label == self.predicted else "disagree with"
-        return (
-            f"Nearest training photos: {count} of {len(sims)} are {label}"
-            f"{f', {others}' if others else ''} (similarity {max(sims):.2f}\u2013{min(sims):.2f}); "
-            f"they {agree} the prediction."
+    def _prediction_claim(self) -> Claim:
+        pred, true = self.predicted, self.true_label
+        classes = tuple(c for c in dict.fromkeys([pred, true]) if c is not None)
+        return Claim(
+            "prediction",
+            classes,
+            quantities=(percent(self.confidence, pred),),
+            verdict=self.verdict,
+            fields={"predicted": pred, "true": true, "confidence": self.confidence},
         )
+
+    def _map_claim(self, method: str) -> Claim:
+        f = self.facts[method]
+        trust = self.trust.get(method)
+        untrusted = trust is not None and not trust.informative
+        verdict = "uninformative" if untrusted else "informative" if trust is not None else None
+        if f.area_above_half == 0.0:  # only an all-zero map has no pixel above half its peak
+            return Claim(
+                "map",
+                map=method,
+                verdict=verdict,
+                fields={"method": method, "empty": True, "uninformative": untrusted},
+            )
+        top, share = _top_region(f)
+        look = self.appearance.hot if self.appearance is not None and method == self.primary else None
+        regions = map_regions(f)
+        return Claim(
+            "map",
+            regions=regions,
+            peak=f.peak_region,
+            top=top,
+            map=method,
+            quantities=(percent(share, "share"), percent(f.area_above_half, "area")),
+            verdict=verdict,
+            fields={
+                "method": method,
+                "top": top,
+                "share": share,
+                "peak": f.peak_region,
+                "area": f.area_above_half,
+                "uninformative": untrusted,
+                "look": {"colours": look.colours, "texture": look.texture} if look and look.colours else None,
+            },
+        )
+
+    def _counterfactual_claims(self, cf: Counterfactual) -> list[Claim]:
+        pred = cf.predicted
+        before, after, kept = cf.original[pred], cf.hidden[pred], cf.kept[pred]
+        primary = self.primary
+        regions = map_regions(self.facts[primary]) if primary is not None else ()
+        hidden = cf.hidden_prediction
+        hiding = Claim(
+            "hiding",
+            tuple(dict.fromkeys([pred, hidden])),
+            regions,
+            map=primary,
+            quantities=(percent(cf.hot_area, "area"), percent(before, pred), percent(after, pred)),
+            moves=(Move(pred, before, after),),
+            becomes=(hidden,),
+            verdict="barely" if abs(before - after) < BARELY else None,
+            fields={
+                "predicted": pred,
+                "area": cf.hot_area,
+                "before": before,
+                "after": after,
+                "becomes": hidden,
+                "barely": abs(before - after) < BARELY,
+            },
+        )
+        keeping = Claim(
+            "keeping",
+            tuple(dict.fromkeys([pred, cf.kept_prediction])),
+            regions,
+            map=primary,
+            quantities=(percent(kept, pred),),
+            moves=(Move(pred, before, kept),),
+            becomes=(cf.kept_prediction,),
+            fields={"predicted": pred, "kept": kept, "becomes": cf.kept_prediction},
+        )
+        return [hiding, keeping]
+
+    def _appearance_claim(self, look: Appearance) -> Claim:
+        primary = self.primary
+        regions = map_regions(self.facts[primary]) if primary is not None else ()
+        rest = look.rest if look.rest.colours else None
+        words = [*look_licence(look.hot), *(look_licence(rest) if rest else [])]
+        as_dict = lambda r: {"colours": r.colours, "brightness": r.brightness, "texture": r.texture}  # noqa: E731
+        return Claim(
+            "appearance",
+            regions=regions,
+            map=primary,
+            looks=tuple(dict.fromkeys(words)),
+            fields={
+                "hot": as_dict(look.hot),
+                "rest": as_dict(rest) if rest else None,
+                "hot_looks": look_licence(look.hot),
+            },
+        )
+
+    def _neighbours_claim(self) -> Claim:
+        labels = Counter(n.label for n in self.neighbours)  # ties: the label of the nearer photo first
+        ranked = labels.most_common()
+        k = len(self.neighbours)
+        sims = [n.similarity for n in self.neighbours]
+        agree = ranked[0][0] == self.predicted
+        return Claim(
+            "neighbours",
+            tuple(label for label, _ in ranked),
+            quantities=(decimal(max(sims), 2, "similarity"), decimal(min(sims), 2, "similarity")),
+            counts=tuple(Count(n, k, label, "neighbours") for label, n in ranked),
+            verdict="agree" if agree else "disagree",
+            fields={
+                "counts": [[label, n] for label, n in ranked],
+                "k": k,
+                "high": max(sims),
+                "low": min(sims),
+                "predicted": self.predicted,
+            },
+        )
+
+    def _trust_claim(self) -> Claim:
+        ordered = sorted(self.trust.values(), key=lambda t: (t.method != "scorecam", t.method))
+        numbers = tuple(
+            decimal(v, 3, name)
+            for t in ordered
+            for name, v in (
+                ("deletion", t.deletion),
+                ("random deletion", t.random_deletion),
+                ("insertion", t.insertion),
+                ("random insertion", t.random_insertion),
+            )
+        )
+        verdict = "informative" if all(t.informative for t in ordered) else "uninformative"
+        maps = [{**asdict(t), "informative": t.informative} for t in ordered]
+        return Claim("trust", quantities=numbers, verdict=verdict, fields={"maps": maps})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
@@ -293,14 +471,17 @@ class Evidence:
         out["contrastive"] = self.contrastive.to_dict() if self.contrastive else None
         for method, trust in self.trust.items():
             out["trust"][method]["informative"] = trust.informative
+        out["findings"] = [f.to_dict() for f in self.findings]
+        out["summary"] = [c.to_dict() for c in self.summary]
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Evidence:
-        """Inverse of to_dict."""
+        """Inverse of to_dict; also reads the records of earlier versions (no claims, no summary)."""
         look = lambda r: RegionLook(**r)  # noqa: E731
         counterfactual = d.get("counterfactual")
         appearance = d.get("appearance")
+        quality = d.get("label_quality")
         return cls(
             file=d["file"],
             class_names=list(d["class_names"]),
@@ -318,54 +499,62 @@ class Evidence:
                 for m, t in d.get("trust", {}).items()
             },
             agreement=d.get("agreement"),
-            findings=[Finding(**f) for f in d.get("findings", [])],
+            findings=[Finding.from_dict(f) for f in d.get("findings", [])],
+            label_quality=LabelQuality(**quality) if quality else None,
+            summary=[Claim.from_dict(c) for c in d.get("summary", [])],
         )
 
 
-_METHOD_NAMES = {"scorecam": "ScoreCAM", "gradcam": "GradCAM"}
+# A label quality below this (cleanlab's score, 0..1) is worth a look: the suggestion to check the label.
+LOW_LABEL_QUALITY = 0.5
 
 
-def method_name(method: str) -> str:
-    """How the evidence lines name a heatmap method ("scorecam" -> "ScoreCAM")."""
-    return _METHOD_NAMES.get(method, method)
+def primary_method(methods: Iterable[str]) -> str:
+    """The method whose map a photo's (or a group's) counterfactuals, appearance and templates use:
+    ScoreCAM when it is among `methods`, else the first."""
+    methods = list(methods)
+    if not methods:
+        raise ValueError("no heatmap method")
+    return "scorecam" if "scorecam" in methods else methods[0]
 
 
-def _first_scorecam(item: tuple[str, Any]) -> tuple[bool, str]:
-    return item[0] != "scorecam", item[0]
+def map_regions(facts: HeatmapFacts) -> tuple[str, ...]:
+    """The regions one map's line lets an explanation name, most heat first: its peak's, its largest
+    share's and any holding at least HOT_SHARE of its heat; none for an empty map."""
+    if facts.area_above_half == 0.0:
+        return ()
+    hot = {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
+    hot |= {facts.peak_region, _top_region(facts)[0]}
+    return tuple(sorted(hot, key=lambda r: -facts.region_shares.get(r, 0.0)))
+
+
+def _contrastive_claim(c: HeatmapFacts, predicted: str, other: str) -> Claim:
+    top, share = _top_region(c)
+    return Claim(
+        "contrastive",
+        (predicted, other),
+        map_regions(c),
+        peak=c.peak_region,
+        top=top,
+        map="contrastive",
+        quantities=(percent(share, "share"),),
+        fields={"predicted": predicted, "other": other, "peak": c.peak_region, "top": top, "share": share},
+    )
 
 
 def _top_region(facts: HeatmapFacts) -> tuple[str, float]:
     return max(facts.region_shares.items(), key=lambda kv: kv[1])  # first maximum on ties
 
 
-def _heat_lead(share: float) -> str:
-    return "most heat" if share > 0.5 else "the largest share of heat"  # as HeatmapFacts.describe
+def look_licence(look: RegionLook) -> list[str]:
+    """The appearance words a region's look licenses: its colour names, its tone, its texture's words."""
+    return [*look.colours, tone(look.brightness), *texture_licence(look.texture)]
 
 
-def _becomes(new: str, predicted: str) -> str:
-    return f"the prediction stays {predicted}" if new == predicted else f"the prediction becomes {new}"
-
-
-# Mean luma (0..1) below DARK reads as dark, at least BRIGHT as bright; in between, mid-toned.
-DARK, BRIGHT = 0.35, 0.6
-_TEXTURE_WORDS = {"strand-like edges": "with strand-like edges", "smooth surface": "smooth"}
-
-
-def look_words(look: RegionLook) -> str:
-    """A region's look in words: "beige and white, bright, with strand-like edges"."""
-    *first, last = look.colours
-    colours = f"{', '.join(first)} and {last}" if first else last
-    tone = "dark" if look.brightness < DARK else "bright" if look.brightness >= BRIGHT else "mid-toned"
-    texture = _TEXTURE_WORDS.get(look.texture, f"with {look.texture} texture")
-    return f"{colours}, {tone}, {texture}"
-
-
-def _trust_sentence(t: MapTrust) -> str:
-    numbers = (
-        f"deletion {t.deletion:.3f} vs {t.random_deletion:.3f}, insertion {t.insertion:.3f} vs "
-        f"{t.random_insertion:.3f}"
-    )
-    name = method_name(t.method)
-    if t.informative:
-        return f"{name} beats a random map ({numbers}): informative."
-    return f"{name} does not beat a random map ({numbers}): uninformative; do not rely on it."
+def texture_licence(texture: str) -> list[str]:
+    """The words a texture (appearance.describe_region's names) licenses."""
+    return {
+        "strand-like edges": ["strand-like", "strands", "edges"],
+        "smooth surface": ["smooth"],
+        "mixed": ["mixed"],
+    }.get(texture, [texture])

@@ -30,8 +30,18 @@ from torch import Tensor, nn
 
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
+from noodlenext.explain.claims import Claim, Count, Move, decimal, percent
 from noodlenext.explain.counterfactuals import HIDE, contrastive_maps
-from noodlenext.explain.evidence import BARELY, HOT_SHARE, HOT_THRESHOLD, Evidence, Finding, look_words
+from noodlenext.explain.evidence import (
+    BARELY,
+    HOT_THRESHOLD,
+    Evidence,
+    Finding,
+    RegionLook,
+    look_licence,
+    map_regions,
+    primary_method,
+)
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 from noodlenext.explain.faithfulness import removed
 from noodlenext.explain.layers import unwrap
@@ -191,44 +201,86 @@ class PhotoProbe:
         other = self._class(other)
         pred, p = self.predicted, self.evidence.probabilities
         if other == pred:
-            line = f"Asked why not {other}: the classifier does predict {pred}, with {p[pred]:.0%}."
-            finding = Finding("why_not", {"other": other}, [line], [pred])
-            return ProbeResult(finding)
+            same = Claim(
+                "why_not_same",
+                (pred,),
+                quantities=(percent(p[pred], pred),),
+                fields={"other": other, "predicted": pred, "p": p[pred]},
+            )
+            return ProbeResult(Finding("why_not", {"other": other}, [same]))
         i, j = self.names.index(pred), self.names.index(other)
         cmap = contrastive_maps(self.model, self.image, [i], [j], self.settings)[0].numpy()
         facts = heatmap_facts(cmap)
-        lines = [
-            f"Asked why not {other}: the classifier gives {pred} {p[pred]:.0%} and {other} {p[other]:.0%}."
+        claims = [
+            Claim(
+                "why_not_scores",
+                (pred, other),
+                quantities=(percent(p[pred], pred), percent(p[other], other)),
+                fields={"predicted": pred, "other": other, "p": p[pred], "q": p[other]},
+            )
         ]
         if facts.area_above_half == 0.0:
-            lines.append(f"Its contrastive map finds no part of the photo that favours {pred} over {other}.")
-            finding = Finding(
-                "why_not", {"other": other}, lines, [pred, other], [], {"facts": facts.to_dict()}
+            claims.append(
+                Claim(
+                    "why_not_none",
+                    (pred, other),
+                    map="contrastive",
+                    fields={"predicted": pred, "other": other},
+                )
             )
-            return ProbeResult(finding)
+            return ProbeResult(Finding("why_not", {"other": other}, claims, {"facts": facts.to_dict()}))
         top, share = max(facts.region_shares.items(), key=lambda kv: kv[1])
-        regions = sorted(
-            {top, facts.peak_region} | {r for r, s in facts.region_shares.items() if s >= HOT_SHARE},
-            key=lambda r: -facts.region_shares[r],
-        )
-        lines.append(
-            f"The evidence for {pred} over {other} is strongest in the {top} ({share:.0%} of it); "
-            f"its peak is in the {facts.peak_region}."
+        claims.append(
+            Claim(
+                "why_not_where",
+                (pred, other),
+                map_regions(facts),
+                peak=facts.peak_region,
+                top=top,
+                map="contrastive",
+                quantities=(percent(share, "share"),),
+                fields={
+                    "predicted": pred,
+                    "other": other,
+                    "top": top,
+                    "share": share,
+                    "peak": facts.peak_region,
+                },
+            )
         )
         hot = torch.from_numpy(cmap >= HOT_THRESHOLD * cmap.max()).to(self.device)[None, None]
         edited = torch.where(hot, removed(self.image, HIDE), self.image)
         after = self._named(self._probabilities(edited)[0])
         new = max(after, key=after.__getitem__)
-        outcome = f"the prediction stays {pred}" if new == pred else f"the prediction becomes {new}"
-        lines.append(
-            f"Hiding that evidence ({float(hot.float().mean()):.0%} of the image) moves {other} from "
-            f"{p[other]:.0%} to {after[other]:.0%} and {pred} from {p[pred]:.0%} to {after[pred]:.0%}; "
-            f"{outcome}."
+        area = float(hot.float().mean())
+        claims.append(
+            Claim(
+                "why_not_hidden",
+                tuple(dict.fromkeys([pred, other, new])),
+                map_regions(facts),
+                map="contrastive",
+                quantities=(
+                    percent(area, "area"),
+                    percent(p[other], other),
+                    percent(after[other], other),
+                    percent(p[pred], pred),
+                    percent(after[pred], pred),
+                ),
+                moves=(Move(other, p[other], after[other]), Move(pred, p[pred], after[pred])),
+                becomes=(new,),
+                fields={
+                    "predicted": pred,
+                    "other": other,
+                    "area": area,
+                    "other_before": p[other],
+                    "other_after": after[other],
+                    "before": p[pred],
+                    "after": after[pred],
+                    "becomes": new,
+                },
+            )
         )
-        finding = Finding(
-            "why_not", {"other": other}, lines, [pred, other, new], regions,
-            {"facts": facts.to_dict(), "hidden": after},
-        )  # fmt: skip
+        finding = Finding("why_not", {"other": other}, claims, {"facts": facts.to_dict(), "hidden": after})
         return ProbeResult(finding, overlay(self.photo, cmap), f"evidence for {pred} over {other}")
 
     def change_mind(self) -> ProbeResult:
@@ -245,7 +297,7 @@ class PhotoProbe:
             edited.append(torch.where(hot, soft, self.image))
         probs = self._probabilities(torch.cat(edited))
         runner = max((n for n in self.names if n != pred), key=p.__getitem__)
-        lines, classes = [], [pred, runner]
+        claims = []
         changed = next((k for k, row in enumerate(probs) if self.names[int(row.argmax())] != pred), None)
         steps = [
             {"share": s, "probabilities": self._named(row)}
@@ -253,26 +305,49 @@ class PhotoProbe:
         ]
         if changed is None:
             last = self._named(probs[-1])
-            lines.append(
-                f"Hiding even the hottest {CHANGE_STEPS[-1]:.0%} of the image leaves the prediction "
-                f"{pred} ({last[pred]:.0%}): no small part of the photo changes its mind."
+            share = CHANGE_STEPS[-1]
+            claims.append(
+                Claim(
+                    "change_none",
+                    (pred,),
+                    quantities=(percent(share, "area"), percent(last[pred], pred)),
+                    moves=(Move(pred, p[pred], last[pred]),),
+                    becomes=(pred,),
+                    fields={"predicted": pred, "share": share, "p": last[pred]},
+                )
             )
         else:
             after = self._named(probs[changed])
             new = max(after, key=after.__getitem__)
-            classes.append(new)
-            lines.append(
-                f"Hiding the hottest {CHANGE_STEPS[changed]:.0%} of the image changes the prediction to "
-                f"{new} ({new} {after[new]:.0%}, {pred} {after[pred]:.0%})."
+            share = CHANGE_STEPS[changed]
+            claims.append(
+                Claim(
+                    "change_at",
+                    (pred, new),
+                    quantities=(percent(share, "area"), percent(after[new], new), percent(after[pred], pred)),
+                    moves=(Move(pred, p[pred], after[pred]), Move(new, p[new], after[new])),
+                    becomes=(new,),
+                    fields={
+                        "predicted": pred,
+                        "share": share,
+                        "becomes": new,
+                        "p_new": after[new],
+                        "p": after[pred],
+                    },
+                )
             )
-        lines.append(
-            f"Without any change the runner-up is {runner} at {p[runner]:.0%}, against {pred} at "
-            f"{p[pred]:.0%}."
+        claims.append(
+            Claim(
+                "runner_up",
+                (runner, pred),
+                quantities=(percent(p[runner], runner), percent(p[pred], pred)),
+                fields={"runner": runner, "predicted": pred, "q": p[runner], "p": p[pred]},
+            )
         )
-        trust = self.evidence.trust.get("scorecam") or next(iter(self.evidence.trust.values()), None)
+        trust = self.evidence.trust.get(primary_method(self.evidence.trust)) if self.evidence.trust else None
         if trust is not None and not trust.informative:
-            lines.append("The heatmap that ordered the hiding does not beat a random map here.")
-        finding = Finding("change_mind", {}, lines, classes, [], {"steps": steps})
+            claims.append(Claim("change_untrusted", verdict="uninformative"))
+        finding = Finding("change_mind", {}, claims, {"steps": steps})
         shown = edited[changed if changed is not None else -1][0]
         return ProbeResult(finding, _as_picture(shown, self.mean, self.std), "the photo as hidden")
 
@@ -293,39 +368,72 @@ class PhotoProbe:
         ranked = sorted(drops, key=lambda r: -drops[r])
         after = {REGIONS[k]: float(probs[k, i]) for k in range(9)}
         new = {REGIONS[k]: self.names[int(probs[k].argmax())] for k in range(9)}
-        lines, regions = [], []
+        claims, regions = [], []
         if drops[ranked[0]] < BARELY:
             regions.append(ranked[0])
-            lines.append(
-                f"Hiding each ninth of the photo in turn moves {pred} by {max(0.0, drops[ranked[0]]):.0%} "
-                f"at most (for the {ranked[0]}): no single part decides."
+            most = max(0.0, drops[ranked[0]])
+            claims.append(
+                Claim(
+                    "which_none",
+                    (pred,),
+                    (ranked[0],),
+                    quantities=(percent(most, "drop"),),
+                    fields={"predicted": pred, "drop": most, "region": ranked[0]},
+                )
             )
         else:
-            first = ranked[0]
+            first, second = ranked[0], ranked[1]
             regions.append(first)
-            line = (
-                f"Hiding each ninth of the photo in turn, the {first} matters most: {pred} falls from "
-                f"{p[pred]:.0%} to {after[first]:.0%}"
-            )
-            second = ranked[1]
+            moves = [Move(pred, p[pred], after[first])]
+            numbers = [percent(p[pred], pred), percent(after[first], pred)]
             if drops[second] >= BARELY:
                 regions.append(second)
-                line += f", then the {second} (to {after[second]:.0%})"
-            lines.append(line + ".")
-            flipped = [r for r in regions if new[r] != pred]
-            for r in flipped:
-                lines.append(f"With the {r} hidden the prediction becomes {new[r]}.")
-        facts = self.evidence.facts.get("scorecam") or next(iter(self.evidence.facts.values()), None)
+                moves.append(Move(pred, p[pred], after[second]))
+                numbers.append(percent(after[second], pred))
+            claims.append(
+                Claim(
+                    "which_part",
+                    (pred,),
+                    tuple(regions),
+                    quantities=tuple(numbers),
+                    moves=tuple(moves),
+                    fields={
+                        "predicted": pred,
+                        "first": first,
+                        "before": p[pred],
+                        "after": after[first],
+                        "second": regions[1] if len(regions) > 1 else None,
+                        "after_second": after[second] if len(regions) > 1 else None,
+                    },
+                )
+            )
+            for r in [r for r in regions if new[r] != pred]:
+                claims.append(
+                    Claim(
+                        "which_flip",
+                        (new[r],),
+                        (r,),
+                        becomes=(new[r],),
+                        fields={"region": r, "becomes": new[r]},
+                    )
+                )
+        facts = self.evidence.facts.get(self.evidence.primary) if self.evidence.facts else None
         if facts is not None and facts.area_above_half > 0:
             top, share = max(facts.region_shares.items(), key=lambda kv: kv[1])
-            agree = "the same part" if regions and top == regions[0] else "a different part"
-            lines.append(f"The heatmap puts most heat ({share:.0%}) in the {top}, {agree}.")
-            regions.append(top)
-        classes = [pred, *(new[r] for r in regions if new[r] != pred)]
+            same = bool(regions) and top == regions[0]
+            claims.append(
+                Claim(
+                    "which_heat",
+                    (),
+                    (top,),
+                    top=top,
+                    quantities=(percent(share, "share"),),
+                    verdict="same" if same else "different",
+                    fields={"top": top, "share": share},
+                )
+            )
         data = {"drops": drops, "predictions": new}
-        finding = Finding(
-            "which_part", {}, lines, list(dict.fromkeys(classes)), list(dict.fromkeys(regions)), data
-        )
+        finding = Finding("which_part", {}, claims, data)
         grid = np.zeros((3, 3), dtype=np.float32)
         for k in range(9):
             grid.flat[k] = max(0.0, drops[REGIONS[k]])
@@ -337,60 +445,105 @@ class PhotoProbe:
         """Colours, brightness and texture of the primary map's hot region against the rest."""
         look = appearance(self.photo, self.cam)
         if not look.hot.colours:
-            lines = ["The heatmap has no hot region to describe."]
+            claims = [Claim("looks_empty")]
         else:
-            lines = [f"The hot region is mostly {look_words(look.hot)}."]
+            regions = tuple(self.evidence.hot_regions(self.evidence.primary or "scorecam"))
+            claims = [_look_claim("looks_hot", look.hot, regions)]
             if look.rest.colours:
-                lines.append(f"The rest of the photo is {look_words(look.rest)}.")
-        finding = Finding(
-            "looks_like", {}, lines, [], [], {"hot": look.hot.__dict__, "rest": look.rest.__dict__}
-        )
+                claims.append(_look_claim("looks_rest", look.rest, ()))
+        finding = Finding("looks_like", {}, claims, {"hot": look.hot.__dict__, "rest": look.rest.__dict__})
         return ProbeResult(finding, overlay(self.photo, self.cam), "the hot region")
 
     def how_sure(self) -> ProbeResult:
         """The probabilities, the margin to the runner-up, and the prediction on the mirrored photo."""
         pred, p = self.predicted, self.evidence.probabilities
         ranked = sorted(self.names, key=lambda n: -p[n])
-        listed = ", ".join(f"{n} {p[n]:.0%}" for n in ranked)
         runner = ranked[1] if len(ranked) > 1 else pred
-        lines = [f"The classifier gives {listed}; {pred} leads {runner} by {p[pred] - p[runner]:.0%}."]
+        margin = p[pred] - p[runner]
+        claims = [
+            Claim(
+                "how_sure",
+                tuple(ranked),
+                quantities=(*(percent(p[n], n) for n in ranked), percent(margin, "margin")),
+                fields={
+                    "ranked": [[n, p[n]] for n in ranked],
+                    "predicted": pred,
+                    "runner": runner,
+                    "margin": margin,
+                },
+            )
+        ]
         mirrored = self._named(self._probabilities(torch.flip(self.image, dims=[-1]))[0])
         flipped = max(mirrored, key=mirrored.__getitem__)
-        same = f"it stays {pred}" if flipped == pred else f"it becomes {flipped}"
-        lines.append(f"On the mirrored photo {same}, with {pred} at {mirrored[pred]:.0%}.")
-        finding = Finding("how_sure", {}, lines, list(dict.fromkeys([*ranked, flipped])), [], {
-            "mirrored": mirrored,
-        })  # fmt: skip
+        claims.append(
+            Claim(
+                "mirror",
+                tuple(dict.fromkeys([pred, flipped])),
+                quantities=(percent(mirrored[pred], pred),),
+                moves=(Move(pred, p[pred], mirrored[pred]),),
+                becomes=(flipped,),
+                fields={"predicted": pred, "becomes": flipped, "p": mirrored[pred]},
+            )
+        )
+        finding = Finding("how_sure", {}, claims, {"mirrored": mirrored})
         return ProbeResult(finding)
 
     def similar(self) -> ProbeResult:
         """The five nearest training photos in the classifier's feature space."""
         if self.index is None:
-            lines = ["No training photos are at hand to compare with (the run saved no features)."]
-            return ProbeResult(Finding("similar", {}, lines))
+            return ProbeResult(Finding("similar", {}, [Claim("similar_none")]))
         near = self.index.nearest(self.image, k=5, files=[self.evidence.file])[0]
         if not near:
-            return ProbeResult(Finding("similar", {}, ["The training photo index is empty."]))
+            return ProbeResult(Finding("similar", {}, [Claim("similar_empty")]))
         counts: dict[str, int] = {}
         for n in near:
             counts[n.label] = counts.get(n.label, 0) + 1
-        listed = ", ".join(f"{c} {label}" for label, c in sorted(counts.items(), key=lambda kv: -kv[1]))
-        lines = [
-            f"Of the {len(near)} training photos most alike to the classifier, {listed} "
-            f"(similarity {near[0].similarity:.2f} to {near[-1].similarity:.2f})."
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+        k, high, low = len(near), near[0].similarity, near[-1].similarity
+        claims = [
+            Claim(
+                "similar_counts",
+                tuple(counts),
+                quantities=(decimal(high, 2, "similarity"), decimal(low, 2, "similarity")),
+                counts=tuple(Count(c, k, label, "neighbours") for label, c in ranked),
+                fields={"k": k, "counts": [[label, c] for label, c in ranked], "high": high, "low": low},
+            )
         ]
         truth = self.evidence.true_label
         top = max(counts, key=counts.__getitem__)
-        verdict = "agrees with" if top == self.predicted else "disagrees with"
-        lines.append(f"Most of them are {top}, which {verdict} the prediction {self.predicted}.")
+        agrees = top == self.predicted
+        claims.append(
+            Claim(
+                "similar_majority",
+                tuple(dict.fromkeys([top, self.predicted])),
+                counts=(Count(counts[top], k, top, "neighbours"),),
+                verdict="agree" if agrees else "disagree",
+                fields={"top": top, "predicted": self.predicted},
+            )
+        )
         if truth is not None and truth != self.predicted:
-            lines.append(f"{counts.get(truth, 0)} of them are {truth}, the true class.")
-        finding = Finding("similar", {}, lines, list(dict.fromkeys([*counts, self.predicted])), [], {
-            "neighbours": [n.__dict__ for n in near],
-        })  # fmt: skip
+            n_true = counts.get(truth, 0)
+            claims.append(
+                Claim(
+                    "similar_truth",
+                    (truth,),
+                    counts=(Count(n_true, k, truth, "neighbours"),),
+                    fields={"n": n_true, "truth": truth},
+                )
+            )
+        finding = Finding("similar", {}, claims, {"neighbours": [n.__dict__ for n in near]})
         return ProbeResult(
             finding, _contact_sheet([n.file for n in near], self.photo.size[0]), "nearest photos"
         )
+
+
+def _look_claim(kind: str, look: RegionLook, regions: tuple[str, ...]) -> Claim:
+    return Claim(
+        kind,
+        regions=regions,
+        looks=tuple(look_licence(look)),
+        fields={"colours": look.colours, "brightness": look.brightness, "texture": look.texture},
+    )
 
 
 def _as_picture(image: Tensor, mean: list[float], std: list[float]) -> Image.Image:

@@ -7,10 +7,11 @@ _EXPORTS = {
     "LLMError": "noodlenext.llm.base",
     "Message": "noodlenext.llm.base",
     "load_backend": "noodlenext.llm.load",
-    "ExplainRequest": "noodlenext.llm.prompt",
-    "explain_messages": "noodlenext.llm.prompt",
+    "PromptSettings": "noodlenext.llm.prompt",
+    "evidence_messages": "noodlenext.llm.prompt",
     "ChatSession": "noodlenext.llm.session",
-    "explain_session": "noodlenext.llm.session",
+    "evidence_session": "noodlenext.llm.session",
+    "check_explanation": "noodlenext.llm.grounding",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

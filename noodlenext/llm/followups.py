@@ -6,7 +6,7 @@
 2. runs it on the photo (`PhotoProbe.run`): a `Finding` whose sentences join the evidence lines;
 3. asks the language model to answer from those lines, and passes the answer through the grounding gate
    as a follow-up (`ChatSession.ask_grounded`); a failing answer is retried once, then replaced by the
-   finding's own sentences (`grounding.finding_answer`), marked as the template's.
+   finding's own sentences (`templates.finding_answer`), marked as the template's.
 
 A question no probe fits is answered from the evidence already gathered, through the same gate.
 """
@@ -19,8 +19,10 @@ from typing import Any
 
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.probes import PROBES, PhotoProbe, ProbeResult
+from noodlenext.explain.templates import finding_answer
 from noodlenext.llm.base import LLMError
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, finding_answer
+from noodlenext.llm.grounding import GroundedText
+from noodlenext.llm.prompt import PromptSettings
 from noodlenext.llm.router import ToolCall, parse_tool_call, route, tool_specs
 from noodlenext.llm.session import ChatSession
 
@@ -105,20 +107,19 @@ def answer_followup(
     question: str,
     probe: PhotoProbe | None,
     evidence: Evidence,
-    max_words: int = MAX_WORDS,
-    feedback: str = FEEDBACK,
+    prompt: PromptSettings | Any,
 ) -> FollowupAnswer:
     """Answer `question` by running the test it needs on the photo (see the module doc); without a probe
     (a resumed chat whose photo is gone) or a fitting test, from the evidence already gathered."""
     previous = [str(m["content"]) for m in session.messages[1:] if m["role"] == "assistant"]
     call = choose_probe(session, question, evidence) if probe is not None else None
     if call is None or probe is None:
-        text = session.ask_grounded(question, evidence, max_words, feedback, followup=True, previous=previous)
+        text = session.ask_grounded(question, evidence, prompt, followup=True, previous=previous)
         return FollowupAnswer(text, None, None, evidence)
     call, result = _run(probe, call, question, evidence)
     evidence = evidence.with_finding(result.finding)
     text = session.ask_grounded(
-        followup_prompt(question, evidence, result), evidence, max_words, feedback, followup=True,
+        followup_prompt(question, evidence, result), evidence, prompt, followup=True,
         template=finding_answer(evidence, result.finding), finding=result.finding, previous=previous,
     )  # fmt: skip
     session.metadata["evidence"] = evidence.to_dict()  # a resumed chat is checked against the findings too

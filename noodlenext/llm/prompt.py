@@ -1,72 +1,61 @@
-"""From one classified image to the chat messages that ask an LLM to explain it.
+"""The messages that ask a language model to explain one photo, or one group of mistakes, from its claims.
 
-Two paths: `evidence_messages` (the numbered lines of an `Evidence`, which the model cites and the grounding
-gate checks against; the one to use) and `explain_messages` (an `ExplainRequest`'s ScoreCAM facts in a
-paragraph; kept for the chat and the page until they move to evidence).
+`PromptSettings` is conf/prompt/*.yaml as typed settings (the one source of every prompt text, the retry
+message and the word limit); `evidence_messages` and `group_messages` fill its templates with the
+evidence's numbered lines (`Evidence.lines()`, the words of its claims), which the model cites and the
+grounding gate checks against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from noodlenext.core.config import CONFIG_DIR
 from noodlenext.explain.evidence import Evidence
-from noodlenext.explain.facts import HeatmapFacts
 from noodlenext.llm.base import Message
 
+__all__ = ["PromptSettings", "evidence_fields", "evidence_messages", "group_messages", "render"]
 
-@dataclass
-class ExplainRequest:
-    """What the LLM is told about one image: the classifier's output and where ScoreCAM saw the evidence."""
 
-    file: str
-    class_names: list[str]
-    probabilities: dict[str, float]  # class name -> probability
-    predicted: str
-    facts: HeatmapFacts  # ScoreCAM for the predicted class
-    true_label: str | None = None  # None: unknown
-    images: list[str] = field(default_factory=list)  # [photo, overlay] paths, for multimodal models
+@dataclass(frozen=True)
+class PromptSettings:
+    """The prompt config (conf/prompt/explain.yaml): the system prompts, the question templates per verdict,
+    the group question, the retry message ({reasons}) and the longest answer the gate accepts (words)."""
 
-    @property
-    def confidence(self) -> float:
-        return self.probabilities[self.predicted]
+    evidence_system: str
+    evidence_explain: str
+    evidence_ask_wrong: str
+    evidence_ask_correct: str
+    evidence_ask_unknown: str
+    group_system: str
+    group_question: str
+    retry: str
+    max_words: int
+    images_note: str = ""
 
-    @property
-    def verdict(self) -> str:
-        if self.true_label is None:
-            return "unknown"
-        return "correct" if self.true_label == self.predicted else "wrong"
+    @classmethod
+    def of(cls, cfg: PromptSettings | Mapping[str, Any] | Any) -> PromptSettings:
+        """From a composed `prompt` config (or these settings); a missing key is an error naming it."""
+        if isinstance(cfg, PromptSettings):
+            return cfg
+        values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "images_note"]
+        if missing:
+            raise ValueError(f"the prompt config has no {', '.join(missing)} (see conf/prompt/explain.yaml)")
+        known = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in values.items() if k in known}
+        kept["max_words"] = int(kept["max_words"])
+        return cls(**{k: (v if k == "max_words" else str(v)) for k, v in kept.items()})
 
-    def fields(self, top_k: int = 3) -> dict[str, str]:
-        """The values a prompt template can use, all as text."""
-        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:top_k]
-        shares = sorted(self.facts.region_shares.items(), key=lambda kv: -kv[1])[:3]
-        return {
-            "file": self.file,
-            "classes": ", ".join(self.class_names),
-            "predicted": self.predicted,
-            "confidence": f"{self.confidence:.0%}",
-            "true_label": self.true_label or "unknown",
-            "verdict": self.verdict,
-            "probabilities": ", ".join(f"{name} {p:.0%}" for name, p in ranked),
-            "heatmap": self.facts.describe(),
-            "peak_region": self.facts.peak_region,
-            "top_regions": ", ".join(f"{region} {share:.0%}" for region, share in shares),
-            "area_above_half": f"{self.facts.area_above_half:.0%}",
-            "concentration": f"{self.facts.concentration:.2f}",
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "class_names": self.class_names,
-            "probabilities": self.probabilities,
-            "predicted": self.predicted,
-            "true_label": self.true_label,
-            "facts": self.facts.to_dict(),
-            "images": self.images,
-        }
+    @classmethod
+    def default(cls) -> PromptSettings:
+        """The shipped conf/prompt/explain.yaml."""
+        return cls.of(OmegaConf.load(Path(CONFIG_DIR) / "prompt" / "explain.yaml"))
 
 
 def render(template: str, values: Mapping[str, str], option: str) -> str:
@@ -80,29 +69,12 @@ def render(template: str, values: Mapping[str, str], option: str) -> str:
         ) from err
 
 
-def explain_messages(request: ExplainRequest, prompt: Mapping[str, Any], multimodal: bool) -> list[Message]:
-    """System and first user message; `prompt` holds the templates (conf/prompt/*.yaml).
-
-    The question depends on the verdict (`ask_wrong`, `ask_correct`, `ask_unknown`). A multimodal model
-    also gets the photo and the overlay, in that order, before the text.
-    """
-    values = request.fields(int(prompt.get("top_k", 3)))
-    values["question"] = render(prompt[f"ask_{request.verdict}"], values, f"prompt.ask_{request.verdict}")
-    text = render(prompt["explain"], values, "prompt.explain")
-    content: str | list[dict[str, str]] = text
-    if multimodal and request.images:
-        content = [{"type": "image", "path": path} for path in request.images]
-        content.append({"type": "text", "text": f"{prompt.get('images_note', '')}\n{text}".strip()})
-    return [
-        {"role": "system", "content": render(prompt["system"], values, "prompt.system")},
-        {"role": "user", "content": content},
-    ]
-
-
 def evidence_fields(evidence: Evidence) -> dict[str, str]:
-    """The values an evidence prompt template can use, all as text: classes, predicted, confidence,
-    true_label ("unknown" when not known), verdict, lines (the numbered lines, one per line), n_lines."""
+    """The values a prompt template can use, all as text: classes, predicted, confidence, true_label
+    ("unknown" when not known), verdict, lines (the numbered lines, one per line), n_lines, and count
+    (a group's size, else 1)."""
     lines = evidence.lines()
+    size = next((c for c in evidence.summary if c.kind == "group_size"), None)
     return {
         "classes": ", ".join(evidence.class_names),
         "predicted": evidence.predicted,
@@ -111,27 +83,44 @@ def evidence_fields(evidence: Evidence) -> dict[str, str]:
         "verdict": evidence.verdict,
         "lines": "\n".join(lines),
         "n_lines": str(len(lines)),
+        "count": str(size.fields["count"]) if size is not None else "1",
     }
 
 
-def evidence_messages(
-    evidence: Evidence, prompt: Mapping[str, Any], multimodal: bool, images: Sequence[str] = ()
-) -> list[Message]:
-    """System and first user message asking for an explanation grounded in `evidence.lines()`.
+def _with_images(text: str, settings: PromptSettings, images: Sequence[str], multimodal: bool) -> Any:
+    if not (multimodal and images):
+        return text
+    content: list[dict[str, str]] = [{"type": "image", "path": path} for path in images]
+    content.append({"type": "text", "text": f"{settings.images_note}\n{text}".strip()})
+    return content
 
-    prompt: a conf/prompt config; its `evidence_system`, `evidence_explain` and `evidence_ask_<verdict>`
-    templates take the fields of `evidence_fields` (and `question`, in evidence_explain). images: [photo,
-    overlay] paths, sent before the text to a multimodal model (with `images_note`).
-    """
+
+def evidence_messages(
+    evidence: Evidence, prompt: PromptSettings | Any, multimodal: bool, images: Sequence[str] = ()
+) -> list[Message]:
+    """System and first user message asking for an explanation of one photo grounded in its lines.
+
+    prompt: the prompt settings (or a conf/prompt config); its `evidence_system`, `evidence_explain` and
+    `evidence_ask_<verdict>` templates take the fields of `evidence_fields` (and `question`, in
+    evidence_explain). images: [photo, overlay] paths, sent before the text to a multimodal model."""
+    settings = PromptSettings.of(prompt)
     values = evidence_fields(evidence)
     key = f"evidence_ask_{evidence.verdict}"
-    values["question"] = render(prompt[key], values, f"prompt.{key}")
-    text = render(prompt["evidence_explain"], values, "prompt.evidence_explain")
-    content: str | list[dict[str, str]] = text
-    if multimodal and images:
-        content = [{"type": "image", "path": path} for path in images]
-        content.append({"type": "text", "text": f"{prompt.get('images_note', '')}\n{text}".strip()})
+    values["question"] = render(getattr(settings, key), values, f"prompt.{key}")
+    text = render(settings.evidence_explain, values, "prompt.evidence_explain")
     return [
-        {"role": "system", "content": render(prompt["evidence_system"], values, "prompt.evidence_system")},
-        {"role": "user", "content": content},
+        {"role": "system", "content": render(settings.evidence_system, values, "prompt.evidence_system")},
+        {"role": "user", "content": _with_images(text, settings, images, multimodal)},
+    ]
+
+
+def group_messages(evidence: Evidence, prompt: PromptSettings | Any) -> list[Message]:
+    """System and user message asking what a group of mistakes (`explain.groups`) has in common: the
+    `group_system` and `group_question` templates (fields: those of `evidence_fields`)."""
+    settings = PromptSettings.of(prompt)
+    values = evidence_fields(evidence)
+    values["question"] = render(settings.group_question, values, "prompt.group_question")
+    return [
+        {"role": "system", "content": render(settings.group_system, values, "prompt.group_system")},
+        {"role": "user", "content": render(settings.evidence_explain, values, "prompt.evidence_explain")},
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.probes import PROBES
-from noodlenext.llm.grounding import class_mentions
+from noodlenext.llm.reading import class_mentions
 
 
 @dataclass(frozen=True)

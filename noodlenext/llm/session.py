@@ -11,9 +11,10 @@ from typing import Any, NoReturn
 from noodlenext.core.files import write_json_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.explain.evidence import Evidence, Finding
+from noodlenext.explain.templates import photo_template
 from noodlenext.llm.base import Backend, LLMError, Message, generation_options, text_of
-from noodlenext.llm.grounding import FEEDBACK, MAX_WORDS, GroundedText, grounded, retry_conversation
-from noodlenext.llm.prompt import ExplainRequest, evidence_messages, explain_messages
+from noodlenext.llm.grounding import GroundedText, check_explanation, grounded, retry_conversation
+from noodlenext.llm.prompt import PromptSettings, evidence_messages
 from noodlenext.llm.text import cut_to_sentence, sentence_ends
 
 SAVED_HEAD = r'\{\s*"backend":'  # how a saved chat starts: the only file `save` may replace
@@ -211,8 +212,7 @@ class ChatSession:
         self,
         content: str | list[dict[str, Any]],
         evidence: Evidence,
-        max_words: int = MAX_WORDS,
-        feedback: str = FEEDBACK,
+        prompt: PromptSettings | Any,
         *,
         followup: bool = False,
         template: str | None = None,
@@ -224,25 +224,24 @@ class ChatSession:
         joins the conversation; the rejected drafts and the verdicts go to metadata["grounding"]. On
         failure an LLMError, and the conversation is as it was.
 
-        evidence: what the answer is checked against; max_words: the longest answer the gate accepts;
-        feedback: the retry's user turn, with {reasons}; followup, template, finding, previous: as
-        `grounding.grounded` (check as a follow-up answer; the text when both drafts fail, default the
-        evidence template; the test the answer must cite; earlier answers it may not repeat).
+        evidence: what the answer is checked against; prompt: the prompt settings (its `max_words`, the
+        longest answer the gate accepts, and `retry`, the retry's user turn); followup, finding, previous:
+        as `grounding.check_explanation` (check as a follow-up answer; the test the answer must cite;
+        earlier answers it may not repeat); template: the text when both drafts fail (default the
+        evidence's `photo_template`).
         """
+        settings = PromptSettings.of(prompt)
+        max_words = settings.max_words
         saved = self._begin()
         try:
             self._user(content)
-            prompt = self.prompt()
+            messages = self.prompt()
             drafts: list[str] = []
             result = grounded(
-                lambda message: self._draft(prompt, drafts, message),
-                evidence,
-                max_words,
-                feedback,
-                followup=followup,
-                template=template,
-                finding=finding,
-                previous=previous,
+                lambda message: self._draft(messages, drafts, message),
+                lambda text: check_explanation(text, evidence, max_words, followup, finding, previous),
+                (lambda: template) if template is not None else (lambda: photo_template(evidence, max_words)),
+                settings.retry,
             )
         except BaseException as err:
             self._failed(saved, err)
@@ -309,29 +308,15 @@ class ChatSession:
         return session
 
 
-def explain_session(
-    backend: Backend, request: ExplainRequest, prompt: Any, llm: Any
-) -> tuple[ChatSession, str | list[dict[str, Any]]]:
-    """A session holding the system prompt for `request`, and its first question (to `ask`).
-
-    `prompt` is a conf/prompt config; `llm` a conf/llm one (max_new_tokens, temperature, max_context_tokens,
-    repetition_penalty, no_repeat_ngram_size).
-    """
-    system, first = explain_messages(request, prompt, backend.multimodal)
-    session = _session(backend, system, llm)
-    session.metadata = {"request": request.to_dict(), "llm": llm.get("name")}
-    return session, first["content"]
-
-
 def evidence_session(
     backend: Backend, evidence: Evidence, prompt: Any, llm: Any, images: Sequence[str] = ()
 ) -> tuple[ChatSession, str | list[dict[str, Any]]]:
     """A session holding the evidence path's system prompt, and its first question, to be answered with
-    `session.ask_grounded(first, evidence, prompt.max_words, prompt.retry)` (or `ask` / `ask_stream` for
-    an unchecked answer).
+    `session.ask_grounded(first, evidence, prompt)` (or `ask` / `ask_stream` for an unchecked answer).
 
-    `prompt`: a conf/prompt config; `llm`: a conf/llm one (as `explain_session`); images: [photo,
-    overlay] paths for a multimodal model.
+    `prompt`: the prompt settings (or a conf/prompt config); `llm`: a conf/llm config (max_new_tokens,
+    temperature, max_context_tokens, repetition_penalty, no_repeat_ngram_size); images: [photo, overlay]
+    paths for a multimodal model.
     """
     system, first = evidence_messages(evidence, prompt, backend.multimodal, images)
     session = _session(backend, system, llm)

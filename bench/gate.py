@@ -1,0 +1,132 @@
+"""The grounding gate measured by what it lets through: faithful answers it passes, planted errors it catches.
+
+    .venv/bin/python bench/gate.py                    # bench/gate_data: the table, and gate.json
+    .venv/bin/python bench/gate.py --show invented_cause   # every answer of a kind, with the gate's reasons
+
+bench/gate_data/records.json holds evidence records from real runs (bench/gate_records.py: quickstart
+runs on the synthetic noodles and on the photos of ../shared/data/noodles; mistakes, hits and groups of
+mistakes), each with its numbered lines and the question the prompt asks. bench/gate_data/answers.json
+holds, per record, answers written by someone who read only the prompt and the lines, never the gate's
+code: three faithful ones (plain; for a lay reader; ending with one suggestion a line supports) and five
+with exactly one planted error (a region no line calls hot, an invented visual cause, a wrong number or
+direction, a wrong class or count, a true number cited from the wrong line).
+
+Prints, per kind, the share passed (faithful kinds: higher is better) or caught (error kinds), and the CPU
+time per check. The goal (issue 22): >= 95% of faithful answers pass and >= 95% of planted errors are
+caught, in every kind; tests/test_gate_benchmark.py keeps the shipped data above it.
+
+It runs against whatever `noodlenext` is importable, so an earlier version's gate can be measured on the
+same data (PYTHONPATH=<an older checkout>): records then load through that version's Evidence.from_dict,
+with a group's summary handed over as the "group" finding that version kept it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "gate_data"
+FAITHFUL = ("faithful_plain", "faithful_lay", "faithful_advice")
+ERRORS = ("wrong_region", "invented_cause", "wrong_number", "wrong_class", "misattributed")
+GOAL = 0.95
+
+
+def load(data: Path = DATA) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(record, answers) pairs: every record that has answers."""
+    records = {r["id"]: r for r in json.loads((data / "records.json").read_text())}
+    answers = json.loads((data / "answers.json").read_text())
+    return [(records[a["id"]], a["answers"]) for a in answers if a["id"] in records]
+
+
+def evidence_of(record: dict[str, Any]) -> Any:
+    """The record's Evidence, through the importable noodlenext's loader."""
+    from noodlenext.explain.evidence import Evidence
+
+    d = dict(record["evidence"])
+    if not hasattr(Evidence, "claims") and d.get("summary"):  # an earlier version: the summary was a finding
+        lines = [line.split(". ", 1)[1] for line in record["lines"]]
+        base = len(lines) - len(d["summary"])
+        summary = [c for c in d["summary"] if c["kind"] != "advice"]
+        classes = sorted({c for claim in summary for c in claim["classes"]})
+        regions = sorted({r for claim in summary for r in claim["regions"]})
+        d["findings"] = [
+            {
+                "probe": "group",
+                "arguments": {},
+                "lines": lines[base : base + len(summary)],
+                "classes": classes,
+                "regions": regions,
+                "data": {},
+            }
+        ]
+    return Evidence.from_dict(d)
+
+
+def run(pairs: list[tuple[dict[str, Any], dict[str, str]]]) -> dict[str, Any]:
+    """Every answer through the gate: per kind, how many were checked and passed, and the CPU seconds."""
+    from noodlenext.llm.grounding import check_explanation
+
+    out: dict[str, Any] = {
+        kind: {"n": 0, "passed": 0, "cpu_s": 0.0, "items": []} for kind in (*FAITHFUL, *ERRORS)
+    }
+    for record, answers in pairs:
+        evidence = evidence_of(record)
+        for kind, text in answers.items():
+            if kind not in out:
+                continue
+            start = time.process_time()
+            verdict = check_explanation(text, evidence)
+            out[kind]["cpu_s"] += time.process_time() - start
+            out[kind]["n"] += 1
+            out[kind]["passed"] += verdict.passed
+            out[kind]["items"].append(
+                {"id": record["id"], "text": text, "passed": verdict.passed, "reasons": verdict.reasons}
+            )
+    return out
+
+
+def rate(kind: str, result: dict[str, Any]) -> float:
+    """Passed (a faithful kind) or caught (an error kind), 0..1."""
+    n, passed = result["n"], result["passed"]
+    return (passed if kind in FAITHFUL else n - passed) / max(1, n)
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| kind of answer | answers | the gate | CPU per check |", "| --- | ---: | ---: | ---: |"]
+    for kind, r in results.items():
+        verb = "passed" if kind in FAITHFUL else "caught"
+        good = r["passed"] if kind in FAITHFUL else r["n"] - r["passed"]
+        ms = 1000 * r["cpu_s"] / max(1, r["n"])
+        rows.append(f"| {kind} | {r['n']} | {verb} {good} of {r['n']} ({rate(kind, r):.0%}) | {ms:.1f} ms |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--out", type=Path, default=None, help="write the per-answer results as JSON")
+    p.add_argument("--show", default=None, help="print every answer of this kind with the gate's reasons")
+    a = p.parse_args()
+    pairs = load(a.data)
+    results = run(pairs)
+    print(f"{len(pairs)} evidence records, {sum(r['n'] for r in results.values())} answers\n")
+    print(table(results))
+    if a.show:
+        for item in results[a.show]["items"]:
+            mark = "PASS" if item["passed"] else "FAIL"
+            print(f"\n[{mark}] {item['id']}: {item['text']}")
+            for reason in item["reasons"]:
+                print(f"    - {reason}")
+    if a.out:
+        a.out.write_text(json.dumps(results, indent=1) + "\n")
+    below = [k for k, r in results.items() if rate(k, r) < GOAL]
+    print(f"\ngoal (>= {GOAL:.0%} in every kind): {'met' if not below else 'not met in ' + ', '.join(below)}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Explanations written from the evidence alone, for when no language model answers or its answers fail the
+grounding gate: a few lay sentences (`wording.sentence`), each citing the claim it says, so a reader can
+check every one against the numbered lines.
+
+- `photo_template(evidence)`: the verdict and confidence; where the primary map's heat is and what that
+  region looks like (with a warning when the map is uninformative); what hiding it did; what the nearest
+  training photos are; one suggestion, when the evidence supports one.
+- `group_template(evidence)`: the same for a group of mistakes (`explain.groups`).
+- `finding_answer(evidence, finding)`: a follow-up's answer: the test's own lines, cited.
+"""
+
+from __future__ import annotations
+
+import re
+
+from noodlenext.explain.claims import Claim
+from noodlenext.explain.evidence import Evidence, Finding
+from noodlenext.explain.wording import line, sentence
+
+__all__ = ["MAX_WORDS", "finding_answer", "group_template", "photo_template"]
+
+MAX_WORDS = 90  # the default longest explanation, in words (citations not counted)
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
+
+
+def _cited(text: str, numbers: list[int]) -> str:
+    """A sentence with its claims' numbers before its full stop: "... confidence [1]."."""
+    cite = f" [{', '.join(str(n) for n in numbers)}]"
+    return f"{text[:-1]}{cite}{text[-1]}" if text[-1:] in ".!?" else f"{text}{cite}"
+
+
+def _words(text: str) -> int:
+    return len(_WORD.findall(re.sub(r"\[[\d,\s]+\]", " ", text)))
+
+
+def _repeats(text: str) -> bool:
+    """Whether a phrase repeats as the grounding gate rejects it: 8 words twice, or 4 words three times."""
+    ws = [w.lower() for w in _WORD.findall(re.sub(r"\[[\d,\s]+\]", " ", text))]
+    for n, most in ((8, 1), (4, 2)):
+        grams = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
+        if any(grams.count(g) > most for g in set(grams)):
+            return True
+    return False
+
+
+def _fit(first: list[str], extras: list[str], max_words: int) -> str:
+    """`first` always, then each extra while the words stay within max_words and no phrase repeats."""
+    out = list(first)
+    for extra in extras:
+        longer = " ".join([*out, extra])
+        if _words(longer) <= max_words and not _repeats(longer):
+            out.append(extra)
+    return " ".join(out)
+
+
+def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
+    """2-5 lay sentences from one photo's claims (see the module docstring); the verdict and the map's
+    sentence always stay, the rest only while the whole keeps within `max_words` words."""
+    claims = evidence.claims()
+    number = {id(c): n for n, c in enumerate(claims, 1)}
+    kinds: dict[str, Claim] = {}
+    for c in claims:
+        kinds.setdefault(c.kind if c.kind != "map" else f"map:{c.map}", c)
+    say = lambda c: _cited(sentence(c), [number[id(c)]])  # noqa: E731
+    first = [say(claims[0])]
+    primary = evidence.primary
+    main = kinds.get(f"map:{primary}")
+    if main is None:
+        first.append("No heatmap of this photo is available, so nothing shows where the classifier looked.")
+        return _fit(first, [], max_words)
+    first.append(say(main))
+    extras = []
+    if "appearance" in kinds and not main.fields.get("empty"):
+        extras.append(say(kinds["appearance"]))
+    if "hiding" in kinds:
+        extras.append(say(kinds["hiding"]))
+    advice = [c for c in claims if c.kind == "advice"][:1]
+    if "neighbours" in kinds and not any(c.advice == "add_photos" for c in advice):  # it says the same
+        extras.append(say(kinds["neighbours"]))
+    extras += [say(c) for c in advice]
+    return _fit(first, extras, max_words)
+
+
+def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
+    """2-5 lay sentences from a group's claims: how many photos of which class were taken for which, with
+    what mean confidence; where their heat most often is and what it looks like (with a warning when most
+    maps do not beat random); what hiding it did; what the nearest training photos are; the suggestion to
+    collect photos of a dominant pair."""
+    claims = evidence.claims()
+    number = {id(c): n for n, c in enumerate(claims, 1)}
+    kinds = {c.kind: c for c in evidence.summary}
+    say = lambda c, *also: _cited(sentence(c), [*also, number[id(c)]])  # noqa: E731
+    size, hot = kinds["group_size"], kinds["group_hot"]
+    first = [say(size, 1), say(hot, 2) if hot.fields["shared"] else say(hot)]
+    if "group_look" in kinds and hot.regions:
+        first.append(say(kinds["group_look"]))
+    trust = kinds.get("group_trust")
+    if trust is not None and trust.verdict != "informative":
+        first.append(say(trust))
+    extras = [say(kinds[k]) for k in ("group_hiding", "group_neighbours") if k in kinds]
+    extras += [say(c) for c in evidence.summary if c.kind == "advice"][:1]
+    return _fit(first, extras, max_words)
+
+
+def finding_answer(evidence: Evidence, finding: Finding) -> str:
+    """The template's answer to a follow-up that `finding` (one of `evidence.findings`) answers: its own
+    lines, with the evidence line numbers cited."""
+    numbers = evidence.finding_lines(finding)
+    return " ".join(_cited(line(c), [n]) for c, n in zip(finding.claims, numbers, strict=True))
