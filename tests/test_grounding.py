@@ -250,10 +250,10 @@ def two_maps() -> Evidence:
     cam[3, 25] = 1.5
     e = evidence(facts={"scorecam": heatmap_facts(hot_upper_right()), "gradcam": heatmap_facts(cam)})
     assert e.lines()[1:3] == [
-        "2. ScoreCAM: most heat (67%) in the upper right; peak in the upper right; 11% of the image is above "
-        "half the peak.",
-        "3. GradCAM: most heat (52%) in the upper left; peak in the upper right; 22% of the image is above "
-        "half the peak.",
+        "2. ScoreCAM: most heat (67%) in the upper right, 33% in the middle right; peak in the upper right; "
+        "11% of the image is above half the peak.",
+        "3. GradCAM: most heat (52%) in the upper left, 48% in the upper right; peak in the upper right; 22% "
+        "of the image is above half the peak.",
     ]
     return e
 
@@ -348,7 +348,8 @@ def test_citations_and_numbers_must_exist() -> None:
 
 def test_each_failed_check_gives_one_reason() -> None:
     text = (
-        "The classifier predicted spaghetti in the lower left [99]. The classifier predicted spaghetti in the"
+        "The classifier predicted spaghetti in the lower left of this photo [99]. The classifier predicted "
+        "spaghetti in the lower left of this"
     )
     found = reasons(text)
     assert len(found) == 5, found  # class, region, repetition, unfinished, citation

@@ -26,7 +26,7 @@ from noodlenext.explain.templates import photo_template
 from noodlenext.llm.base import Message, generation_options
 from noodlenext.llm.grounding import GroundedText, grounded_batch, photo_check, photo_fallback
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import PromptSettings, evidence_messages
+from noodlenext.llm.prompt import PromptSettings, evidence_messages, examples_of, structured_instruction
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,14 @@ class LLMExplanations(SampleCollector):
         backend = None
         try:
             if todo:
+                examples = examples_of(self.llm)
                 for item in todo:  # what is recorded if the model never loads
-                    item.messages = evidence_messages(item.evidence, self.prompt, False, item.images)
+                    item.messages = evidence_messages(
+                        item.evidence, self.prompt, False, item.images, examples
+                    )
                 backend = load_backend(self.llm)
                 conversations = [
-                    evidence_messages(item.evidence, self.prompt, backend.multimodal, item.images)
+                    evidence_messages(item.evidence, self.prompt, backend.multimodal, item.images, examples)
                     for item in todo
                 ]
                 for item, messages in zip(todo, conversations, strict=True):
@@ -270,6 +273,7 @@ class LLMExplanations(SampleCollector):
                     [photo_check(item.evidence, max_words) for item in todo],
                     [photo_fallback(item.evidence, max_words) for item in todo],
                     self.prompt.retry,
+                    structured=structured_instruction(self.prompt, self.llm),
                     **generation_options(self.llm),
                 )
                 for item, result in zip(todo, results, strict=True):

@@ -18,7 +18,7 @@ from noodlenext.explain.wording import line
 from noodlenext.llm.base import generation_options
 from noodlenext.llm.grounding import GroundedText, GroundingVerdict, check_explanation, grounded_batch
 from noodlenext.llm.load import load_backend
-from noodlenext.llm.prompt import PromptSettings, group_messages
+from noodlenext.llm.prompt import PromptSettings, examples_of, group_messages, structured_instruction
 from noodlenext.llm.text import words
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def explain_groups(
     backend = None
     try:
         for group in todo:
-            group.messages, group.paragraph = group_messages(group.evidence, prompt), None
+            group.messages, group.paragraph = group_messages(group.evidence, prompt, examples_of(llm)), None
         backend = load_backend(llm) if todo else None
         if backend is not None:
             results = grounded_batch(
@@ -67,6 +67,7 @@ def explain_groups(
                 [lambda t, e=g.evidence: check_paragraph(t, e, max_words) for g in todo],
                 [lambda e=g.evidence: group_template(e, max_words) for g in todo],
                 prompt.retry,
+                structured=structured_instruction(prompt, llm),
                 **generation_options(llm),
             )
             for group, result in zip(todo, results, strict=True):

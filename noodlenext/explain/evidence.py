@@ -354,18 +354,30 @@ class Evidence:
         top, share = _top_region(f)
         look = self.appearance.hot if self.appearance is not None and method == self.primary else None
         regions = map_regions(f)
+        # Every other region holding at least HOT_SHARE of the heat is named with its share: the line
+        # says all that the claim lets an answer say.
+        others = [
+            (r, s)
+            for r, s in sorted(f.region_shares.items(), key=lambda kv: -kv[1])
+            if r != top and s >= HOT_SHARE
+        ]
         return Claim(
             "map",
             regions=regions,
             peak=f.peak_region,
             top=top,
             map=method,
-            quantities=(percent(share, "share"), percent(f.area_above_half, "area")),
+            quantities=(
+                percent(share, f"share:{top}"),
+                *(percent(s, f"share:{r}") for r, s in others),
+                percent(f.area_above_half, "area"),
+            ),
             verdict=verdict,
             fields={
                 "method": method,
                 "top": top,
                 "share": share,
+                "others": [[r, s] for r, s in others],
                 "peak": f.peak_region,
                 "area": f.area_above_half,
                 "uninformative": untrusted,
@@ -415,15 +427,19 @@ class Evidence:
         rest = look.rest if look.rest.colours else None
         words = [*look_licence(look.hot), *(look_licence(rest) if rest else [])]
         as_dict = lambda r: {"colours": r.colours, "brightness": r.brightness, "texture": r.texture}  # noqa: E731
+        cf = self.counterfactual  # the same region: heat at least half the map's peak
+        area = cf.hot_area if cf is not None and cf.hot_area > 0 else None
         return Claim(
             "appearance",
             regions=regions,
             map=primary,
+            quantities=(percent(area, "area"),) if area is not None else (),
             looks=tuple(dict.fromkeys(words)),
             fields={
                 "hot": as_dict(look.hot),
                 "rest": as_dict(rest) if rest else None,
                 "hot_looks": look_licence(look.hot),
+                "area": area,
             },
         )
 
@@ -537,7 +553,7 @@ def _contrastive_claim(c: HeatmapFacts, predicted: str, other: str) -> Claim:
         peak=c.peak_region,
         top=top,
         map="contrastive",
-        quantities=(percent(share, "share"),),
+        quantities=(percent(share, f"share:{top}"),),
         fields={"predicted": predicted, "other": other, "peak": c.peak_region, "top": top, "share": share},
     )
 

@@ -12,14 +12,12 @@ from torch import Tensor, nn
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
 from noodlenext.explain.counterfactuals import contrastive_maps, counterfactuals, map_agreement, trust_check
-from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.evidence import Evidence, primary_method
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.heatmaps import Heatmap
 from noodlenext.explain.layers import unwrap
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.settings import HeatmapSettings
-
-PRIMARY = "scorecam"  # the map the counterfactuals and the appearance are of, when it is there
 
 
 def _ints(values: Sequence[int] | Tensor) -> list[int]:
@@ -96,7 +94,7 @@ def gather_evidence(
             others[p] = -np.inf
             contrast.append(int(others.argmax()))
 
-    primary = PRIMARY if PRIMARY in methods else methods[0]
+    primary = primary_method(methods)  # the map the counterfactuals and the appearance are of
     cams = {m: np.stack([h[m].cam for h in heatmaps]) for m in methods}
     # The model as given, not `net`: a NoodleClassifier's input size picks the default layer.
     contrastive = contrastive_maps(model, images, pred, contrast, settings)

@@ -22,7 +22,7 @@ from noodlenext.core.devices import resolve_device
 from noodlenext.core.durations import clock
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.counterfactuals import map_agreement
-from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.evidence import Evidence, primary_method
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import Heatmap, explain_batch
 from noodlenext.explain.neighbours import FEATURE_INDEX_FILE, FeatureIndex
@@ -266,7 +266,7 @@ class PhotoExplainer:
         """The tests the chat can run on demand about `analysis` (one of this explainer's)."""
         if analysis.evidence is None or analysis.inputs is None:
             raise ValueError("probes need an analysis made with evidence=True")
-        method = "scorecam" if "scorecam" in analysis.heatmaps else next(iter(analysis.heatmaps))
+        method = primary_method(analysis.heatmaps)
         return PhotoProbe(
             self.model, analysis.inputs, analysis.photo, analysis.evidence, analysis.heatmaps[method].cam,
             self.settings, self.index,

@@ -238,7 +238,7 @@ class PhotoProbe:
                 peak=facts.peak_region,
                 top=top,
                 map="contrastive",
-                quantities=(percent(share, "share"),),
+                quantities=(percent(share, f"share:{top}"),),
                 fields={
                     "predicted": pred,
                     "other": other,
@@ -427,7 +427,7 @@ class PhotoProbe:
                     (),
                     (top,),
                     top=top,
-                    quantities=(percent(share, "share"),),
+                    quantities=(percent(share, f"share:{top}"),),
                     verdict="same" if same else "different",
                     fields={"top": top, "share": share},
                 )

@@ -94,8 +94,8 @@ PHRASES: dict[str, dict[str, str]] = {
         "known.",
     },
     "map": {
-        "plain": "{name}: {lead} ({share}) in the {top}; peak in the {peak}; {area} of the image is above "
-        "half the peak{untrusted}.",
+        "plain": "{name}: {lead} ({share}) in the {top}{others}; peak in the {peak}; {area} of the image is "
+        "above half the peak{untrusted}.",
         "plain.empty": "{name}: the map is empty; no part of the image stands out{untrusted}.",
         "lay": "Its {name} heat is strongest in the {where}{distrust}.",
         "lay.empty": "Its {name} map is empty, so it shows no region that drove the decision.",
@@ -115,7 +115,7 @@ PHRASES: dict[str, dict[str, str]] = {
         "plain": "Keeping only the hot region gives {predicted} {kept}; {outcome}.",
     },
     "appearance": {
-        "plain": "The hot region is mostly {hot}{rest}.",
+        "plain": "The hot region{area} is mostly {hot}{rest}.",
         "lay": "That region looks {colours} {texture}.",
     },
     "neighbours": {
@@ -277,6 +277,7 @@ def _map(c: Claim, style: str) -> Values:
     values |= {
         "lead": _lead(f["share"]),
         "share": _pct(f["share"]),
+        "others": "".join(f", {_pct(s)} in the {r}" for r, s in f.get("others", [])),
         "top": f["top"],
         "peak": f["peak"],
         "area": _pct(f["area"]),
@@ -334,6 +335,7 @@ def _appearance(c: Claim, style: str) -> Values:
     return style, {
         "hot": said,
         "rest": other,
+        "area": f" ({_pct(c.fields['area'])} of the image)" if c.fields.get("area") is not None else "",
         "colours": " and ".join(hot["colours"][:2]),
         "texture": _LAY_TEXTURE.get(hot["texture"], "with a mixed texture"),
     }

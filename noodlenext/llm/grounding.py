@@ -31,6 +31,7 @@ the evidence (`noodlenext.explain.templates`); its `source` says whose text it i
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from noodlenext.explain.claims import Claim
 from noodlenext.explain.evidence import BARELY, Evidence, Finding
 from noodlenext.explain.templates import MAX_WORDS, photo_template
 from noodlenext.explain.wording import method_name
-from noodlenext.llm.base import Backend, Message
+from noodlenext.llm.base import Backend, LLMError, Message
 from noodlenext.llm.reading import (
     CITATION,
     Amount,
@@ -54,7 +55,10 @@ from noodlenext.llm.reading import (
     read_answer,
     vocabulary,
 )
+from noodlenext.llm.structured import SCHEMA, as_text
 from noodlenext.llm.text import ends_on_sentence, sentences, words
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_WORDS",
@@ -270,10 +274,23 @@ def _amount_fits(amount: Amount, claim: Claim, unit: str, shares: bool = False) 
         values += [q.value for q in claim.quantities if q.of == "points"]
     else:
         of = amount.of
-        values = [q.value for q in claim.quantities if q.unit == "percent" and (of is None or q.of == of)]
+        values = [q.value for q in claim.quantities if q.unit == "percent" and _same_of(of, q.of)]
         if shares:
             values += [100 * c.n / c.of for c in claim.counts if c.of and (of is None or c.label == of)]
     return any(amount.low - 1e-9 <= v <= amount.high + 1e-9 for v in values)
+
+
+def _same_of(said: str | None, stated: str) -> bool:
+    """Whether a number said to be of `said` (None: of nothing said; a class; "area"; "share", or
+    "share:<regions>" for a share of heat in those regions) may be the claim's number of `stated`."""
+    if said is None:
+        return True
+    if said.startswith("share"):
+        if not stated.startswith("share"):
+            return False
+        regions = said.partition(":")[2]
+        return not regions or stated.partition(":")[2] in regions.split("|")
+    return said == stated
 
 
 def _count_fits(counted: Counted, claim: Claim, classes: set[str]) -> bool:
@@ -417,7 +434,8 @@ def _region_reasons(s: _Sentence) -> list[str]:
     named = {m.value for m in s.said.of("map")}
     stray: dict[str, list[str]] = {}
     for mention in mentions:
-        linked = s.at(mention)[1] if s.said.cited else []
+        numbers, linked = s.at(mention)
+        linked = linked if numbers else []  # cites no line there: about no one map
         about = named or {c.map for c in linked if c.kind in ("map", "contrastive") and c.map}
         if about:
             pool = [c for c in s.all if c.map in about]
@@ -659,32 +677,63 @@ def grounded(
     return GroundedText(template(), "template", verdicts, drafts)
 
 
+def with_instruction(messages: list[Message], instruction: str) -> list[Message]:
+    """The conversation with `instruction` added to its last user turn (text after any images)."""
+    *head, last = messages
+    content = last["content"]
+    if isinstance(content, str):
+        return [*head, {**last, "content": f"{content}\n{instruction}"}]
+    return [*head, {**last, "content": [*content, {"type": "text", "text": instruction}]}]
+
+
+def drafts(
+    backend: Backend, conversations: Sequence[list[Message]], structured: str | None, **options: Any
+) -> list[tuple[str, str]]:
+    """Each conversation's reply as (the text the gate reads and a reader sees, the reply as written).
+
+    structured: the instruction that asks for sentences with their citations as JSON (the prompt
+    settings' `structured`); with it, a backend that can constrain its output to `structured.SCHEMA` is
+    asked so (the instruction added to the last turn), and the JSON read back as text (`as_text`). A
+    backend that cannot, or a server that refuses, answers in plain text."""
+    if structured and backend.supports_schema:
+        asked = [with_instruction(list(c), structured) for c in conversations]
+        try:
+            return [(as_text(r), r) for r in backend.generate_json(asked, SCHEMA, **options)]
+        except LLMError as err:
+            log.warning("%s: no structured answer (%s); asking for plain text", backend.name, err)
+    return [(t.strip(), t.strip()) for t in backend.generate(list(conversations), **options)]
+
+
 def grounded_batch(
     backend: Backend,
     conversations: Sequence[list[Message]],
     checks: Sequence[Check],
     templates: Sequence[Callable[[], str]],
     feedback: str,
+    *,
+    structured: str | None = None,
     **options: Any,
 ) -> list[GroundedText]:
     """`grounded` for many conversations at once, batched as the backend allows: all first drafts in one
     `generate` call, the retries of the rejected ones in a second. checks, templates: one per
-    conversation. options: `Backend.generate` keywords (e.g. `**generation_options(cfg.llm)`)."""
+    conversation; structured: see `drafts`. options: `Backend.generate` keywords (e.g.
+    `**generation_options(cfg.llm)`)."""
     if not len(conversations) == len(checks) == len(templates):
         raise ValueError(
             f"{len(conversations)} conversations, {len(checks)} checks, {len(templates)} templates"
         )
-    first = [t.strip() for t in backend.generate(list(conversations), **options)]
+    replies = drafts(backend, conversations, structured, **options)
+    first = [text for text, _ in replies]
     verdicts = [check(t) for t, check in zip(first, checks, strict=True)]
     results: list[GroundedText | None] = [
         GroundedText(t, "llm", [v]) if v.passed else None for t, v in zip(first, verdicts, strict=True)
     ]
     todo = [i for i, r in enumerate(results) if r is None]
     retries = [
-        retry_conversation(list(conversations[i]), first[i], feedback_message(verdicts[i], feedback))
+        retry_conversation(list(conversations[i]), replies[i][1], feedback_message(verdicts[i], feedback))
         for i in todo
     ]
-    second = [t.strip() for t in backend.generate(retries, **options)] if retries else []
+    second = [text for text, _ in drafts(backend, retries, structured, **options)] if retries else []
     for i, text in zip(todo, second, strict=True):
         verdict = checks[i](text)
         if verdict.passed:

@@ -65,6 +65,8 @@ def image_data_url(path: str) -> str:
 class OpenAIBackend(Backend):
     """A model served behind an OpenAI-compatible /v1/chat/completions endpoint."""
 
+    supports_schema = True  # response_format json_schema (a server that refuses it: the caller asks for text)
+
     def __init__(
         self,
         base_url: str,
@@ -219,6 +221,44 @@ class OpenAIBackend(Backend):
             if not response.choices:
                 raise LLMError(f"{self.base_url}, model {self.model!r}: the server answered without a reply")
             return cut_to_sentence(response.choices[0].message.content or "")
+
+        if not conversations:
+            return []
+        with ThreadPoolExecutor(min(self.max_parallel, len(conversations))) as pool:
+            return list(pool.map(answer, conversations))
+
+    def generate_json(
+        self,
+        conversations: Sequence[list[Message]],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        *,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        """Replies constrained to `schema` (`response_format` json_schema, which OpenAI, vLLM, llama.cpp's
+        server and Ollama take); a server that refuses it raises LLMError, and the caller asks for text."""
+        check_repetition(repetition_penalty, no_repeat_ngram_size)
+
+        def answer(messages: list[Message]) -> str:
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=self._wire(messages),
+                    max_tokens=max_new_tokens,
+                    temperature=temperature,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "explanation", "schema": schema},
+                    },
+                    **self._penalty(repetition_penalty),
+                )
+            except openai.OpenAIError as e:
+                raise self._error(e) from e
+            if not response.choices:
+                raise LLMError(f"{self.base_url}, model {self.model!r}: the server answered without a reply")
+            return response.choices[0].message.content or ""
 
         if not conversations:
             return []

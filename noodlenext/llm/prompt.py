@@ -36,6 +36,7 @@ class PromptSettings:
     group_question: str
     retry: str
     max_words: int
+    structured: str = ""
     images_note: str = ""
 
     @classmethod
@@ -44,7 +45,11 @@ class PromptSettings:
         if isinstance(cfg, PromptSettings):
             return cfg
         values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "images_note"]
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in values and f.name not in ("images_note", "structured")
+        ]
         if missing:
             raise ValueError(f"the prompt config has no {', '.join(missing)} (see conf/prompt/explain.yaml)")
         known = {f.name for f in fields(cls)}
@@ -56,6 +61,28 @@ class PromptSettings:
     def default(cls) -> PromptSettings:
         """The shipped conf/prompt/explain.yaml."""
         return cls.of(OmegaConf.load(Path(CONFIG_DIR) / "prompt" / "explain.yaml"))
+
+
+def examples_of(llm: Mapping[str, Any] | Any) -> list[Message]:
+    """The worked examples an `llm` config gives its model, as turns after the system prompt
+    (`llm.examples`: a list of {user, assistant}; a base model needs them to see what an answer is)."""
+    found = (llm.get("examples") or []) if llm is not None else []
+    out: list[Message] = []
+    for i, pair in enumerate(found):
+        if not (isinstance(pair, Mapping) and "user" in pair and "assistant" in pair):
+            raise ValueError(f"llm.examples[{i}] must have a user and an assistant turn")
+        out += [
+            {"role": "user", "content": str(pair["user"])},
+            {"role": "assistant", "content": str(pair["assistant"])},
+        ]
+    return out
+
+
+def structured_instruction(prompt: PromptSettings, llm: Mapping[str, Any] | Any) -> str | None:
+    """The instruction asking for sentences with their citations as JSON, when the `llm` config wants
+    structured answers (`llm.structured`) and the prompt has one; else None (plain text)."""
+    wanted = bool(llm.get("structured", False)) if llm is not None else False
+    return prompt.structured or None if wanted else None
 
 
 def render(template: str, values: Mapping[str, str], option: str) -> str:
@@ -96,13 +123,18 @@ def _with_images(text: str, settings: PromptSettings, images: Sequence[str], mul
 
 
 def evidence_messages(
-    evidence: Evidence, prompt: PromptSettings | Any, multimodal: bool, images: Sequence[str] = ()
+    evidence: Evidence,
+    prompt: PromptSettings | Any,
+    multimodal: bool,
+    images: Sequence[str] = (),
+    examples: Sequence[Message] = (),
 ) -> list[Message]:
     """System and first user message asking for an explanation of one photo grounded in its lines.
 
     prompt: the prompt settings (or a conf/prompt config); its `evidence_system`, `evidence_explain` and
     `evidence_ask_<verdict>` templates take the fields of `evidence_fields` (and `question`, in
-    evidence_explain). images: [photo, overlay] paths, sent before the text to a multimodal model."""
+    evidence_explain). images: [photo, overlay] paths, sent before the text to a multimodal model.
+    examples: worked examples, as turns between the system prompt and the question (`examples_of`)."""
     settings = PromptSettings.of(prompt)
     values = evidence_fields(evidence)
     key = f"evidence_ask_{evidence.verdict}"
@@ -110,17 +142,22 @@ def evidence_messages(
     text = render(settings.evidence_explain, values, "prompt.evidence_explain")
     return [
         {"role": "system", "content": render(settings.evidence_system, values, "prompt.evidence_system")},
+        *examples,
         {"role": "user", "content": _with_images(text, settings, images, multimodal)},
     ]
 
 
-def group_messages(evidence: Evidence, prompt: PromptSettings | Any) -> list[Message]:
+def group_messages(
+    evidence: Evidence, prompt: PromptSettings | Any, examples: Sequence[Message] = ()
+) -> list[Message]:
     """System and user message asking what a group of mistakes (`explain.groups`) has in common: the
-    `group_system` and `group_question` templates (fields: those of `evidence_fields`)."""
+    `group_system` and `group_question` templates (fields: those of `evidence_fields`); examples: as
+    `evidence_messages`."""
     settings = PromptSettings.of(prompt)
     values = evidence_fields(evidence)
     values["question"] = render(settings.group_question, values, "prompt.group_question")
     return [
         {"role": "system", "content": render(settings.group_system, values, "prompt.group_system")},
+        *examples,
         {"role": "user", "content": render(settings.evidence_explain, values, "prompt.evidence_explain")},
     ]

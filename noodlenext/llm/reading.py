@@ -370,6 +370,30 @@ _FRACTION_WORDS = "|".join(
     r"[\s-]+".join(re.escape(w) for w in f.split()) for f in sorted(_FRACTIONS, key=len, reverse=True)
 )
 _FRACTION = re.compile(rf"(?:(?P<hedge>{_HEDGE})\s+)?(?P<frac>{_FRACTION_WORDS})\b", re.I)
+_ONE_IN = re.compile(rf"(?:(?P<hedge>{_HEDGE})\s+)?\b(?P<n>{_NUM})\s+in\s+(?P<d>{_NUM})\b", re.I)
+
+
+def _of_what(text: str, start: int, end: int) -> str | None:
+    """ "a fifth of the image" is an area; "26% of its heat", "most heat (48%) in the upper left" a share
+    of a map's heat, of the region its clause names ("share:upper left", several joined by "|")."""
+    rest = text[end:]
+    if re.match(
+        r"\s+of\s+(?:the\s+|this\s+|its\s+)?(?:whole\s+|entire\s+)?(?:image|picture|photo|frame|pixels)\b",
+        rest,
+        re.I,
+    ):
+        return "area"
+    after = re.match(
+        r"\s+of\s+(?:the\s+|its\s+|their\s+|[\w-]+'s\s+)?(?:heat|evidence|attention)\b", rest, re.I
+    )
+    before = re.search(r"\bheat\s*(?:\(|,|:)?\s*(?:about\s+|around\s+|roughly\s+)?$", text[:start], re.I)
+    if not (after or before):
+        return None
+    clause_start, clause_end = clause_span(text, start)
+    regions = sorted(
+        {r for said, cells, s0, _ in region_mentions(text[clause_start:clause_end]) for r in cells}
+    )
+    return "share:" + "|".join(regions) if regions else "share"
 
 
 def _tolerance(hedge: str | None, exact: tuple[float, float]) -> tuple[float, float]:
@@ -384,6 +408,10 @@ def _tolerance(hedge: str | None, exact: tuple[float, float]) -> tuple[float, fl
 # counts: "3 of 5", "three out of the five", "all five", "none of the 4", "both photos", "most of them"
 _OF = r"(?:\s+out)?\s+of\s+(?:the\s+|its\s+|their\s+|these\s+|those\s+|all\s+|his\s+)?"
 _COUNT_PATTERNS = [
+    re.compile(
+        rf"\b(?:every\s+one|each\s+one|each|every|all)\s+of\s+(?:the\s+|its\s+|their\s+)?(?P<of>{_NUM})\b(?P<all>)",
+        re.I,
+    ),
     re.compile(rf"\b(?P<n>{_NUM}){_OF}(?P<of>{_NUM})\b", re.I),
     re.compile(rf"\b(?P<all>all)\s+(?P<of>{_NUM})\b", re.I),
     re.compile(
@@ -447,7 +475,9 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
             take(m)
             v = number_value(m.group("num"))
             lo, hi = _tolerance(m.group("hedge"), (-0.5, 0.5))  # the lines give whole percents
-            of = _percent_class(text, m, alternation, names) if alternation else None
+            of = _of_what(text, m.start(), m.end()) or (
+                _percent_class(text, m, alternation, names) if alternation else None
+            )
             out.append(Said("percent", m.group(0), m.start(), m.end(), Amount(v, v + lo, v + hi, of)))
     for m in _POINTS.finditer(text):
         if free(m):
@@ -460,6 +490,13 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
             take(m)
             v = _FRACTIONS[re.sub(r"[\s-]+", " ", m.group("frac").lower())]
             lo, hi = _tolerance(m.group("hedge"), (-6.0, 6.0))
+            amount = Amount(v, v + lo, v + hi, _of_what(text, m.start(), m.end()))
+            out.append(Said("fraction", m.group(0), m.start(), m.end(), amount))
+    for m in _ONE_IN.finditer(text):  # "one in six"
+        if free(m):
+            take(m)
+            v = 100 * number_value(m.group("n")) / max(1.0, number_value(m.group("d")))
+            lo, hi = _tolerance(m.group("hedge"), (-4.0, 4.0))
             out.append(Said("fraction", m.group(0), m.start(), m.end(), Amount(v, v + lo, v + hi)))
     for m in _DECIMAL.finditer(text):
         if free(m):
@@ -482,7 +519,7 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
                 counted = Counted(
                     0, int(number_value(of)) if of else (2 if groups["none"].lower() == "neither" else None)
                 )
-            elif groups.get("all"):
+            elif groups.get("all") is not None:
                 n = int(number_value(groups["of"]))
                 total = re.search(r"\bof\s+$", text[: m.start()], re.I)  # "70% of all 10": a total
                 counted = Counted(None, n) if total else Counted(n, n)
@@ -544,6 +581,12 @@ def _percent_class(text: str, m: re.Match[str], alternation: str, names: Sequenc
     lead, between = text[start : start + last.start()], text[start + last.end() : m.start()]
     if re.search(r"\bby\s*$", between, re.I):  # "moves udon by 3%", "leads udon by 40%": a difference
         return None
+    if re.search(
+        r"\b(?:maps?|heatmaps?|over|versus|vs)\b",
+        between + " " + text[start + last.start() - 8 : start + last.start()],
+        re.I,
+    ):
+        return None  # "the udon-over-spaghetti contrastive map holds 59%": a share of a map's heat
     if re.search(r"%\s*$", lead) or re.match(
         r"\s*(?:photos?|images?|pictures?|dish(?:es)?|bowls?)\b", between, re.I
     ):
@@ -607,7 +650,8 @@ _RAISE = (
     r"(?:nudg|push|bump|tick|edg|creep|mov|driv|send|lift|pull)\w*\s+(?:\w+\s+){0,2}up\b|crept\s+up"
 )
 _DROP = (
-    r"drop(?:s|ped|ping)?|lower(?:s|ed|ing)?|reduc(?:es|e|ed|ing)|cut(?:s|ting)?|decreas(?:es|e|ed|ing)|"
+    r"drop(?:s|ped|ping)?|lower(?:s|ed|ing)?(?!\s+(?:left|right|cent(?:er|re)|middle|half|part|third|edge|side|"
+    r"corner|portion|region|area|row|band))|reduc(?:es|e|ed|ing)|cut(?:s|ting)?|decreas(?:es|e|ed|ing)|"
     r"fall(?:s|ing|en)?|fell|goes\s+down|went\s+down|gone\s+down|sink(?:s)?|sank|slip(?:s|ped)?|"
     r"plummet(?:s|ed)?|weaken(?:s|ed)?|dip(?:s|ped)?|shrink(?:s)?|shrank|less\s+(?:sure|confident|certain)|"
     r"(?:nudg|push|bump|tick|edg|creep|mov|driv|send|knock|bring|brought|pull)\w*\s+(?:\w+\s+){0,2}down\b|"
@@ -639,7 +683,15 @@ def _directions(text: str, names: Sequence[str], classes: list[Said]) -> list[Sa
         inside = [c for c in in_clause if m.start() <= c.start < m.end()]  # "nudges udon down"
         later = [c for c in in_clause if c.start >= m.end()]
         earlier = [c for c in in_clause if c.end <= m.start()]
-        subject = inside[0] if inside else later[0] if later else earlier[-1] if earlier else None
+        # The nearest in words: "drops udon", "the udon guess fell", "lowered the udon score".
+        gap_after = len(text[m.end() : later[0].start].split()) if later else 99
+        gap_before = len(text[earlier[-1].end : m.start()].split()) if earlier else 99
+        if inside:
+            subject = inside[0]
+        elif later or earlier:
+            subject = earlier[-1] if gap_before < gap_after else later[0] if later else earlier[-1]
+        else:
+            subject = None
         if subject is None and not _PROBABILITY_WORDS.search(text[before:after]):
             continue  # "the heat drops off": not a class's probability
         out.append(
@@ -714,6 +766,8 @@ def _visual(text: str, taken: list[bool]) -> list[Said]:
         if any(used[m.start() : m.end()]):
             continue
         token = m.group(0).lower()
+        if token in ("light", "lights", "lit", "lighting") and re.match(r"\s+up\b", text[m.end() :], re.I):
+            continue  # "the map lights up the middle": the heatmap's glow, not the photo's light
         for candidate in (token, _singular(token)):
             if candidate in words:
                 out.append(Said("visual", m.group(0), m.start(), m.end(), candidate))
@@ -744,7 +798,7 @@ _CHECK_LABEL = re.compile(
 _DISTRUST = re.compile(
     r"\b(?:(?:do\s+not|don't|not|never|shouldn't|should\s+not|cannot|can't)\s+(?:\w+\s+){0,2}"
     r"(?:rel(?:y|ie\w*|ying)|trust\w*|depend\w*|lean\w*|count\w*)|with\s+(?:caution|care|a\s+grain\s+of\s+salt)|"
-    r"be\s+(?:careful|cautious|wary)|(?:isn't|is\s+not|not|aren't|are\s+not)\s+(?:very\s+|entirely\s+)?"
+    r"avoid\s+(?:relying|trusting|leaning|depending)|be\s+(?:careful|cautious|wary)|(?:isn't|is\s+not|not|aren't|are\s+not)\s+(?:very\s+|entirely\s+)?"
     r"(?:reliable|trustworthy|to\s+be\s+trusted)|unreliable|untrustworthy|need\w*\s+care|"
     r"treat\w*\s+(?:\w+\s+){0,4}(?:with\s+)?(?:caution|care|scepticism|skepticism))\b",
     re.I,
@@ -756,10 +810,19 @@ _MORE_PHOTOS = re.compile(
 )
 
 
+# "The facts suggest no specific fix": saying there is no advice gives none.
+_NO_FIX = re.compile(
+    r"\b(?:no|not\s+(?:a|any))\s+(?:specific\s+|clear\s+|obvious\s+|particular\s+|single\s+)?"
+    r"(?:fix|fixes|suggestion|suggestions|remedy|remedies|advice|recommendation|next\s+step)\b|"
+    r"\b(?:suggest|offer|give|point\s+to|support)s?\s+no(?:thing)?\b",
+    re.I,
+)
+
+
 def _advice(plain: str, classes: list[Said], names: Sequence[str]) -> tuple[str | None, list[str]]:
     """The advice a sentence gives (None, add_photos, collect_pair, check_label, distrust_map or other) and
     the classes it asks photos of ("add more spaghetti training photos" -> [spaghetti])."""
-    if not _ADVICE_MARK.search(plain):
+    if not _ADVICE_MARK.search(plain) or _NO_FIX.search(plain):
         return None, []
     if _CHECK_LABEL.search(plain):
         return "check_label", []

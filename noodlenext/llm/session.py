@@ -14,7 +14,8 @@ from noodlenext.explain.evidence import Evidence, Finding
 from noodlenext.explain.templates import photo_template
 from noodlenext.llm.base import Backend, LLMError, Message, generation_options, text_of
 from noodlenext.llm.grounding import GroundedText, check_explanation, grounded, retry_conversation
-from noodlenext.llm.prompt import PromptSettings, evidence_messages
+from noodlenext.llm.grounding import drafts as drafts_of
+from noodlenext.llm.prompt import PromptSettings, evidence_messages, examples_of, structured_instruction
 from noodlenext.llm.text import cut_to_sentence, sentence_ends
 
 SAVED_HEAD = r'\{\s*"backend":'  # how a saved chat starts: the only file `save` may replace
@@ -64,12 +65,17 @@ class ChatSession:
         self.context_tokens = min(limit, max_context_tokens) if max_context_tokens else limit
         self.dropped = 0
         self.metadata: dict[str, Any] = {}  # saved with the conversation (e.g. what was classified)
+        # The instruction that asks for sentences with their citations as JSON, for a backend that can
+        # constrain its replies to a schema (`grounding.drafts`); None: plain text.
+        self.structured: str | None = None
+        self.preamble = 0  # worked example turns after the system prompt (`llm.examples`): never dropped
         self._open: weakref.ref[Generator[str, None, None]] | None = None  # a stream under way
 
     @property
     def _anchor(self) -> int:
-        """Messages that are never dropped: the system prompt (if any), the first question and answer."""
-        return (2 if self.messages and self.messages[0]["role"] == "system" else 1) + 1
+        """Messages that are never dropped: the system prompt (if any), the worked examples, the first
+        question and answer."""
+        return (2 if self.messages and self.messages[0]["role"] == "system" else 1) + 1 + self.preamble
 
     def prompt(self) -> list[Message]:
         """The messages the model gets next: `messages`, with the dropped-turns note where it belongs."""
@@ -262,7 +268,8 @@ class ChatSession:
                 if self.backend.count_tokens(messages) > budget:
                     drafts.append("")
                     return ""  # no room for a retry at all: the gate rejects it, the template answers
-        answer = cut_to_sentence(self.backend.generate([messages], **self.options)[0])
+        ((answer, _),) = drafts_of(self.backend, [messages], self.structured, **self.options)
+        answer = answer if self.structured and self.backend.supports_schema else cut_to_sentence(answer)
         drafts.append(answer.strip())
         return answer
 
@@ -276,6 +283,7 @@ class ChatSession:
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
             "context_tokens": self.context_tokens,
             "dropped": self.dropped,
+            "preamble": self.preamble,
             "metadata": self.metadata,
             "messages": self.messages,
             "transcript": self.transcript,
@@ -305,6 +313,7 @@ class ChatSession:
         session.context_tokens = min(session.context_tokens, int(data.get("context_tokens", 1 << 30)))
         session.transcript, session.dropped = data.get("transcript", data["messages"]), int(data["dropped"])
         session.metadata = data.get("metadata", {})
+        session.preamble = int(data.get("preamble", 0))  # absent: saved before worked examples
         return session
 
 
@@ -318,17 +327,21 @@ def evidence_session(
     temperature, max_context_tokens, repetition_penalty, no_repeat_ngram_size); images: [photo, overlay]
     paths for a multimodal model.
     """
-    system, first = evidence_messages(evidence, prompt, backend.multimodal, images)
-    session = _session(backend, system, llm)
+    settings = PromptSettings.of(prompt)
+    examples = examples_of(llm)
+    system, *shown, first = evidence_messages(evidence, settings, backend.multimodal, images, examples)
+    session = _session(backend, [system, *shown], llm)
+    session.preamble = len(shown)
+    session.structured = structured_instruction(settings, llm)
     session.metadata = {"evidence": evidence.to_dict(), "images": list(images), "llm": llm.get("name")}
     return session, first["content"]
 
 
-def _session(backend: Backend, system: Message, llm: Any) -> ChatSession:
+def _session(backend: Backend, opening: list[Message], llm: Any) -> ChatSession:
     options = generation_options(llm)
     return ChatSession(
         backend,
-        [system],
+        opening,
         options["max_new_tokens"],
         options["temperature"],
         llm.get("max_context_tokens"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -38,8 +39,9 @@ from typing import IO, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from noodlenext.core.config import CONFIG_DIR
 from noodlenext.models.checkpoints import load_checkpoint
 from noodlenext.models.classifier import CHECKPOINT_KEY
 from noodlenext.runs.checkpoint_io import is_complete_checkpoint
@@ -51,12 +53,15 @@ log = logging.getLogger(__name__)
 # the checkpoint it chose, so every rank continues from the same one.
 RESUME_ENV = "NOODLENEXT_RESUME"
 LOCK_FILE = ".run.lock"
-# When the config has no `resume_ignore` (conf/train.yaml holds the list users see and can change).
-DEFAULT_IGNORE = (
-    "paths", "hydra", "resume", "resume_ignore", "ckpt_path", "trust_checkpoint", "logger", "callbacks",
-    "llm", "prompt", "explain", "calibration", "tags", "train", "test", "optimized_metric",
-    "trainer.max_epochs", "trainer.max_steps", "data.num_workers",
-)  # fmt: skip
+
+
+@functools.cache
+def default_resume_ignore() -> tuple[str, ...]:
+    """The keys a resume may change, for a config without `resume_ignore`: conf/train.yaml's list (the
+    one source users see and can change)."""
+    return tuple(str(k) for k in OmegaConf.load(Path(CONFIG_DIR) / "train.yaml").resume_ignore)
+
+
 _RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 _ABSENT = object()
 
@@ -146,12 +151,12 @@ def _under_run_dir(value: Any, run_dir: str | None) -> Any:
 
 
 def config_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORE
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] | None = None
 ) -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every leaf that differs, keys under `ignore` left out;
     a key only one side has is paired with `_ABSENT`. Paths inside each side's own run directory
     (`paths.output_dir`) compare relative to it, since a resumed run's directory has another name."""
-    ignore = tuple(ignore)
+    ignore = tuple(ignore) if ignore is not None else default_resume_ignore()
 
     def run_dir(config: Mapping[str, Any]) -> str | None:
         paths = config.get("paths")
@@ -214,7 +219,7 @@ def _choose(
     cfg: DictConfig, here: Path, siblings: bool, trust: bool, locking: bool
 ) -> tuple[Path | None, IO[str] | None]:
     """resume=auto's checkpoint (and the lock on its run directory, when `locking`), or (None, None)."""
-    current, ignore = config_as_dict(cfg), list(cfg.get("resume_ignore") or DEFAULT_IGNORE)
+    current, ignore = config_as_dict(cfg), list(cfg.get("resume_ignore") or default_resume_ignore())
     own = here / "checkpoints" / "last.ckpt"
     if own.is_file() or not siblings:  # the given run directory: continue it, or refuse
         if find_last_checkpoint(here, siblings=False) is None:
@@ -307,7 +312,7 @@ def prepare_resume(cfg: DictConfig) -> str | None:
         os.environ[RESUME_ENV] = json.dumps({"hydra_dir": hydra_dir, "ckpt": ckpt, "run_dir": run_dir})
     meta = _stored_meta(Path(ckpt), trust) if ckpt and Path(ckpt).is_file() else {}
     if cfg.get("ckpt_path") and rank_zero and isinstance(meta.get("config"), Mapping):
-        ignore = list(cfg.get("resume_ignore") or DEFAULT_IGNORE)
+        ignore = list(cfg.get("resume_ignore") or default_resume_ignore())
         diffs = config_differences(meta["config"], config_as_dict(cfg), ignore)
         if diffs:
             log.warning(
