@@ -13,8 +13,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from noodlenext.callbacks.guarded import GuardedCollector, step_error
 from noodlenext.callbacks.heatmap_gallery import HeatmapGallery
-from noodlenext.callbacks.samples import Sample, SampleCollector, worst_mistakes
+from noodlenext.callbacks.samples import Sample, worst_mistakes
 from noodlenext.core.files import write_text_atomic
 from noodlenext.data.images import load_rgb
 from noodlenext.explain.evidence import Evidence
@@ -33,11 +34,6 @@ log = logging.getLogger(__name__)
 # The steps of an explanation, in order; a record's `error` names the one that failed ("explain": a
 # failure outside them).
 STEPS = ("collect", "select", "load_image", "evidence", "save_images", "llm")
-
-
-def step_error(step: str, err: BaseException) -> dict[str, str]:
-    """A record's `error`: the step that failed and what it raised."""
-    return {"step": step, "message": f"{type(err).__name__}: {err}"}
 
 
 @dataclass
@@ -61,7 +57,7 @@ class _Item:
                     self.error["message"])  # fmt: skip
 
 
-class LLMExplanations(SampleCollector):
+class LLMExplanations(GuardedCollector):
     """Explains the `llm.num_explanations` misclassified test samples with the largest loss.
 
     Each gets its Evidence (reused from a HeatmapGallery that ran first): numbered facts the model itself
@@ -82,6 +78,8 @@ class LLMExplanations(SampleCollector):
     leaves one record with the error and no file.
     """
 
+    label = "LLM explanations"
+
     def __init__(
         self,
         llm: Any,
@@ -95,43 +93,21 @@ class LLMExplanations(SampleCollector):
         self.output_dir = Path(output_dir)
         # _recursive_ is off (the LLM is built at test end), so the settings arrive as a config.
         self.settings = HeatmapSettings.of(settings)
-        self._failure: dict[str, str] | None = None  # a step that failed for every sample
         self._written = False  # explanations.jsonl was written this epoch
 
     @property
     def enabled(self) -> bool:
         return self.llm is not None and self.llm.get("backend") is not None
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.enabled:
-            self._failure, self._written = None, False
-            try:
-                super().on_test_epoch_start(trainer, pl_module)
-            except Exception as err:  # noqa: BLE001 - the run's results matter more than its explanations
-                self._fail_all("collect", err)
+    def _start_epoch(self) -> None:
+        self._written = False
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        if self.enabled and self._failure is None:
-            try:
-                super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-            except Exception as err:  # noqa: BLE001
-                self._fail_all("collect", err)
+    def _render_failed(self, err: BaseException) -> None:
+        if not self._written:
+            self._fail_all("explain", err)
 
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.enabled:
-            return
-        try:  # gathers on every rank (under DDP), then renders on rank 0
-            super().on_test_epoch_end(trainer, pl_module)
-        except Exception as err:  # noqa: BLE001 - a last resort: each step below has its own guard
-            log.exception("LLM explanations failed; the run goes on without them")
-            if not self._written:
-                self._fail_all("explain", err)
-        if self._failure is not None and trainer.is_global_zero:
-            self._write([self._failure_record(self._failure)])
-
-    def _fail_all(self, step: str, err: BaseException) -> None:
-        self._failure = step_error(step, err)
-        log.error("LLM explanations: %s failed: %s", step, self._failure["message"])
+    def _report_failure(self, trainer: Trainer, error: dict[str, Any]) -> None:
+        self._write([self._failure_record(error)])
 
     def _failure_record(self, error: dict[str, str]) -> dict[str, Any]:
         """The one record of a run whose explanations failed before any sample was picked."""

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from noodlenext.callbacks.guarded import step_error
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.images import load_rgb
 from noodlenext.explain.evidence import Evidence, primary_method
@@ -37,11 +38,6 @@ log = logging.getLogger(__name__)
 # The steps, in order; an error names the one that failed.
 STEPS = ("collect", "select", "load_image", "evidence", "summary", "images", "llm", "write", "wandb")
 THUMBNAIL = 96  # px, each half (photo | overlay) of a thumbnail
-
-
-def step_error(step: str, err: BaseException) -> dict[str, str]:
-    """An error record: the step that failed and what it raised."""
-    return {"step": step, "message": f"{type(err).__name__}: {err}"}
 
 
 def plural(n: int, word: str) -> str:

@@ -11,7 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from noodlenext.callbacks.mistake_groups import MistakeGroup, step_error
+from noodlenext.callbacks.guarded import step_error
+from noodlenext.callbacks.mistake_groups import MistakeGroup
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.templates import group_template
 from noodlenext.explain.wording import line

@@ -21,17 +21,17 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from noodlenext.callbacks.guarded import GuardedCollector, step_error
 from noodlenext.callbacks.heatmap_gallery import HeatmapGallery
 from noodlenext.callbacks.mistake_groups import (
     MistakeGroup,
     confusion_groups,
     examine,
     save_images,
-    step_error,
 )
 from noodlenext.callbacks.mistake_paragraphs import explain_groups
 from noodlenext.callbacks.mistake_report import log_wandb, report_head, report_markdown
-from noodlenext.callbacks.samples import Sample, SampleCollector
+from noodlenext.callbacks.samples import Sample
 from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.transforms import eval_transform
@@ -44,7 +44,7 @@ from noodlenext.llm.prompt import PromptSettings
 log = logging.getLogger(__name__)
 
 
-class MistakeGroups(SampleCollector):
+class MistakeGroups(GuardedCollector):
     """At test end: the test mistakes grouped by confusion pair (true -> predicted), what each group's
     evidence shares, and one gated paragraph per group (see the module docstring).
 
@@ -54,6 +54,8 @@ class MistakeGroups(SampleCollector):
     max_groups, max_per_group: how many pairs, and how many photos of each, are examined; num_neighbours:
     nearest training photos per photo (0: none; a HeatmapGallery's index is reused when it ran).
     """
+
+    label = "mistake groups"
 
     def __init__(
         self,
@@ -78,34 +80,10 @@ class MistakeGroups(SampleCollector):
                 raise ValueError(f"callbacks.mistakes.{option}={value!r}: use a whole number >= 0")
         self.max_groups, self.max_per_group, self.num_neighbours = max_groups, max_per_group, num_neighbours
         self.groups: list[MistakeGroup] = []  # the last test's, for whoever wants them
-        self._failure: dict[str, str] | None = None
         self._index: FeatureIndex | None = None
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._failure = None
-        try:
-            super().on_test_epoch_start(trainer, pl_module)
-        except Exception as err:  # noqa: BLE001 - the run's results matter more than this report
-            self._fail_all("collect", err)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        if self._failure is None:
-            try:
-                super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-            except Exception as err:  # noqa: BLE001
-                self._fail_all("collect", err)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        try:  # gathers on every rank (under DDP), then renders on rank 0
-            super().on_test_epoch_end(trainer, pl_module)
-        except Exception:  # noqa: BLE001 - a last resort: each step has its own guard
-            log.exception("mistake groups failed; the run goes on without them")
-        if self._failure is not None and trainer.is_global_zero:
-            self._report(trainer, [], 0, 0, 0, [self._failure])
-
-    def _fail_all(self, step: str, err: BaseException) -> None:
-        self._failure = step_error(step, err)
-        log.error("mistake groups: %s failed: %s", step, self._failure["message"])
+    def _report_failure(self, trainer: Trainer, error: dict[str, Any]) -> None:
+        self._report(trainer, [], 0, 0, 0, [error])
 
     def _render(
         self, trainer: Trainer, pl_module: LightningModule, dataset: Any, stage: str, samples: list[Sample]
