@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import DictConfig
 
 from noodlenext.explain.evidence import (
@@ -682,3 +684,24 @@ def test_the_reader_is_told_whose_words_these_are() -> None:
         f"{photo_template(e, WORDS)}\n\n(from the evidence template; the model's answer"
     )
     assert "does not name the predicted class, ramen" in fallback  # why the model's answer is not shown
+
+
+def test_the_docs_vocabulary_table_names_every_category_and_only_its_words() -> None:
+    """docs/grounding.md shows the vocabulary by category; a category added to the YAML, or a word the docs
+    give as an example that the YAML dropped, would make the docs lie about what the gate rejects."""
+    docs = (Path(__file__).parents[1] / "docs" / "grounding.md").read_text()
+    section = docs.split("### The vocabulary", 1)[1].split("Left out on purpose", 1)
+    lines = section[0].splitlines()
+    rows = [line.split("|")[1:3] for line in lines if line.startswith("| ") and "---" not in line]
+    table = {name.strip(): [w.strip() for w in words.split(",")] for name, words in rows[1:]}
+    data = yaml.safe_load((Path(__file__).parents[1] / "noodlenext" / "llm" / "vocabulary.yaml").read_text())[
+        "categories"
+    ]
+    assert set(table) == set(data)
+    for name, words in table.items():
+        assert set(words) <= {str(w) for w in data[name]}, name
+    left_out = [w.strip(' ".\n') for w in section[1].split(":", 1)[1].split(",")]
+    everything = {str(w) for ws in data.values() for w in ws}
+    assert len(left_out) > 10 and not everything & set(left_out)
+    words, _ = vocabulary()
+    assert set(words) >= everything - {w for w in everything if " " in w}
