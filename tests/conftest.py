@@ -72,14 +72,58 @@ def make_tree(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+_hydra: list[object] = []  # the Hydra that compose_cfg initialized, while it is the global one
+
+
+def _parse_config_files_once() -> None:
+    """Hydra parses every YAML file of a composition again each time (PyYAML in pure Python: most of a
+    composition's time, and the quick subset composes over 100 times). Here a config file of conf/ or of
+    Hydra's own is parsed once per session and each composition gets a copy of it; a file that changed
+    (size or mtime) is parsed again. Nothing else changes: Hydra composes from exactly these contents."""
+    import copy
+    import functools
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    roots = (Path(CONFIG_DIR).resolve(), Path(hydra.__file__).resolve().parent)
+    load, parsed = OmegaConf.load, {}
+
+    @functools.wraps(load)
+    def parse_once(file_: Any) -> Any:
+        name = getattr(file_, "name", file_)
+        path = Path(name).resolve() if isinstance(name, (str, os.PathLike)) else None
+        if path is None or not path.is_file() or not any(path.is_relative_to(r) for r in roots):
+            return load(file_)
+        stat = path.stat()
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if key not in parsed:
+            parsed[key] = load(file_)
+        return copy.deepcopy(parsed[key])
+
+    OmegaConf.load = parse_once  # type: ignore[method-assign]
+
+
+_parse_config_files_once()
+
+
+def _hydra_on_our_configs() -> None:
+    """Hydra initialized on conf/, as for `python -m noodlenext.<task>`. Initializing costs more than
+    composing, so it is done once and kept, unless something else (a command's main) replaced it."""
+    current = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if current is None or not _hydra or current is not _hydra[0]:
+        GlobalHydra.instance().clear()
+        initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR)  # stays initialized: no `with`
+        _hydra[:] = [GlobalHydra.instance().hydra]
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose a config like `python -m noodlenext.<task>` would, with outputs under tmp_path."""
 
     def make(config_name: str = "train", overrides: Iterable[str] = ()) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        _hydra_on_our_configs()
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")
             cfg.hydra.runtime.cwd = str(tmp_path)
@@ -88,7 +132,7 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     yield make
-    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # the next test finds no run (nor a multirun) under way
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +187,14 @@ def save_tiny_checkpoint(
 
 # The shrunk quickstart's data (tests/test_train_e2e.py's SHRUNK): 12 synthetic images per class at 48 px.
 SYNTHETIC = {"images_per_class": 12, "image_size": 48}
+SYNTHETIC_ARGS = [f"data.synthetic.{key}={value}" for key, value in SYNTHETIC.items()]
 
 
 @pytest.fixture(scope="session")
 def synthetic_noodles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic noodles as the shrunk quickstart renders them (SYNTHETIC), once per session: pass it
-    as data.root (a run finds the render complete and reuses it). Read only: write nothing into it."""
+    as data.root with SYNTHETIC_ARGS (a run finds the render complete and reuses it; with other
+    data.synthetic.* it would render anew, there). Read only: write nothing into it."""
     from noodlenext.data.synthetic import render_dataset
 
     return render_dataset(tmp_path_factory.mktemp("synthetic") / "noodles", **SYNTHETIC)
@@ -189,15 +235,18 @@ def smollm2() -> Iterator[Any]:
 # ------------------------------------------------------------------------------ commands in this process
 def run_main(main: Callable[[], Any], *args: str, stdin: str | None = None) -> tuple[int, str]:
     """`python -m <command> args...` in this process: the command's Hydra `main` with `args` as its
-    command line (hydra.run.dir among them, or it writes under outputs/). Returns (exit status, what it
-    printed and logged): 0 when main returned, else its SystemExit's code (1 with Hydra's error message
-    for an exception, as the command line shows it). Hydra's logging set-up is undone afterwards."""
+    command line (hydra.run.dir among them, or it writes under outputs/) and `stdin`. Returns (exit
+    status, what it printed and logged): 0 when main returned, else its SystemExit's code (1 with Hydra's
+    error message for an exception, as the command line shows it). What a process would drop when it
+    ends is undone afterwards: Hydra's logging set-up and config, a training run's lock, the environment."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
+    from noodlenext.runs.resume import release_run_lock
+
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    argv, stdin_before = sys.argv, sys.stdin
+    argv, stdin_before, environ = sys.argv, sys.stdin, dict(os.environ)
     GlobalHydra.instance().clear()
     out = io.StringIO()
     sys.argv = [getattr(main, "__module__", "command"), *args]
@@ -216,7 +265,13 @@ def run_main(main: Callable[[], Any], *args: str, stdin: str | None = None) -> t
                 status = int(code or 0)
     finally:
         sys.argv, sys.stdin = argv, stdin_before
+        release_run_lock()  # a training run's lock on its run directory: a process would drop it at exit
+        # What the run put in the environment: resume=auto's hand-over to DDP workers, W&B's service
+        # address (a process started later would join this process's W&B service), the seed, ...
+        os.environ.clear()
+        os.environ.update(environ)
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
         for handler in root.handlers[:]:
             if handler not in handlers:
                 root.removeHandler(handler)
@@ -233,3 +288,13 @@ def _log_files(args: Iterable[str]) -> list[str]:
     if run_dir is None:
         return []
     return [p.read_text() for p in sorted(Path(run_dir).glob("*.log"))]
+
+
+# ------------------------------------------------------------------------------ what the LLM path did
+def model_answered(record: dict) -> bool:
+    """A grounding record (chat.json's metadata) of an answer the language model did write: it passed the
+    gate (first or second try), or both its drafts were rejected and the template stands in. False when
+    the model path failed before it answered (the template then stands in with no drafts)."""
+    if record["source"] in ("llm", "llm_retry"):
+        return bool(record["text"].strip())
+    return record["source"] == "template" and len(record["drafts"]) == len(record["verdicts"]) == 2

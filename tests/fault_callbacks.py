@@ -1,7 +1,9 @@
-"""Test-only callbacks that make faults happen on cue: a slow epoch to kill, an out-of-memory forward."""
+"""Test-only callbacks that make faults happen on cue: a run that waits to be killed, an out-of-memory
+forward."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,19 @@ class SlowSteps(Callback):
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         self.progress.write_text(f"{trainer.current_epoch} {trainer.global_step}")
         time.sleep(self.seconds)
+
+
+class WaitForKill(Callback):
+    """Writes `<epoch> <global_step>` to `progress` after the first training step of epoch `epoch`, then
+    waits for good: the test kills the run there, mid-epoch, whatever the machine's speed."""
+
+    def __init__(self, progress: str, epoch: int = 1) -> None:
+        self.progress, self.epoch = Path(progress), epoch
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.progress.write_text(f"{trainer.current_epoch} {trainer.global_step}")
+            threading.Event().wait()
 
 
 class OutOfMemoryInForward(Callback):

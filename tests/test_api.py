@@ -25,6 +25,7 @@ PUBLIC = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_import_noodlenext_loads_neither_torch_nor_lightning() -> None:
     code = (
         "import sys, noodlenext; print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_main, save_tiny_checkpoint
+from conftest import model_answered, run_main, save_tiny_checkpoint
 from gated import Gated
 from PIL import Image
 
@@ -230,15 +230,6 @@ def e2e_sessions() -> Iterator[None]:
 
 def app_config(compose_cfg, *overrides: str) -> Any:  # noqa: ANN001
     return compose_cfg("app", ["ckpt_path=unused.ckpt", *overrides])
-
-
-def model_answered(record: dict) -> bool:
-    """A grounding record (chat.json's metadata) of an answer the language model did write: it passed the
-    gate (first or second try), or both its drafts were rejected and the template stands in. False when
-    the model path failed before it answered (the template then stands in with no drafts)."""
-    if record["source"] in ("llm", "llm_retry"):
-        return bool(record["text"].strip())
-    return record["source"] == "template" and len(record["drafts"]) == len(record["verdicts"]) == 2
 
 
 @pytest.mark.slow

@@ -3,12 +3,16 @@ installed console scripts."""
 
 from __future__ import annotations
 
-import subprocess
+import io
+import runpy
 import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
 HYDRA_COMMANDS = ("train", "eval", "predict", "explain", "chat", "app", "data.check")
@@ -24,22 +28,31 @@ def test_every_console_script_points_at_a_command_main() -> None:
         assert callable(found[name].load()), name
 
 
-@pytest.mark.slow
-def test_every_python_m_command_answers_help(tmp_path: Path) -> None:
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", f"noodlenext.{name}", "--help"],
-            cwd=tmp_path,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        for name in HYDRA_COMMANDS
-    }
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0 and "Powered by Hydra" in out, f"noodlenext.{name}: {out[-2000:]}"
-    sweep = subprocess.run(
-        [sys.executable, "-m", "noodlenext.sweep"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert sweep.returncode != 0 and "usage: python -m noodlenext.sweep <sweep dir>" in sweep.stderr
+def python_m(module: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`python -m <module> args...` in this process (runpy runs the module as __main__, as -m does):
+    (exit status, what it printed)."""
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    printed = io.StringIO()
+    GlobalHydra.instance().clear()
+    with redirect_stdout(printed), redirect_stderr(printed), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules ... prior to execution"
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+            if isinstance(exit_.code, str):
+                printed.write(exit_.code)
+    GlobalHydra.instance().clear()
+    return status, printed.getvalue()
+
+
+@pytest.mark.parametrize("name", HYDRA_COMMANDS)
+def test_every_python_m_command_answers_help(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    status, out = python_m(f"noodlenext.{name}", "--help", monkeypatch=monkeypatch)
+    assert status == 0 and "Powered by Hydra" in out, f"noodlenext.{name}: {out[-2000:]}"
+
+
+def test_the_sweep_command_says_how_to_call_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    status, out = python_m("noodlenext.sweep", monkeypatch=monkeypatch)
+    assert status != 0 and "usage: python -m noodlenext.sweep <sweep dir>" in out

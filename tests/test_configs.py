@@ -57,7 +57,13 @@ def test_default_model_is_convnext_base_at_384(compose_cfg) -> None:
     assert cfg.data.image_size == 384  # data follows the model's input size
 
 
-@pytest.mark.parametrize("model", options("model"))
+# The base models draw ~90M random weights each: seconds of CPU.
+BIG_MODELS = {"convnext_base", "vit_base"}
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=[pytest.mark.slow] if m in BIG_MODELS else []) for m in options("model")]
+)
 def test_every_model_instantiates(compose_cfg, model: str) -> None:
     size = 64
     cfg = compose_cfg("train", [f"model={model}", "model.pretrained=false", f"model.image_size={size}"])
@@ -160,6 +166,7 @@ def test_eval_predict_and_explain_configs_compose(compose_cfg, task: str) -> Non
     assert cfg.ckpt_path == "x.ckpt" and "model" not in cfg  # the model comes from the checkpoint
 
 
+@pytest.mark.slow
 def test_run_dirs_carry_a_per_process_id(compose_cfg, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -348,6 +348,7 @@ def test_stack_that_crops_first_cannot_run_on_the_device(tmp_path) -> None:
         dm.setup("fit")
 
 
+@pytest.mark.slow
 def test_augment_on_gpu_trains_with_the_stack_applied_after_the_transfer(tmp_path) -> None:
     seen: dict[str, list] = {"train": [], "val": []}
 

@@ -78,6 +78,7 @@ def test_text_is_utf8_and_binary_mode_writes_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "blob.bin").read_bytes() == b"\x00\xff"
 
 
+@pytest.mark.slow  # starts processes (a dead writer's pid, a live one)
 def test_stale_temps_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
     me, my_start = os.getpid(), files._my_start()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -128,6 +129,7 @@ def test_an_atomic_write_leaves_a_users_old_tmp_files_alone(tmp_path: Path) -> N
     assert all(p.read_text() == "mine" for p in theirs)
 
 
+@pytest.mark.slow  # starts processes (a dead writer's pid, a live one)
 def test_the_first_atomic_write_into_a_folder_cleans_its_stale_temps(tmp_path: Path) -> None:
     leftover = tmp_path / temp_name("metrics.json", dead_pid(), 777)
     leftover.write_text('{"test/ac')

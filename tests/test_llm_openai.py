@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,9 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import httpx
 import pytest
 
 from noodlenext.llm.base import LLMError, Message, text_only
@@ -40,38 +41,31 @@ NOODLE: list[Message] = [{"role": "user", "content": "Name a Japanese noodle dis
 LOOP: list[Message] = [{"role": "user", "content": "List ten noodle dishes, one per line."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def unused_port() -> Iterator[int]:
+    """A local port that refuses connections and that nothing else can take meanwhile: bound, not
+    listening, until the block ends."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield closed.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    """`python -m llama_cpp.server` on a free port, up once /v1/models answers; stopped after the module."""
-    port = free_port()
+    """`python -m llama_cpp.server` on a port the server binds itself (--port 0) and names in its log,
+    up once it says so; stopped after the module."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--n_ctx", "2048", "--api_key", KEY]
-    url = f"http://127.0.0.1:{port}/v1"
+    cmd += ["--port", "0", "--n_ctx", "2048", "--api_key", KEY]
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}  # they would override --port
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the server
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if server.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(
-                        f"llama_cpp.server exited ({server.returncode}):\n{log.read().decode()[-4000:]}"
-                    )
-                if time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"llama_cpp.server not up after 60 s:\n{log.read().decode()[-4000:]}")
-                try:
-                    httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            yield url
+            deadline = time.monotonic() + 120
+            while not (started := re.search(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)", read(log))):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"llama_cpp.server not up ({server.poll()}):\n{read(log)[-4000:].decode()}")
+                time.sleep(0.1)
+            yield f"{started.group(1).decode()}/v1"
         finally:
             server.terminate()
             try:
@@ -88,6 +82,11 @@ def backend(base_url: str) -> Iterator[OpenAIBackend]:
         b = OpenAIBackend(base_url=base_url, model="smollm2", api_key_env=KEY_ENV, timeout=60, max_parallel=2)
     yield b
     b.close()
+
+
+def read(log: IO[bytes]) -> bytes:
+    log.seek(0)
+    return log.read()
 
 
 class Wire:
@@ -228,25 +227,21 @@ def test_a_failed_or_abandoned_answer_leaves_the_chat_usable(backend: OpenAIBack
 
 
 @pytest.mark.slow
-def test_count_tokens_overestimates_the_real_prompt(backend: OpenAIBackend) -> None:
+def test_count_tokens_overestimates_the_real_prompt(backend: OpenAIBackend, smollm2: GGUFBackend) -> None:
     """llama.cpp's server has no /tokenize, so the estimate is used: it must not undercount."""
-    gguf = GGUFBackend()
-    try:
-        chat: list[Message] = [
-            {"role": "system", "content": "You explain an image classifier's decisions to a cook."},
-            {
-                "role": "user",
-                "content": "Why udon (91%) and not ramen (7%)? The heatmap lights the thick noodles.",
-            },
-            {"role": "assistant", "content": "Udon noodles are thick and white, which is what it looked at."},
-            {"role": "user", "content": "And the broth?"},
-        ]
-        for messages in (TOMATO, chat):
-            assert backend.count_tokens(messages) >= gguf.count_tokens(messages)
-        assert backend._server_counts is False  # asked once, answered 404, not asked again
-        assert backend.count_tokens(chat) > backend.count_tokens(chat[:2])
-    finally:
-        gguf.close()
+    chat: list[Message] = [
+        {"role": "system", "content": "You explain an image classifier's decisions to a cook."},
+        {
+            "role": "user",
+            "content": "Why udon (91%) and not ramen (7%)? The heatmap lights the thick noodles.",
+        },
+        {"role": "assistant", "content": "Udon noodles are thick and white, which is what it looked at."},
+        {"role": "user", "content": "And the broth?"},
+    ]
+    for messages in (TOMATO, chat):
+        assert backend.count_tokens(messages) >= smollm2.count_tokens(messages)
+    assert backend._server_counts is False  # asked once, answered 404, not asked again
+    assert backend.count_tokens(chat) > backend.count_tokens(chat[:2])
 
 
 @pytest.mark.slow
@@ -267,28 +262,28 @@ def test_wrong_path_is_a_404_naming_the_model(base_url: str) -> None:
     assert wrong in str(err.value)
 
 
-def test_no_server_fails_fast_naming_the_url() -> None:
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    b = OpenAIBackend(base_url=url, model="smollm2", timeout=2, max_retries=0)
-    start = time.monotonic()
-    with pytest.raises(LLMError, match="no OpenAI-compatible server answers") as err:
-        b.generate([TOMATO], 4)
-    with pytest.raises(LLMError, match="llama_cpp.server"):
-        list(b.stream(TOMATO, 4))
-    assert url in str(err.value) and time.monotonic() - start < 5
+def test_no_server_fails_naming_the_url() -> None:
+    with unused_port() as port:  # nothing listens there
+        url = f"http://127.0.0.1:{port}/v1"
+        b = OpenAIBackend(base_url=url, model="smollm2", timeout=600, max_retries=0)
+        with pytest.raises(LLMError, match="no OpenAI-compatible server answers") as err:
+            b.generate([TOMATO], 4)  # refused at once, not after the 600 s timeout (pytest-timeout's 120 s)
+        with pytest.raises(LLMError, match="llama_cpp.server"):
+            list(b.stream(TOMATO, 4))
+    assert url in str(err.value)
 
 
 def test_silent_server_times_out() -> None:
-    """A port that accepts connections but never answers: the timeout, not a hang."""
+    """A port that accepts connections but never answers: the timeout (never before it), not a hang."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-        b = OpenAIBackend(base_url=url, model="smollm2", timeout=1, max_retries=0)
+        b = OpenAIBackend(base_url=url, model="smollm2", timeout=0.5, max_retries=0)
         start = time.monotonic()
         with pytest.raises(LLMError, match="timed out") as err:
             b.generate([TOMATO], 4)
-        assert url in str(err.value) and time.monotonic() - start < 5
+        assert url in str(err.value) and time.monotonic() - start >= 0.5
 
 
 def test_image_data_url_round_trips(tmp_path: Path) -> None:

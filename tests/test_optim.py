@@ -73,6 +73,7 @@ def test_build_optimizer_is_adamw_with_a_per_step_schedule() -> None:
     assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([1e-5, 1e-4])
 
 
+@pytest.mark.slow
 def test_trainer_steps_the_configured_rates(tmp_path) -> None:
     """Through a real Trainer: the module's optimizer carries head/backbone rates, stepped per batch."""
     model = NoodleClassifier(

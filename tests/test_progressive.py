@@ -4,7 +4,6 @@ an estimate, stoppable between mask batches without losing what was shown or wri
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from noodlenext.explain import ScoreCAM
 from noodlenext.explain.folder import explain_files
 from noodlenext.explain.photo import STAGES, PhotoExplainer
 from noodlenext.explain.settings import HeatmapSettings
-from noodlenext.models.classifier import NoodleClassifier
 
 NAMES = ["ramen", "spaghetti", "udon"]
 
@@ -42,16 +40,10 @@ class ForwardCounter:
         self.calls += 1
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ConvNeXt-Atto checkpoint at 32 px, saved as training saves one (through the real loading code)."""
-    torch.manual_seed(0)
-    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=32, pretrained=False)
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-    model.on_save_checkpoint(checkpoint)
-    path = tmp_path_factory.mktemp("progressive") / "atto.ckpt"
-    torch.save(checkpoint, path)
-    return path
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's ConvNeXt-Atto checkpoint at 32 px (conftest), read through the real loading code."""
+    return tiny_checkpoint
 
 
 def photo(seed: int = 0, size: int = 40) -> Image.Image:
@@ -221,27 +213,32 @@ def ctrl_c_as_in_a_terminal() -> None:
 def test_ctrl_c_stops_the_explain_command_and_keeps_facts_of_everything_written(
     tmp_path: Path, checkpoint: Path
 ) -> None:
+    """The command in a process of its own gets a real SIGINT while the first photo's ScoreCAM runs (the
+    child waits there for it: tests/ctrl_c_child.py)."""
     root = tmp_path / "photos"
-    for i in range(40):
+    for i in range(3):
         write_image(root / f"{i:02d}.jpg", size=(40, 32), seed=i)
-    out = tmp_path / "explained"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out, ready = tmp_path / "explained", tmp_path / "ready"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "noodlenext.explain", f"ckpt_path={checkpoint}", f"input={root}",
-         f"output={out}", "batch_size=1", "explain.mask_batch_size=1", f"hydra.run.dir={tmp_path / 'run'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=ctrl_c_as_in_a_terminal,
+        [sys.executable, str(Path(__file__).parent / "ctrl_c_child.py"), str(ready), str(out),
+         f"ckpt_path={checkpoint}", f"input={root}", f"output={out}", "batch_size=1",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_as_in_a_terminal,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (out / "00.jpg_gradcam.png").is_file() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=60)[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.is_file():  # the first photo's first look is written; its ScoreCAM waits
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=30)[0]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130, output
-    assert "stopped:" in output and "facts.json" in output
-    facts = json.loads((out / "facts.json").read_text())
-    assert 1 <= len(facts) < 40
+    assert "stopped: 0 of 3 image(s) explained in full, 1 cut off before ScoreCAM" in output
+    assert "facts.json" in output
+    (record,) = json.loads((out / "facts.json").read_text())
+    assert Path(record["file"]).name == "00.jpg" and record["unfinished"] == ["scorecam"]
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
-    assert on_disk == {o for r in facts for o in r["overlays"].values()}  # facts name every overlay
-    assert all("scorecam" in r["overlays"] for r in facts if "unfinished" not in r)
+    assert on_disk == set(record["overlays"].values()) == {"00.jpg_gradcam.png"}  # facts name every overlay

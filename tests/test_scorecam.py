@@ -73,6 +73,7 @@ def flags(model: nn.Module) -> list[bool]:
 
 
 # ------------------------------------------------------------------------------ same maps as pytorch-grad-cam
+@pytest.mark.slow
 def test_scorecam_matches_pytorch_grad_cam_on_convnext() -> None:
     model, x, targets = convnext(), images(2), [0, 2]
     ours = ScoreCAM(model, target_layer(model))(x, targets)
@@ -91,6 +92,7 @@ def test_scorecam_matches_pytorch_grad_cam_on_an_early_layer() -> None:
     assert np.abs(ours - ref).max() < 1e-3  # the other order is off by 0.01 here, yet has r > 0.9999
 
 
+@pytest.mark.slow
 def test_scorecam_matches_pytorch_grad_cam_on_vit() -> None:
     model, x, targets = vit(), images(2), [1, 2]
     layer, reshape = target_layer(model), reshape_transform(model)
@@ -98,6 +100,7 @@ def test_scorecam_matches_pytorch_grad_cam_on_vit() -> None:
     assert min(pearson(ours, reference(model, layer, x, targets, reshape))) >= 0.999
 
 
+@pytest.mark.slow
 def test_vit_maps_follow_the_image_size() -> None:
     model = vit(dynamic_img_size=True)  # built for 64 px (4x4 patches), run at 96 px (6x6)
     layer, reshape = target_layer(model), reshape_transform(model)
@@ -195,6 +198,7 @@ def test_no_hooks_remain_and_mode_is_restored_after_an_exception() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects() meets deprecated torch objects
+@pytest.mark.slow
 def test_memory_does_not_grow_over_200_calls() -> None:
     model = tiny_cnn()
     cam, x = ScoreCAM(model, model[2]), images(2, 32)
@@ -217,6 +221,7 @@ def rss_bytes() -> int:
 
 
 # ------------------------------------------------------------------------------ options
+@pytest.mark.slow
 def test_top_k_gives_a_valid_map_close_to_exact() -> None:
     model, x, targets = convnext(), images(3), [0, 1, 2]
     exact = ScoreCAM(model, target_layer(model))(x, targets).numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -295,8 +296,8 @@ def test_slurm_launcher_builds_the_sbatch_script(compose_cfg, tmp_path: Path, mo
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two models x two seeds of the shrunk quickstart, one multirun."""
+def sweep(tmp_path_factory: pytest.TempPathFactory, synthetic_noodles: Path) -> Path:
+    """Two models x two seeds of the shrunk quickstart, one multirun (`python -m noodlenext.train -m`)."""
     work = tmp_path_factory.mktemp("sweep")
     sweep_dir = work / "multirun"
     run_module(
@@ -306,10 +307,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "model=convnext_atto,vit_tiny",
         "seed=1,2",
         "llm=none",
-        f"data.root={work / 'synthetic'}",
+        f"data.root={synthetic_noodles}",
         *SHRUNK,
         "trainer.max_epochs=2",
         "callbacks.heatmap_gallery=null",
+        "callbacks.mistakes=null",  # what the mistakes have in common: tests/test_mistakes.py
         f"hydra.sweep.dir={sweep_dir}",
         "tags=[sweep]",
         cwd=work,
@@ -319,6 +321,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_multirun_writes_a_comparison_of_models_over_seeds(sweep: Path) -> None:
+    jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]  # one sweep directory, a job folder each
+    assert {json.loads((job / "metrics.json").read_text())["model"] for job in jobs} == MODELS
     summary = read_csv(sweep / "comparison.csv")
     assert {r["model"] for r in summary} == MODELS
     assert {r["config"] for r in summary} == {"model=convnext_atto", "model=vit_tiny"}
@@ -368,7 +373,7 @@ def test_multirun_comparison_goes_to_wandb_in_the_jobs_group(sweep: Path) -> Non
 
 
 @pytest.mark.slow
-def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep: Path, tmp_path: Path) -> None:
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path, synthetic_noodles: Path) -> None:
     out = tmp_path / "multirun"
     run_module(
         "noodlenext.train",
@@ -377,11 +382,12 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep: Path, tmp_path: P
         "model.name=no_such_model,convnext_atto.d2_in1k",
         "debug=default",
         "llm=none",
-        f"data.root={sweep.parent / 'synthetic'}",
+        "callbacks.mistakes=null",
+        f"data.root={synthetic_noodles}",
         *SHRUNK,
         "callbacks.heatmap_gallery=null",
         f"hydra.sweep.dir={out}",
-        cwd=sweep.parent,
+        cwd=tmp_path,
     )
     assert "no_such_model" in json.loads((out / "0" / ERROR_FILE).read_text())["error"]
     assert (out / "1" / "metrics.json").is_file()  # the job after the failure still ran
@@ -392,7 +398,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_optuna_runs_trials_and_reports_the_best(sweep: Path, tmp_path: Path) -> None:
+def test_optuna_runs_trials_and_reports_the_best(tmp_path: Path, synthetic_noodles: Path) -> None:
     out = tmp_path / "optuna"
     run_module(
         "noodlenext.train",
@@ -402,12 +408,13 @@ def test_optuna_runs_trials_and_reports_the_best(sweep: Path, tmp_path: Path) ->
         "experiment=quickstart",
         "logger=none",
         "llm=none",
-        f"data.root={sweep.parent / 'synthetic'}",
+        f"data.root={synthetic_noodles}",
         *SHRUNK,
         "trainer.max_epochs=1",
         "callbacks.heatmap_gallery=null",
+        "callbacks.mistakes=null",
         f"hydra.sweep.dir={out}",
-        cwd=sweep.parent,
+        cwd=tmp_path,
     )
     best = OmegaConf.load(out / "optimization_results.yaml")
     assert set(best.best_params) == set(SEARCH_SPACE) and 0 <= best.best_value <= 1
@@ -416,3 +423,25 @@ def test_optuna_runs_trials_and_reports_the_best(sweep: Path, tmp_path: Path) ->
     assert len(trials) == 2 and all(
         "model.optim.head_lr=" in t["config"] and t["val_acc_best"] for t in trials
     )
+
+
+@pytest.mark.slow
+def test_the_sweep_command_rebuilds_the_comparison_of_a_finished_sweep(sweep: Path, tmp_path: Path) -> None:
+    """`python -m noodlenext.sweep <sweep dir>` (its main, in this process) on a copy of the sweep with
+    the comparison gone: the same comparison again, from the jobs' files alone."""
+    from noodlenext.sweep import main
+
+    copy = tmp_path / "multirun"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("wandb", ".submitit"))
+    written = ("comparison.md", "comparison.csv", "runs.csv", "significance.csv", "comparison.png")
+    for name in written:
+        (copy / name).unlink()
+    shutil.rmtree(copy / "disagreements", ignore_errors=True)
+    main([str(copy)])
+    for name in ("comparison.csv", "significance.csv"):
+        assert read_csv(copy / name) == read_csv(sweep / name), name
+    assert [r["job"] for r in read_csv(copy / "runs.csv")] == [r["job"] for r in read_csv(sweep / "runs.csv")]
+    assert "## Is the difference real?" in (copy / "comparison.md").read_text()
+    assert (copy / "comparison.png").stat().st_size > 5000
+    with pytest.raises(SystemExit, match="usage: python -m noodlenext.sweep <sweep dir>"):
+        main([str(tmp_path / "nowhere")])

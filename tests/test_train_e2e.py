@@ -1,8 +1,11 @@
-"""The real entry points in subprocesses, as a user runs them: train, eval, predict, resume."""
+"""The real entry points, as a user runs them: one shrunk quickstart `python -m noodlenext.train` in a
+process of its own, then eval, predict, explain, chat and a resumed run on what it wrote (their commands'
+`main` called in this process: the same Hydra entry point, without a second interpreter's start-up)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -11,15 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import snapshot, user_photos
+from conftest import SYNTHETIC_ARGS, model_answered, run_main, snapshot, user_photos
 from wandb_records import config_keys, history_keys, read_records, run_info
+
+import noodlenext.eval
+import noodlenext.explain.__main__
+import noodlenext.predict
+import noodlenext.train
 
 pytestmark = pytest.mark.slow
 
-# The quickstart experiment, shrunk to seconds: 12 synthetic images per class at 32 px, 2 epochs.
+# The quickstart experiment, shrunk to seconds: 12 synthetic images per class at 32 px, 2 epochs
+# (conftest's SYNTHETIC: the session's `synthetic_noodles` are this render).
 SHRUNK = [
-    "data.synthetic.images_per_class=12",
-    "data.synthetic.image_size=48",
+    *SYNTHETIC_ARGS,
     "data.image_size=32",  # the model follows the data's input size
     "trainer=cpu",
     "data.num_workers=0",
@@ -32,7 +40,8 @@ def run_module(
     module: str, *overrides: str, cwd: Path, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
-    env.pop("WANDB_API_KEY", None)
+    for name in ("WANDB_API_KEY", "WANDB_SERVICE"):  # its own W&B service, never this process's
+        env.pop(name, None)
     proc = subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
@@ -48,17 +57,19 @@ def run_module(
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shrunk quickstart run; returns its run directory."""
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_noodles: Path) -> Path:
+    """One shrunk quickstart run (`python -m noodlenext.train`, SmolLM2 explaining its mistakes) on the
+    session's synthetic noodles; returns its run directory."""
     work = tmp_path_factory.mktemp("quickstart")
     run_dir = work / "run"
     run_module(
         "noodlenext.train",
         "experiment=quickstart",
-        f"data.root={work / 'synthetic'}",
+        f"data.root={synthetic_noodles}",
         *SHRUNK,
         "trainer.max_epochs=2",
-        "callbacks.mistakes.max_groups=2",  # SmolLM2 writes a paragraph per confusion pair: two do
+        "llm.num_explanations=2",  # SmolLM2 explains the two worst mistakes (4 by default)
+        "callbacks.mistakes.max_groups=1",  # and writes a paragraph about the largest confusion pair
         f"hydra.run.dir={run_dir}",
         "tags=[e2e]",
         cwd=work,
@@ -74,13 +85,14 @@ def test_the_quickstart_on_a_users_imagefolder_trains_on_it_and_leaves_it_as_it_
     root = user_photos(tmp_path / "my_noodles", splits, per_class=4)
     before = snapshot(root)
     run_dir = tmp_path / "run"
-    proc = run_module(
-        "noodlenext.train", "experiment=quickstart", f"data.root={root}", *SHRUNK, "trainer.max_epochs=1",
-        "llm=none", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    status, output = run_main(
+        noodlenext.train.main, "experiment=quickstart", f"data.root={root}", *SHRUNK, "trainer.max_epochs=1",
+        "llm=none", "logger=none", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
+    assert status == 0, output[-3000:]
     assert snapshot(root) == before
     log = (run_dir / "quickstart.log").read_text()
-    assert log.count("is an ImageFolder of your own photos") == 1, proc.stderr[-2000:]
+    assert log.count("is an ImageFolder of your own photos") == 1, output[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test/acc_per_class"]) == {"ramen", "udon"}  # their classes, not the synthetic three
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_noodles", "run"]  # nothing rendered beside
@@ -100,11 +112,11 @@ def test_checkpoint_describes_itself(trained: Path) -> None:
     assert meta["config"]["data"]["batch_size"] == 8  # the composed config, resolved
 
 
-def test_metrics_json_has_per_class_accuracy(trained: Path) -> None:
+def test_metrics_json_has_per_class_accuracy(trained: Path, synthetic_noodles: Path) -> None:
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics["test/acc_per_class"]) == {"spaghetti", "ramen", "udon"}
     on_disk = {
-        c: len(list((trained.parent / "synthetic" / "test").glob(f"?_{c}/*.jpg")))
+        c: len(list((synthetic_noodles / "test").glob(f"?_{c}/*.jpg")))
         for c in metrics["test/count_per_class"]
     }
     assert metrics["test/count_per_class"] == on_disk
@@ -125,32 +137,35 @@ def test_offline_wandb_run_holds_per_class_metrics_config_and_tags(trained: Path
     assert list(info.tags) == ["e2e"] and info.run_group == "quickstart"
 
 
-def test_eval_uses_the_checkpoint_not_the_current_defaults(trained: Path, tmp_path: Path) -> None:
+def test_eval_uses_the_checkpoint_not_the_current_defaults(
+    trained: Path, tmp_path: Path, synthetic_noodles: Path
+) -> None:
     # The current default model is ConvNeXt-Base at 384 px; the checkpoint is ConvNeXt-Atto at 32 px.
-    work = trained.parent
     eval_dir = tmp_path / "eval"
     ckpt = next((trained / "checkpoints").glob("epoch_*.ckpt"))
-    run_module(
-        "noodlenext.eval",
+    status, output = run_main(
+        noodlenext.eval.main,
         f"ckpt_path={ckpt}",
         "data=synthetic",
-        f"data.root={work / 'synthetic'}",
+        f"data.root={synthetic_noodles}",
         *[o for o in SHRUNK if o.startswith("data.synthetic") or o == "data.num_workers=0"],
         "trainer=cpu",
         f"hydra.run.dir={eval_dir}",
-        cwd=work,
     )
+    assert status == 0, output[-3000:]
     trained_metrics = json.loads((trained / "metrics.json").read_text())
     eval_metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert eval_metrics["test/acc"] == pytest.approx(trained_metrics["test/acc"])
     assert eval_metrics["test/acc_per_class"] == pytest.approx(trained_metrics["test/acc_per_class"])
 
 
-def test_predict_writes_a_csv_for_a_folder(trained: Path, tmp_path: Path) -> None:
-    images = trained.parent / "synthetic" / "test" / "1_ramen"
+def test_predict_writes_a_csv_for_a_folder(trained: Path, tmp_path: Path, synthetic_noodles: Path) -> None:
+    images = synthetic_noodles / "test" / "1_ramen"
     out = tmp_path / "preds.csv"
     ckpt = trained / "checkpoints" / "last.ckpt"
-    run_module("noodlenext.predict", f"ckpt_path={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path)
+    args = [f"ckpt_path={ckpt}", f"input={images}", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"]
+    status, output = run_main(noodlenext.predict.main, *args)
+    assert status == 0, output[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(list(images.glob("*.jpg")))
     assert list(rows[0]) == ["file", "label", "confidence", "prob_spaghetti", "prob_ramen", "prob_udon"]
@@ -163,21 +178,22 @@ def test_predict_writes_a_csv_for_a_folder(trained: Path, tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def resumed(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def resumed(trained: Path, tmp_path_factory: pytest.TempPathFactory, synthetic_noodles: Path) -> Path:
     """The trained run resumed for one more epoch, with an LLM that cannot load (a missing GGUF)."""
     resumed_dir = tmp_path_factory.mktemp("resumed") / "run"
-    run_module(
-        "noodlenext.train",
+    status, output = run_main(
+        noodlenext.train.main,
         "experiment=quickstart",
-        f"data.root={trained.parent / 'synthetic'}",
+        f"data.root={synthetic_noodles}",
         *SHRUNK,
         "trainer.max_epochs=3",
         f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={resumed_dir}",
         "llm=gguf",
         "llm.model=/nowhere/gemma-3-4b-it.gguf",
-        cwd=trained.parent,
+        "callbacks.mistakes=null",  # the explanations are what this run checks
     )
+    assert status == 0, output[-3000:]
     return resumed_dir
 
 
@@ -188,25 +204,6 @@ def test_resume_from_last_checkpoint_continues_training(trained: Path, resumed: 
     steps_per_epoch = first["global_step"] // 2
     assert first["epoch"] == 1 and second["epoch"] == 2  # one more epoch, not three
     assert second["global_step"] == first["global_step"] + steps_per_epoch
-
-
-def test_multirun_sweeps_models_into_one_sweep_directory(trained: Path, tmp_path: Path) -> None:
-    work = trained.parent
-    sweep = tmp_path / "sweep"
-    run_module(
-        "noodlenext.train",
-        "-m",
-        "experiment=quickstart",
-        "model=convnext_atto,vit_tiny",
-        "debug=default",
-        "llm=none",
-        f"data.root={work / 'synthetic'}",
-        *SHRUNK,
-        f"hydra.sweep.dir={sweep}",
-        cwd=work,
-    )
-    models = {json.loads((sweep / job / "metrics.json").read_text())["model"] for job in ("0", "1")}
-    assert models == {"convnext_atto.d2_in1k", "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
 
 
 def test_heatmap_gallery_writes_grids_facts_and_a_wandb_table(trained: Path) -> None:
@@ -253,11 +250,15 @@ def test_every_gallery_sample_carries_the_evidence_the_model_produced(trained: P
     assert (trained / "heatmaps" / "train_features.npz").is_file()
 
 
-def test_explain_cli_writes_overlays_and_facts_for_a_folder(trained: Path, tmp_path: Path) -> None:
-    images = trained.parent / "synthetic" / "test"
+def test_explain_cli_writes_overlays_and_facts_for_a_folder(
+    trained: Path, tmp_path: Path, synthetic_noodles: Path
+) -> None:
+    images = synthetic_noodles / "test"
     out = tmp_path / "explained"
     ckpt = trained / "checkpoints" / "last.ckpt"
-    run_module("noodlenext.explain", f"ckpt_path={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path)
+    status, output = run_main(noodlenext.explain.__main__.main, f"ckpt_path={ckpt}", f"input={images}",
+                              f"output={out}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert status == 0, output[-3000:]
     facts = json.loads((out / "facts.json").read_text())
     n = len(list(images.rglob("*.jpg")))
     assert (
@@ -279,9 +280,9 @@ def test_explain_cli_writes_overlays_and_facts_for_a_folder(trained: Path, tmp_p
     ],
 )
 def test_explain_cli_errors_name_the_problem(
-    trained: Path, tmp_path: Path, override: str, message: str
+    trained: Path, tmp_path: Path, synthetic_noodles: Path, override: str, message: str
 ) -> None:
-    photo = next((trained.parent / "synthetic" / "test").rglob("*.jpg"))
+    photo = next((synthetic_noodles / "test").rglob("*.jpg"))
     args = {
         "ckpt_path": str(trained / "checkpoints" / "last.ckpt"),
         "input": str(photo),
@@ -289,15 +290,8 @@ def test_explain_cli_errors_name_the_problem(
     }
     key, value = override.split("=", 1)
     overrides = [f"{k}={v}" for k, v in {**args, key: value}.items() if k != key] + [override]
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "noodlenext.explain", *overrides],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    status, output = run_main(noodlenext.explain.__main__.main, *overrides, f"hydra.run.dir={tmp_path}")
+    assert status != 0 and message in output
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -311,7 +305,7 @@ def test_llm_explains_the_worst_test_mistakes(trained: Path) -> None:
     )
     assert wrong > 0, "the shrunk run made no test mistake to explain"
     records = read_jsonl(trained / "explanations.jsonl")
-    assert len(records) == min(4, wrong)  # llm.num_explanations
+    assert len(records) == min(2, wrong)  # llm.num_explanations
     assert [r["loss"] for r in records] == sorted((r["loss"] for r in records), reverse=True)
     from noodlenext.explain.evidence import Evidence
     from noodlenext.llm.grounding import check_explanation
@@ -350,56 +344,71 @@ def test_an_llm_that_fails_keeps_the_run_and_says_why(resumed: Path) -> None:
     assert any(k.startswith("test/llm_explanations") for k in history_keys(read_records(run_file)))
 
 
-def udon_photo(trained: Path) -> Path:
-    return sorted((trained.parent / "synthetic" / "test" / "2_udon").glob("*.jpg"))[0]
+def udon_photo(synthetic_noodles: Path) -> Path:
+    return sorted((synthetic_noodles / "test" / "2_udon").glob("*.jpg"))[0]
 
 
-def test_chat_explains_a_photo_then_answers_scripted_questions(trained: Path, tmp_path: Path) -> None:
+def chat_in_process(compose_cfg, *overrides: str, stdin: str = "") -> tuple[str, Path]:  # noqa: ANN001
+    """`python -m noodlenext.chat overrides...` with `stdin`, in this process: (what it printed, its run
+    directory). chat() prints to the `out` it is given (its default is the stdout of its import)."""
+    from noodlenext.chat import chat
+
+    cfg = compose_cfg("chat", list(overrides))
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdin", io.StringIO(stdin))
+        chat(cfg, out=printed)
+    return printed.getvalue(), Path(cfg.paths.output_dir)
+
+
+def test_chat_explains_a_photo_then_answers_scripted_questions(
+    trained: Path, synthetic_noodles: Path, compose_cfg
+) -> None:
     from noodlenext.explain.evidence import Evidence
     from noodlenext.llm.grounding import check_explanation
 
     ckpt = trained / "checkpoints" / "last.ckpt"
-    out = tmp_path / "chat"
-    proc = run_module(
-        "noodlenext.chat",
+    stdout, out = chat_in_process(
+        compose_cfg,
         f"ckpt_path={ckpt}",
-        f"image={udon_photo(trained)}",
+        f"image={udon_photo(synthetic_noodles)}",
         "chat.questions=[Why not spaghetti?,What would change your mind?,Thanks]",
         "llm.max_new_tokens=32",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
     )
-    assert proc.stdout.count("llm> ") == 4 and "you> Why not spaghetti?" in proc.stdout
-    assert "ScoreCAM:" in proc.stdout and f"transcript: {out / 'chat.json'}" in proc.stdout
+    assert stdout.count("llm> ") == 4 and "you> Why not spaghetti?" in stdout
+    assert "ScoreCAM:" in stdout and f"transcript: {out / 'chat.json'}" in stdout
     saved = json.loads((out / "chat.json").read_text())
     roles = [m["role"] for m in saved["transcript"]]
     assert roles == ["system"] + ["user", "assistant"] * 4
     assert saved["transcript"][3]["content"].startswith("Why not spaghetti?")
     evidence = Evidence.from_dict(saved["metadata"]["evidence"])
     assert evidence.true_label == "udon"  # from the image's class folder
-    assert "evidence:\n  1. The classifier predicted" in proc.stdout
+    assert "evidence:\n  1. The classifier predicted" in stdout
     # The follow-ups were answered by running the model: the router picked the test, its result was
     # printed beside the answer and joined the evidence; "Thanks" needed no test.
-    assert "test> why_not(other='spaghetti'), picked by the router:" in proc.stdout
-    assert "test> change_mind(), picked by the router:" in proc.stdout
+    assert "test> why_not(other='spaghetti'), picked by the router:" in stdout
+    assert "test> change_mind(), picked by the router:" in stdout
     assert [f.probe for f in evidence.findings] == ["why_not", "change_mind"]
     assert evidence.findings[0].lines[0].startswith("Asked why not spaghetti")
-    assert proc.stdout.count("test> ") == 2 and (out / "test_02_change_mind.png").is_file()
+    assert stdout.count("test> ") == 2 and (out / "test_02_change_mind.png").is_file()
     # Every answer was checked against the evidence before it was printed, and says so.
-    assert (
-        proc.stdout.count("(checked against the evidence") + proc.stdout.count("(from the evidence template")
-        == 4
-    )
-    assert len(saved["metadata"]["grounding"]) == 4
+    assert stdout.count("(checked against the evidence") + stdout.count("(from the evidence template") == 4
+    # Each answer was the model's: it passed the gate, or both its drafts were rejected (never a model
+    # that failed before answering, which would leave the template with no drafts).
+    records = saved["metadata"]["grounding"]
+    assert len(records) == 4 and all(model_answered(r) for r in records), records
     for answer in [m["content"] for m in saved["transcript"] if m["role"] == "assistant"][1:]:
         assert check_explanation(answer, evidence, followup=True).passed, answer
     assert (out / "photo.png").is_file() and (out / "scorecam.png").is_file()
 
 
-def test_chat_reads_stdin_until_exit_and_resumes_a_saved_chat(trained: Path, tmp_path: Path) -> None:
+def test_chat_reads_stdin_until_exit_and_resumes_a_saved_chat(
+    trained: Path, tmp_path: Path, synthetic_noodles: Path, compose_cfg
+) -> None:
+    """The chat as a person types it: `python -m noodlenext.chat` reading a real pipe, then resumed."""
     ckpt = trained / "checkpoints" / "last.ckpt"
-    first, second = tmp_path / "first", tmp_path / "second"
-    common = [f"ckpt_path={ckpt}", f"image={udon_photo(trained)}", "llm.max_new_tokens=24"]
+    first = tmp_path / "first"
+    common = [f"ckpt_path={ckpt}", f"image={udon_photo(synthetic_noodles)}", "llm.max_new_tokens=24"]
     run_module(
         "noodlenext.chat",
         *common,
@@ -409,10 +418,9 @@ def test_chat_reads_stdin_until_exit_and_resumes_a_saved_chat(trained: Path, tmp
     )
     saved = json.loads((first / "chat.json").read_text())
     assert [m["content"] for m in saved["transcript"] if m["role"] == "user"][1:] == ["Is it udon?"]
-    run_module(
-        "noodlenext.chat", *common, f"chat.resume={first / 'chat.json'}", f"hydra.run.dir={second}",
-        cwd=tmp_path, stdin="And ramen?\n",
-    )  # fmt: skip
+    _, second = chat_in_process(
+        compose_cfg, *common, f"chat.resume={first / 'chat.json'}", stdin="And ramen?\n"
+    )
     resumed = json.loads((second / "chat.json").read_text())
     assert resumed["transcript"][: len(saved["transcript"])] == saved["transcript"]
     assert (
@@ -430,9 +438,13 @@ def test_chat_reads_stdin_until_exit_and_resumes_a_saved_chat(trained: Path, tmp
         ("llm.model=/nowhere/model.gguf", "/nowhere/model.gguf"),
     ],
 )
-def test_chat_errors_name_the_problem(trained: Path, tmp_path: Path, override: str, message: str) -> None:
-    args = {"ckpt_path": trained / "checkpoints" / "last.ckpt", "image": udon_photo(trained)}
+def test_chat_errors_name_the_problem(
+    trained: Path, tmp_path: Path, synthetic_noodles: Path, override: str, message: str
+) -> None:
+    import noodlenext.chat
+
+    args = {"ckpt_path": trained / "checkpoints" / "last.ckpt", "image": udon_photo(synthetic_noodles)}
     key = override.split("=", 1)[0]
     overrides = [f"{k}={v}" for k, v in args.items() if k != key] + [override]
-    proc = run_module("noodlenext.chat", *overrides, cwd=tmp_path, check=False, stdin="")
-    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    status, output = run_main(noodlenext.chat.main, *overrides, f"hydra.run.dir={tmp_path}", stdin="")
+    assert status != 0 and message in output

@@ -173,6 +173,7 @@ def test_unknown_augment_raises_naming_the_option() -> None:
         load_augmentation("fancy", 32, IMAGENET_MEAN, IMAGENET_STD)
 
 
+@pytest.mark.slow
 def test_mixup_mixes_training_batches_only_and_the_model_learns_from_soft_labels(make_tree) -> None:
     seen: dict[str, list[int]] = {"train": [], "val": []}
 
