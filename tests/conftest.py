@@ -26,6 +26,14 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from PIL import Image  # noqa: E402
+from suite_rules import (  # noqa: E402, F401  the suite's rules (docs/testing.md): hooks pytest finds here
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_unconfigure,
+)
 
 from noodlenext.core.config import CONFIG_DIR  # noqa: E402
 

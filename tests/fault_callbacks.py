@@ -4,24 +4,11 @@ forward."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-
-
-class SlowSteps(Callback):
-    """Writes `<epoch> <global_step>` to `progress` after each training step, then sleeps, so a test
-    can SIGKILL the run in the middle of an epoch."""
-
-    def __init__(self, progress: str, seconds: float = 0.5) -> None:
-        self.progress, self.seconds = Path(progress), seconds
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.progress.write_text(f"{trainer.current_epoch} {trainer.global_step}")
-        time.sleep(self.seconds)
 
 
 class WaitForKill(Callback):

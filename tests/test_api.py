@@ -30,7 +30,9 @@ def test_import_noodlenext_loads_neither_torch_nor_lightning() -> None:
     code = (
         "import sys, noodlenext; print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert out.strip() == "[]"
 
 

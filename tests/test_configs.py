@@ -175,7 +175,7 @@ def test_run_dirs_carry_a_per_process_id(compose_cfg, tmp_path: Path) -> None:
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)
     ]
-    ids = {p.communicate()[0].strip() for p in procs}
+    ids = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert len(ids) == 3
     cfg = compose_cfg("train")
     assert "${run_id:}" in OmegaConf.to_yaml(cfg.hydra.run, resolve=False)

@@ -10,14 +10,12 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import run_main, write_image
 from PIL import ExifTags, Image
 
 from noodlenext.data.check import run
@@ -483,14 +481,13 @@ def test_unknown_fix_is_a_clear_error(problems, compose_cfg) -> None:
         run(cfg)
 
 
-@pytest.mark.slow
 def test_command_line_exits_1_on_errors_with_fail_on(problems, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "noodlenext.data.check", f"root={problems[0]}", f"hydra.run.dir={tmp_path}"]
-    done = subprocess.run(
-        [*cmd, "fail_on=error", "progress=false"], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 1, done.stderr
-    assert "leakage" in done.stdout and (tmp_path / "data_check.json").is_file()
+    import noodlenext.data.check
+
+    args = [f"root={problems[0]}", f"hydra.run.dir={tmp_path}", "fail_on=error", "progress=false"]
+    status, output = run_main(noodlenext.data.check.main, *args)  # `python -m noodlenext.data.check`, here
+    assert status == 1, output[-3000:]
+    assert "leakage" in output and (tmp_path / "data_check.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------- data module

@@ -128,7 +128,10 @@ def test_resume_auto_skips_a_truncated_checkpoint_and_prefers_the_given_run_dir(
 def test_a_kill_mid_save_leaves_the_previous_checkpoint_and_metrics(tmp_path: Path) -> None:
     def killed_while_saving(mode: str, path: Path) -> None:
         proc = subprocess.run(
-            [sys.executable, str(TESTS / "kill_mid_save.py"), mode, str(path)], env=env(), capture_output=True
+            [sys.executable, str(TESTS / "kill_mid_save.py"), mode, str(path)],
+            env=env(),
+            capture_output=True,
+            timeout=120,
         )
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 

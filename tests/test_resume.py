@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -197,7 +198,8 @@ def test_a_second_process_cannot_take_a_held_run_and_a_killed_holder_frees_it(tm
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        ready, _, _ = select.select([holder.stdout], [], [], 120)  # a line within 120 s, or a failure
+        assert ready and holder.stdout.readline().strip() == "locked"
         assert lock_run_dir(tmp_path) is None  # this test's process is the second one
         assert lock_holder(tmp_path).startswith(f"pid {holder.pid} ")
     finally:
