@@ -32,10 +32,19 @@ def endless(tiny_llms: dict[str, Path]) -> Iterator:
     backend.close()
 
 
-def forward_passes(backend) -> list[int]:  # noqa: ANN001
-    """A counter of the model's forward passes (one per generated token), as a one-item list."""
+def forward_passes(backend, gated: Gated) -> list[int]:  # noqa: ANN001
+    """A counter of the model's forward passes (one per generated token), as a one-item list. While
+    `gated` holds an answer, the model's next pass waits too: transformers generates in a thread of its
+    own, and would otherwise write on for as long as the test takes (however fast the machine)."""
     count = [0]
-    backend.model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+
+    def pass_(*_: object) -> None:
+        if gated.waiting.is_set():
+            gated.released.wait()
+        count[0] += 1
+
+    handle = backend.model.register_forward_pre_hook(pass_)
+    count.append(handle)
     return count
 
 
@@ -55,7 +64,7 @@ def test_an_answer_within_its_time_is_the_models_own(endless) -> None:  # noqa: 
 
 def test_an_answer_past_its_deadline_is_cut_there_and_the_model_stops(endless) -> None:  # noqa: ANN001
     gated = Gated(endless, let_through=5)  # 5 pieces, then it waits for the test
-    passes = forward_passes(endless)
+    passes = forward_passes(endless, gated)
     clock = Deadline(gated, 600.0)
     clock.arm()
     expire = threading.Thread(target=lambda: (gated.waiting.wait(), clock.expire()))
@@ -70,6 +79,7 @@ def test_an_answer_past_its_deadline_is_cut_there_and_the_model_stops(endless) -
     for thread in stream_threads():
         thread.join(timeout=60)
     assert not stream_threads()
+    passes[1].remove()
     assert passes[0] < 100  # it stopped at its next tokens, not after 4000
 
 
