@@ -4,14 +4,16 @@ words (first draft, or after the one retry) rather than the template's.
     .venv/bin/python bench/offline_llm.py --out offline_llm.json            # every setting below
     .venv/bin/python bench/offline_llm.py --settings smollm2 smollm2_structured --limit 10
 
-For each evidence record of the gate benchmark (bench/gate_data: records from real runs, mistakes, hits
-and groups), the model is asked as the run asks it (`evidence_messages` / `group_messages` with the
-shipped prompt, `grounded_batch` with the gate and the template), and the source of the text a reader
-would see is counted: "llm" (the first draft passed), "llm_retry" (the second did) or "template". The
-settings:
+For each evidence record of the gate benchmark's sets (bench/gate_data; default the held-out set, records
+from real runs: mistakes and hits), the model is asked as the run asks it (`evidence_messages` /
+`group_messages` with the shipped prompt, `grounded_batch` with the gate and the template), and the source
+of the text a reader would see is counted: "llm" (the first draft passed), "llm_retry" (the second did)
+or "template". The settings:
 
 - smollm2: SmolLM2-135M-Instruct (llm=smollm2), plain text;
 - smollm2_structured: the same, its replies constrained to sentences with citations (llm.structured);
+- smollm2_short_question: the same, asked only the question (the instructions stay in the system prompt),
+  as SmolLM2 copies the instructions of a long question into its answer;
 - gemma3_270m_fallback: Gemma 3 270M (base) with llama.cpp's fallback chat format and no example, as it
   was first tried;
 - gemma3_270m: Gemma 3 270M with Gemma's own turn format and a worked example (llm=gemma3_270m);
@@ -57,32 +59,34 @@ SETTINGS = {
         "llm.backend.stop_tokens=[]",
         "llm.examples=null",
     ],  # fmt: skip
+    "smollm2_short_question": [
+        "llm=smollm2",
+        "prompt.evidence_ask_wrong='Why did the classifier take this {true_label} photo for {predicted}?'",
+        "prompt.evidence_ask_correct='Why did the classifier say {predicted}, and how sure is it?'",
+        "prompt.evidence_ask_unknown='Why did the classifier say {predicted}; how far to trust it?'",
+    ],  # fmt: skip
     "gemma3_270m": ["llm=gemma3_270m"],
     "gemma3_270m_structured": ["llm=gemma3_270m", "llm.structured=true"],
 }
 
 
-def records(limit: int | None) -> list[dict[str, Any]]:
-    found = []
-    for name in ("records.json", "heldout_records.json"):
-        path = DATA / name
-        if path.is_file():
-            found += json.loads(path.read_text())
+def records(sets: list[str], limit: int | None) -> list[dict[str, Any]]:
+    found = [r for name in sets for r in json.loads((DATA / f"{name}_records.json").read_text())]
     return found[:limit] if limit else found
 
 
-def llm_config(overrides: list[str]) -> Any:
+def composed(overrides: list[str]) -> Any:
+    """The chat command's config with a setting's overrides: its `llm` and its `prompt`."""
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("chat", overrides=["ckpt_path=x", "image=y", *overrides])
-    llm = cfg.llm
-    with open_dict(llm):
-        llm.backend.n_ctx = max(int(llm.backend.get("n_ctx", 2048)), 4096)
-    return llm
+    with open_dict(cfg.llm):
+        cfg.llm.backend.n_ctx = max(int(cfg.llm.backend.get("n_ctx", 2048)), 4096)
+    return cfg
 
 
 def measure(name: str, overrides: list[str], recs: list[dict[str, Any]]) -> dict[str, Any]:
-    llm = llm_config(overrides)
-    prompt = PromptSettings.default()
+    cfg = composed(overrides)
+    llm, prompt = cfg.llm, PromptSettings.of(cfg.prompt)
     words = prompt.max_words
     backend = load_backend(llm)
     examples, structured = examples_of(llm), structured_instruction(prompt, llm)
@@ -123,10 +127,11 @@ def measure(name: str, overrides: list[str], recs: list[dict[str, Any]]) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--sets", nargs="*", default=["heldout"], help="the gate benchmark's record sets")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
-    recs = records(a.limit)
+    recs = records(a.sets, a.limit)
     results = [measure(name, SETTINGS[name], recs) for name in a.settings]
     print(f"{len(recs)} evidence records (bench/gate_data)\n")
     print("| model, setting | first draft passes | shown in its own words (after the retry) | s per record |")

@@ -84,7 +84,7 @@ FIRST = "The classifier took this udon photo for ramen [1]."
 GOOD = f"{FIRST} Its heat is in the upper right [2]."
 
 
-LEAD = "Here is what the evidence shows [1]. "  # a neutral first sentence: explanations need two
+LEAD = "The classifier was 62% sure [1]. "  # a neutral first sentence: explanations need two
 
 
 def reasons(text: str, e: Evidence | None = None, lead: str = LEAD, **kw: int) -> list[str]:
@@ -153,14 +153,15 @@ def test_the_verdict_and_truth_follow_the_evidence() -> None:
 
 
 def test_a_class_the_evidence_does_not_involve_is_blamed() -> None:
-    assert reasons(f"{GOOD} Spaghetti also looks alike.") == [
-        "blames spaghetti, which the evidence does not involve"
-    ]
+    assert (
+        reasons(f"{GOOD} Spaghetti also looks alike.")[0]
+        == "blames spaghetti, which the evidence does not involve"
+    )
     # Neighbours' labels are involved: a spaghetti neighbour makes spaghetti fair to name, on its line.
     e = evidence(neighbours=[Neighbour("a.jpg", "spaghetti", 0.9)])
     n = next(i for i, c in enumerate(e.claims(), 1) if c.kind == "neighbours")
     assert reasons(f"{GOOD} Its nearest training photo is spaghetti [{n}].", e) == []
-    (reason,) = reasons(f"{GOOD} Hiding the hot region leaves spaghetti behind [3].", e)
+    reason = reasons(f"{GOOD} Hiding the hot region leaves spaghetti behind [3].", e)[0]
     assert f"cites [3] for spaghetti, which [{n}] gives" in reason
 
 
@@ -326,7 +327,8 @@ def test_one_sentence_or_talk_about_the_instructions_is_rejected() -> None:
         "has 1 sentence; an explanation needs at least 2"
     ]
     parrot = (
-        "The classifier took a udon photo for ramen, citing the facts you use like [2]. Its heat is high [2]."
+        "The classifier took a udon photo for ramen, citing the facts you use like [2]. "
+        "Its heat is in the upper right [2]."
     )
     assert reasons(parrot, lead="") == [
         'talks about the instructions ("citing the facts") instead of the photo'
@@ -336,7 +338,10 @@ def test_one_sentence_or_talk_about_the_instructions_is_rejected() -> None:
 def test_citations_and_numbers_must_exist() -> None:
     e = evidence()
     n = len(e.lines())
-    assert reasons("The classifier took this udon photo for ramen [1, 2]. It cited [2-3].") == []
+    assert (
+        reasons("The classifier took this udon photo for ramen [1, 2]. Its heat is in the upper right [2-3].")
+        == []
+    )
     assert reasons(f"The classifier took this udon photo for ramen [{n + 1}].") == [
         f"cites [{n + 1}], but the evidence has lines [1] to [{n}] only"
     ]
@@ -615,6 +620,7 @@ def _passes_or_is_the_template(result: GroundedText, e: Evidence) -> None:
     assert not any(v.passed for v in result.verdicts[:-1])
 
 
+@pytest.mark.slow  # SmolLM2 answers through llama.cpp
 def test_grounded_smollm2_answers_pass_the_gate_or_give_the_template(
     smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
 ) -> None:
@@ -634,6 +640,7 @@ def test_grounded_smollm2_answers_pass_the_gate_or_give_the_template(
     assert result.drafts == drafts[: len(result.drafts)]
 
 
+@pytest.mark.slow  # SmolLM2 answers through llama.cpp
 def test_a_session_records_only_the_grounded_answer(
     smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
 ) -> None:
@@ -647,6 +654,7 @@ def test_a_session_records_only_the_grounded_answer(
     assert session.metadata["grounding"] == [result.to_dict()] and session.metadata["evidence"]["file"]
 
 
+@pytest.mark.slow  # SmolLM2 answers through llama.cpp
 def test_grounded_batch_checks_every_answer(
     smollm2: GGUFBackend, prompt: DictConfig, llm: DictConfig
 ) -> None:
@@ -662,15 +670,68 @@ def test_grounded_batch_checks_every_answer(
 
 
 def test_an_answer_made_of_words_from_nowhere_is_not_an_explanation() -> None:
-    """Like SmolLM2's drafts measured for issue 12: the right classes, and talk of an "algorithm": it names
-    nothing the evidence measured, so it explains nothing; what it may not do is give a cause."""
-    invented = (
-        "The classifier took this udon photo for ramen [1]. The scoreCAM algorithm is designed to evaluate "
-        "the performance of a gradient model."
-    )
-    assert reasons(invented) == []  # true of no claim, false of none: nothing checkable is wrong
-    assert "'steam'" in reasons(f"{invented} The steam misled it.")[0]
+    """SmolLM2's answers that the gate once let through (bench/offline_llm.py, issue 22): the right classes,
+    and sentences that state nothing any line states. Such a sentence can only carry a cause nobody
+    measured, so it is rejected; a sentence saying what the model predicted, in any words, is a statement."""
+    for invented in (
+        "The scoreCAM algorithm is designed to evaluate the performance of a gradient model.",
+        "This is a test of the classifier's ability to make predictions based on data that was not available "
+        "at the time [2].",
+        "The classifier also took a ramen photo that had been tested by the test data set to see if it could "
+        "be compared with another image.",
+        "It's very interesting to see how the classifier takes something that has no meaning [3].",
+    ):
+        (reason,) = reasons(f"{GOOD} {invented}")
+        assert "says nothing that an evidence line says" in reason, invented
+    for statement in (
+        "The model was about sixty percent sure this was ramen, but it is udon [1].",
+        "The program was fairly sure this was ramen [1].",
+        "The facts point to no specific fix.",
+    ):
+        assert reasons(f"{GOOD} {statement}") == [], statement
+    assert "'steam'" in reasons(f"{GOOD} The steam misled it.")[0]
     assert reasons(f"{GOOD} Its heat looks yellow and white, with strand-like edges [5].") == []
+
+
+def test_what_is_said_of_a_map_against_a_random_one_must_be_what_the_trust_check_found() -> None:
+    informative, poor = evidence(), evidence(trust=uninformative())
+    n = next(i for i, c in enumerate(informative.claims(), 1) if c.kind == "trust")
+    for said in ("The ScoreCAM map beats a random map", "Its map does better than chance"):
+        assert reasons(f"{GOOD} {said} [{n}].", informative) == [], said
+        assert "which the trust check does not find" in reasons(f"{GOOD} {said} [{n}].", poor)[0], said
+    for said in (
+        "The ScoreCAM map is no better than a random map",
+        "Neither heat map does better than random here",
+        "The highlight map fails to beat a random one",
+        "One of the maps is no better than a random guess",
+    ):
+        assert reasons(f"{GOOD} {said} [{n}].", poor) == [], said
+        assert "which the trust check does not find" in reasons(f"{GOOD} {said} [{n}].", informative)[0], said
+    two = evidence(
+        facts={"scorecam": heatmap_facts(hot_upper_right()), "gradcam": heatmap_facts(hot_upper_right())},
+        trust={**uninformative(), "gradcam": MapTrust("gradcam", 0.2, 0.7, 0.4, 0.5)},
+    )
+    m = next(i for i, c in enumerate(two.claims(), 1) if c.kind == "trust")
+    assert reasons(f"{GOOD} One map does no better than random [{m}].", two) == []
+    assert reasons(f"{GOOD} GradCAM beats a random map, but ScoreCAM does not [{m}].", two) == []
+    (reason,) = reasons(f"{GOOD} Both maps beat a random map [{m}].", two)
+    assert "says each of" in reason and "beats a random map, which the trust check does not find" in reason
+    (reason,) = reasons(f"{GOOD} Neither map beats a random map [{m}].", two)
+    assert "does no better than a random map" in reason
+    no_check = evidence(trust={})
+    assert "which no evidence line gives" in reasons(f"{GOOD} The map beats a random map.", no_check)[0]
+
+
+def test_a_caution_anywhere_in_a_sentence_is_advice_and_no_fix_needs_no_source() -> None:
+    poor = evidence(trust=uninformative())
+    for caution in ("Given that, do not rely on the ScoreCAM map.", "So it is best not to trust the map.",
+                    "A careful step is to stop relying on this map."):  # fmt: skip
+        assert reasons(f"{GOOD} {caution}", poor) == [], caution
+        assert "finds informative" in reasons(f"{GOOD} {caution}")[0], caution
+    assert reasons(f"{GOOD} The facts do not point to any specific fix here.") == []
+    e = advised()
+    (reason,) = reasons(f"{GOOD} The facts suggest no specific fix.", e)
+    assert f"says no fix is suggested, but [{len(e.claims())}] suggests one" in reason
 
 
 def test_the_reader_is_told_whose_words_these_are() -> None:

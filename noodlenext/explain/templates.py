@@ -20,7 +20,8 @@ from noodlenext.explain.wording import line, sentence
 __all__ = ["MAX_WORDS", "finding_answer", "group_template", "photo_template"]
 
 MAX_WORDS = 90  # the default longest explanation, in words (citations not counted)
-_WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
+# Words as the grounding gate counts them (noodlenext.llm.text.words): "strand-like" is two.
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 
 
 def _cited(text: str, numbers: list[int]) -> str:

@@ -227,6 +227,7 @@ PHRASES: dict[str, dict[str, str]] = {
         "more than {points} points {in_dropped}; {predicted} {average}.",
         "lay.barely": "Hiding the hot region barely changes {predicted}{anywhere}, so that region alone does "
         "not decide.",
+        "lay.kept": "Hiding the hot region changes none of the predictions, and {predicted} {average}.",
         "lay.one_turns": "Hiding the hot region turns the prediction into {new}.",
         "lay.one_drops": "Hiding the hot region drops {predicted} by more than {points} points, but the "
         "prediction stays {predicted}.",
@@ -527,6 +528,7 @@ def _group_hiding(c: Claim, style: str) -> Values:
     f = c.fields
     pred, cnt = f["predicted"], f["c"]
     before, after = _pct(f["before"]), _pct(f["after"])
+    before_p, after_p = round(100 * f["before"]), round(100 * f["after"])
     mean = "" if cnt == 1 else " on average"
     average = f"stays at {before}{mean}" if before == after else f"goes from {before} to {after}{mean}"
     to = f" (it becomes {_counts(f['to'], cnt)})" if f["to"] else ""
@@ -544,7 +546,8 @@ def _group_hiding(c: Claim, style: str) -> Values:
     }
     if style == "lay":
         if f["dropped"] == 0 and f["changed"] == 0:
-            return "lay.barely", values
+            # "barely" only where the mean barely moves too: a mean that rises is said as it is.
+            return ("lay.barely" if abs(after_p - before_p) < f["points"] else "lay.kept"), values
         if cnt == 1:
             return ("lay.one_turns" if f["to"] else "lay.one_drops"), values
     return style, values

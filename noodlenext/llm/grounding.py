@@ -561,6 +561,108 @@ def _advice_reasons(s: _Sentence, evidence: Evidence, claims: list[Claim]) -> li
     return [f"{_quote(s.said)} gives advice that no evidence line supports"]
 
 
+# ------------------------------------------------------------------------------------------ trust
+_VERDICTS = ("informative", "uninformative", "half")
+
+
+def _map_trust(claims: list[Claim]) -> dict[str, set[str]]:
+    """What the evidence says of each map against a random one: {method: {"informative"} or
+    {"uninformative"}}, both for a group whose maps beat random in exactly half of the photos."""
+    out: dict[str, set[str]] = {}
+    for c in claims:
+        if c.kind == "trust":
+            for m in c.fields.get("maps", []):
+                out.setdefault(m["method"], set()).add("informative" if m["informative"] else "uninformative")
+        elif c.kind in ("map", "group_trust") and c.map and c.verdict in _VERDICTS:
+            both = c.verdict == "half"
+            out.setdefault(c.map, set()).update({"informative", "uninformative"} if both else {c.verdict})
+        elif c.kind == "advice" and c.advice == "distrust_map" and c.map:
+            out.setdefault(c.map, set()).add("uninformative")
+    return out
+
+
+def _trust_reasons(s: _Sentence, truth: dict[str, set[str]], legacy: bool) -> list[str]:
+    """A map said to beat a random map (or not to) must be one the trust check says so of: the maps the
+    clause names, else those of the lines it cites, else any map (each of them, for "both", "neither",
+    "the maps")."""
+    out = []
+    for said in s.said.of("trust"):
+        verdict, named, every = said.value
+        want = "uninformative" if verdict == "random" else "informative"
+        numbers, linked = s.at(said)
+        cited = {c.map for c in linked if c.map in truth} | {
+            m["method"] for c in linked if c.kind == "trust" for m in c.fields.get("maps", [])
+        }
+        target = list(named) if named else sorted(cited) if numbers and cited else sorted(truth)
+        known = [m for m in target if m in truth]
+        what = "does no better than a random map" if verdict == "random" else "beats a random map"
+        if not known:
+            if not legacy:
+                out.append(f"{_quote(s.said)} says a map {what}, which no evidence line gives")
+            continue
+        if (all if every else any)(want in truth[m] for m in known):
+            continue
+        names = _join([method_name(m) for m in known])
+        out.append(f"{_quote(s.said)} says {'each of ' if every and len(known) > 1 else ''}{names} {what}, "
+                   f"which the trust check does not find")  # fmt: skip
+    return out
+
+
+def _map_state_reasons(s: _Sentence, claims: list[Claim], legacy: bool) -> list[str]:
+    """ "The map is empty" only where a map is; "no heatmap is available" only where there is none."""
+    maps = [c for c in claims if c.kind == "map"]
+    out = []
+    for said in s.said.of("map_state"):
+        if legacy or (said.value == "empty" and any(c.fields.get("empty") for c in maps)):
+            continue
+        if said.value == "none" and not maps:
+            continue
+        what = "a map is empty" if said.value == "empty" else "no heatmap is available"
+        out.append(f"{_quote(s.said)} says {what}, which no evidence line gives")
+    return out
+
+
+def _no_fix_reasons(s: _Sentence, claims: list[Claim]) -> list[str]:
+    """ "The facts suggest no fix" is wrong where a line suggests one."""
+    if not s.said.of("no_fix"):
+        return []
+    # A fix, not the caution about a map.
+    lines = [n for n, c in enumerate(claims, 1) if c.advice and c.advice != "distrust_map"]
+    return [f"{_quote(s.said)} says no fix is suggested, but {_cite(lines)} suggests one"] if lines else []
+
+
+_BELIEVES = re.compile(
+    r"\b(?:sure|confident|certain|thinks?|thought|believ\w*|guess\w*|decided?|call(?:s|ed)?|predict\w*|"
+    r"classif(?:y|ies|ied|ying|ication)|label(?:s|ed|led)?)\b",
+    re.I,
+)
+
+
+def _says_nothing(said: SaidSentence, evidence: Evidence) -> bool:
+    """A sentence that states no region, number, count, change, look, trust or advice of the evidence, and
+    whose classes are not a statement of the verdict ("took this ramen photo for udon", "the photo is
+    ramen", "it was wrong"), can only carry a cause nobody measured ("based on data it never saw"). Every
+    faithful answer of the benchmark's 219 states something in each sentence."""
+    named = [(x.start, x.end) for x in said.of("class")]
+    kinds = {
+        x.kind
+        for x in said.said
+        if x.kind != "map" and not (x.kind == "visual" and any(a <= x.start < b for a, b in named))
+    }  # a class name is a food word too; alone it is only a class
+
+    if kinds - {"class"}:
+        return False
+    if kinds and (
+        any(_statements(said.plain, evidence.class_names).values())
+        or _SAYS_WRONG.search(said.plain)
+        or _SAYS_RIGHT.search(said.plain)
+        or _BELIEVES.search(said.plain)  # "sure this was spaghetti": the prediction, as a belief
+        or re.search(_IS + _ARTICLE + rf"(?:{class_alternation(evidence.class_names)})\b", said.plain, re.I)
+    ):
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------ the gate
 def _repetition_reason(text: str) -> str | None:
     seen: set[tuple[str, ...]] = set()
@@ -602,14 +704,19 @@ def check_explanation(
     read = read_answer(text, evidence.class_names)
     looks = {w for c in claims for w in c.looks}
     classes = set(evidence.class_names)
+    truth, legacy = _map_trust(claims), any(c.kind == "legacy" for c in claims)
     for said in read:
         s = _Sentence(said, claims, evidence)
         for reason in (
             _class_in_sentence(s, evidence) + _region_reasons(s) + _number_reasons(s, classes)
             + _change_reasons(s) + _visual_reasons(s, evidence, looks) + _advice_reasons(s, evidence, claims)
+            + _trust_reasons(s, truth, legacy) + _map_state_reasons(s, claims, legacy)
+            + _no_fix_reasons(s, claims)
         ):  # fmt: skip
             if reason not in reasons:
                 reasons.append(reason)
+        if not followup and said.advice is None and _says_nothing(said, evidence):
+            reasons.append(f"{_quote(said)} says nothing that an evidence line says")
     meta = _META.search(plain)
     if meta:
         reasons.append(

@@ -4,7 +4,8 @@ gate compares data with data (`noodlenext.llm.grounding`).
 `read_answer(text, class_names)` splits an answer into sentences and finds, in each, what can be checked:
 the lines it cites ("[2]", "[3, 5]", "[2-4]"), the classes it names, the regions ("the upper left", "the
 top-middle of the picture", "the bottom-left corner", "the middle", "on the right"; and whether the clause
-calls them cold), the maps it is about ("ScoreCAM", "the contrastive map"), percentages ("62%", "sixty
+calls them cold), the maps it is about ("ScoreCAM", "the contrastive map"), what it says of a map against a
+random one ("no better than random", "beats a random map"), percentages ("62%", "sixty
 percent", "about 60%"), decimals ("0.42"), fractions in words ("a quarter of the picture", "just over a
 third", "half"), counts ("three of the five", "4 of 5 nearest photos are udon", "all five", "both",
 "none of the 4", "most of them are udon"), directions ("raises udon", "drops", "more sure", "leaves udon
@@ -48,10 +49,10 @@ CITATION = re.compile(r"\[\s*(\d+(?:\s*(?:[,;]|–|-|and)\s*\d+)*)\s*\]")
 
 @dataclass(frozen=True)
 class Said:
-    """One checkable thing a sentence says. kind: class, region, map, percent, decimal, fraction, count,
-    direction, becomes, visual; text: its words; start, end: where it is in the sentence (citations
-    blanked); value: what it says (see `read_answer`); cold: a region named in a clause that calls it
-    cold ("little heat in the lower left")."""
+    """One checkable thing a sentence says. kind: class, region, map, trust, map_state, percent, decimal,
+    fraction, count, direction, becomes, visual, no_fix ("the facts suggest no specific fix"); text: its
+    words; start, end: where it is in the sentence (citations blanked); value: what it says (see
+    `read_answer`); cold: a region named in a clause that calls it cold ("little heat in the lower left")."""
 
     kind: str
     text: str
@@ -293,6 +294,73 @@ def _maps(text: str) -> list[Said]:
         for name, p in _MAPS.items()
         for m in p.finditer(text)
     ]
+
+
+# ------------------------------------------------------------------------------------------ trust
+# What the trust check said of a map: "no better than random", "fails to beat a random map",
+# "uninformative" (value "random"), or "beats a random map", "better than chance" (value "beats").
+_RANDOM = r"(?:a\s+|an\s+|the\s+)?(?:random|chance|guess\w*|coin[\s-]?(?:flip|toss))"
+_NOT_BEATS = re.compile(
+    rf"\b(?:no|not|n't|hardly|barely|never)\s+(?:any\s+|much\s+|really\s+|a\s+lot\s+)?better\s+than\s+{_RANDOM}|"
+    rf"\b(?:fail\w*\s+to|(?:does|do|did)\s+not|doesn't|don't|didn't|cannot|can't|never|not)\s+"
+    rf"(?:\w+\s+)?beat\w*\s+{_RANDOM}|"
+    rf"\b(?:neither|none|no)\b(?:[^.;,]*?)\b(?:beat\w*|(?:do\w*|did|is|are|was|were)\s+better\s+than)\s+"
+    rf"{_RANDOM}|"
+    rf"\buninformative\b|\b(?:worse\s+than|(?:as\s+good\s+as|on\s+par\s+with|no\s+more\s+than|"
+    rf"at|like)\s+){_RANDOM}",
+    re.I,
+)
+_BEATS = re.compile(rf"\bbeat\w*\s+{_RANDOM}|\bbetter\s+than\s+{_RANDOM}|\binformative\b", re.I)
+_COUNTED = re.compile(
+    r"\s*(?:[\w-]+\s+){0,3}?(?:in|for|on|of)\s+(?:only\s+|just\s+|exactly\s+)?"
+    r"(?:none|no|all|every|most|half|few|[\w-]+\s+(?:of|out\s+of))\b",
+    re.I,
+)
+_ONE_OF = re.compile(r"\b(?:one|some|either|at\s+least\s+one)\s+of\b", re.I)
+_ALL_MAPS = re.compile(r"\b(?:both|neither|all|none|maps|heat\s*maps|heatmaps|highlights)\b", re.I)
+
+
+_MAP_STATE = {
+    "empty": re.compile(
+        r"\b(?:map|heatmap|heat\s*map)\s+(?:is|was)\s+(?:all\s+)?(?:empty|blank|flat)\b|"
+        r"\b(?:empty|blank)\s+(?:heat\s*)?map\b",
+        re.I,
+    ),
+    "none": re.compile(
+        r"\bno\s+(?:heat\s*map|heatmap|map)s?\b(?:\s+of\s+this\s+(?:photo|image))?\s+(?:is|are)\s+"
+        r"available",
+        re.I,
+    ),  # fmt: skip
+}
+
+
+def _map_state(text: str) -> list[Said]:
+    """ "The map is empty" (value "empty"), "no heatmap of this photo is available" ("none")."""
+    return [
+        Said("map_state", m.group(0), m.start(), m.end(), state)
+        for state, p in _MAP_STATE.items()
+        for m in p.finditer(text)
+    ]
+
+
+def _trust(text: str, maps: list[Said]) -> list[Said]:
+    """What the sentence says of maps against a random map: Said("trust", value=(verdict, maps, every)),
+    verdict "random" or "beats"; maps: the maps its clause names (empty: the ones it cites); every: the
+    verdict is said of each of them ("both maps", "neither", "the maps") rather than of one."""
+    out, taken = [], [False] * len(text)
+    for verdict, pattern in (("random", _NOT_BEATS), ("beats", _BEATS)):
+        for m in pattern.finditer(text):
+            if any(taken[m.start() : m.end()]):
+                continue
+            taken[m.start() : m.end()] = [True] * (m.end() - m.start())
+            before, after = clause_span(text, m.start())
+            named = sorted({s.value for s in maps if before <= s.start < after and s.value != "contrastive"})
+            clause = text[before:after]
+            if _COUNTED.match(text, m.end(), after):
+                continue  # "beats a random map in 2 of 5": a count, checked as one
+            every = len(named) > 1 or bool(_ALL_MAPS.search(clause) and not _ONE_OF.search(clause))
+            out.append(Said("trust", m.group(0), m.start(), m.end(), (verdict, tuple(named), every)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -786,7 +854,9 @@ _ADVICE_MARK = re.compile(
     r"|\b(?:should|could\s+help|would\s+help|may\s+help|might\s+help|can\s+help|will\s+help|helps?\s+to|"
     r"recommend\w*|suggest\w*|next\s+step|worth\s+(?:checking|adding|collecting|trying|looking)|"
     r"it\s+would\s+be\s+(?:wise|good|better|worth)|a\s+good\s+idea|to\s+fix\s+this|to\s+improve|"
-    r"would\s+(?:likely\s+)?(?:improve|fix|reduce)|could\s+(?:improve|fix|reduce))\b",
+    r"would\s+(?:likely\s+)?(?:improve|fix|reduce)|could\s+(?:improve|fix|reduce))\b"
+    r"|\b(?:step|fix|remedy|option|idea|move|thing\s+to\s+do)\s+(?:would\s+be|is|was|might\s+be|could\s+be)\s+to\b"
+    r"|\b(?:add|adding|collect|collecting|gather|gathering)\s+more\b",
     re.I,
 )
 _CHECK_LABEL = re.compile(
@@ -803,6 +873,13 @@ _DISTRUST = re.compile(
     r"treat\w*\s+(?:\w+\s+){0,4}(?:with\s+)?(?:caution|care|scepticism|skepticism))\b",
     re.I,
 )
+_DISTRUST_ANYWHERE = re.compile(
+    r"\b(?:do\s+not|don't|not\s+to|stop|never|shouldn't|should\s+not|cannot|can't|avoid)\s+(?:\w+\s+){0,2}?"
+    r"(?:rely|relying|trust|trusting|lean|leaning)\b|\b(?:can't|cannot|shouldn't|should\s+not)\s+be\s+"
+    r"(?:trusted|relied)|\bnot\s+(?:very\s+|entirely\s+)?(?:reliable|trustworthy)\b|\bunreliable\b|"
+    r"\buntrustworthy\b|\bnot\s+(?:something|one|a\s+map)\s+to\s+(?:lean|rely|trust|count)",
+    re.I,
+)
 _MORE_PHOTOS = re.compile(
     r"\b(?:add\w*|collect\w*|gather\w*|includ\w*|get\w*|more|extra|additional)\b.*"
     r"\b(?:photos?|images?|pictures?|examples?|samples?|shots?|data)\b",
@@ -814,7 +891,8 @@ _MORE_PHOTOS = re.compile(
 _NO_FIX = re.compile(
     r"\b(?:no|not\s+(?:a|any))\s+(?:specific\s+|clear\s+|obvious\s+|particular\s+|single\s+)?"
     r"(?:fix|fixes|suggestion|suggestions|remedy|remedies|advice|recommendation|next\s+step)\b|"
-    r"\b(?:suggest|offer|give|point\s+to|support)s?\s+no(?:thing)?\b",
+    r"\b(?:suggest|offer|give|point\s+to|support)s?\s+no(?:thing)?\b|"
+    r"\b(?:do|does|did)\s*(?:not|n't)\s+(?:point\s+to|suggest|offer|give|support)\s+(?:any|a)\b",
     re.I,
 )
 
@@ -822,11 +900,15 @@ _NO_FIX = re.compile(
 def _advice(plain: str, classes: list[Said], names: Sequence[str]) -> tuple[str | None, list[str]]:
     """The advice a sentence gives (None, add_photos, collect_pair, check_label, distrust_map or other) and
     the classes it asks photos of ("add more spaghetti training photos" -> [spaghetti])."""
-    if not _ADVICE_MARK.search(plain) or _NO_FIX.search(plain):
+    if _NO_FIX.search(plain):
         return None, []
+    if not _ADVICE_MARK.search(plain):
+        # "So it is best not to trust the ScoreCAM map", "Given that, do not rely on it": a caution about
+        # a map anywhere in the sentence.
+        return ("distrust_map", []) if _DISTRUST_ANYWHERE.search(plain) else (None, [])
     if _CHECK_LABEL.search(plain):
         return "check_label", []
-    if _DISTRUST.search(plain):
+    if _DISTRUST.search(plain) or _DISTRUST_ANYWHERE.search(plain):
         return "distrust_map", []
     more = _MORE_PHOTOS.search(plain)
     if more:
@@ -875,13 +957,15 @@ def read_answer(text: str, class_names: Sequence[str]) -> list[SaidSentence]:
         plain = _blank(sentence)
         classes = _classes(plain, class_names)
         taken = [False] * len(plain)
-        said = classes + _regions(plain) + _maps(plain)
+        maps = _maps(plain)
+        said = classes + _regions(plain) + maps + _trust(plain, maps) + _map_state(plain)
         said += _numbers(plain, class_names, taken)
         said += _directions(plain, class_names, classes)
         said += _becoming(plain, class_names)
         said += _contrasts(plain, class_names)
         said += _visual(plain, [False] * len(plain))
         advice, objects = _advice(plain, classes, class_names)
+        said += [Said("no_fix", m.group(0), m.start(), m.end(), True) for m in _NO_FIX.finditer(plain)]
         parts = [(m.end(), cited(m.group(0))) for m in _CITATION_RUN.finditer(sentence)]
         out.append(
             SaidSentence(

@@ -13,13 +13,14 @@ from typing import Any
 
 __all__ = ["SCHEMA", "as_text"]
 
-# {"sentences": [{"text": "...", "cites": [2, 5]}, ...]}: 1 to 4 sentences, each citing at least one fact.
+# {"sentences": [{"text": "...", "cites": [2, 5]}, ...]}: 2 to 4 sentences (the gate's floor, the prompt's
+# ceiling), each citing at least one fact.
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "sentences": {
             "type": "array",
-            "minItems": 1,
+            "minItems": 2,
             "maxItems": 4,
             "items": {
                 "type": "object",
