@@ -16,7 +16,9 @@ a wrong number or direction, a wrong class or count, a true number cited from th
   built against these;
 - heldout: 22 other records, 176 answers by another writer, first measured untouched (docs/grounding.md
   has that first measure), then used to fix what it showed;
-- final: 18 more records, 144 answers by a fourth writer, measured untouched once before the last fixes.
+- final: 18 more records, 144 answers by a fourth writer, measured untouched once before the last fixes;
+- fresh: 16 more records, 144 answers by a fifth writer, with a sixth planted error (a cause that is not
+  about the photo: the training data, how the model works), measured untouched once after those fixes.
 
 Prints, per set and kind, the share passed (faithful kinds: higher is better) or caught (error kinds), and
 the CPU time per check. The goal (issue 22): >= 95% of faithful answers pass and >= 95% of planted errors
@@ -38,11 +40,13 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "gate_data"
 FAITHFUL = ("faithful_plain", "faithful_lay", "faithful_advice")
-ERRORS = ("wrong_region", "invented_cause", "wrong_number", "wrong_class", "misattributed")
+# invented_reason (a cause not about what the photo shows: the training data, how the model works) is in
+# the fresh set only.
+ERRORS = ("wrong_region", "invented_cause", "invented_reason", "wrong_number", "wrong_class", "misattributed")
 GOAL = 0.95
 
 
-SETS = ("tuning", "heldout", "final")
+SETS = ("tuning", "heldout", "final", "fresh")
 
 
 def load(name: str = "tuning", data: Path = DATA) -> list[tuple[dict[str, Any], dict[str, str]]]:
@@ -80,8 +84,11 @@ def run(pairs: list[tuple[dict[str, Any], dict[str, str]]]) -> dict[str, Any]:
     """Every answer through the gate: per kind, how many were checked and passed, and the CPU seconds."""
     from noodlenext.llm.grounding import check_explanation
 
+    present = {kind for _, answers in pairs for kind in answers}
     out: dict[str, Any] = {
-        kind: {"n": 0, "passed": 0, "cpu_s": 0.0, "items": []} for kind in (*FAITHFUL, *ERRORS)
+        kind: {"n": 0, "passed": 0, "cpu_s": 0.0, "items": []}
+        for kind in (*FAITHFUL, *ERRORS)
+        if kind in present
     }
     for record, answers in pairs:
         evidence = evidence_of(record)

@@ -675,14 +675,17 @@ def test_an_answer_made_of_words_from_nowhere_is_not_an_explanation() -> None:
     measured, so it is rejected; a sentence saying what the model predicted, in any words, is a statement."""
     for invented in (
         "The scoreCAM algorithm is designed to evaluate the performance of a gradient model.",
-        "This is a test of the classifier's ability to make predictions based on data that was not available "
-        "at the time [2].",
         "The classifier also took a ramen photo that had been tested by the test data set to see if it could "
         "be compared with another image.",
         "It's very interesting to see how the classifier takes something that has no meaning [3].",
     ):
         (reason,) = reasons(f"{GOOD} {invented}")
         assert "says nothing that an evidence line says" in reason, invented
+    (reason,) = reasons(
+        f"{GOOD} This is a test of the classifier's ability to make predictions based on data that was not "
+        "available at the time [2]."
+    )
+    assert 'gives a reason ("based on data that was not available at the time")' in reason
     for statement in (
         "The model was about sixty percent sure this was ramen, but it is udon [1].",
         "The program was fairly sure this was ramen [1].",
@@ -691,6 +694,22 @@ def test_an_answer_made_of_words_from_nowhere_is_not_an_explanation() -> None:
         assert reasons(f"{GOOD} {statement}") == [], statement
     assert "'steam'" in reasons(f"{GOOD} The steam misled it.")[0]
     assert reasons(f"{GOOD} Its heat looks yellow and white, with strand-like edges [5].") == []
+
+
+def test_a_reason_must_state_what_a_line_states() -> None:
+    e = advised()
+    n = len(e.claims())
+    for honest in (
+        f"Adding more udon photos may help, since 2 of its 3 nearest training photos are ramen [{n}].",
+        "The map can be trusted, because it beats a random map [6].",
+    ):
+        assert reasons(f"{GOOD} {honest}", e) == [], honest
+    for invented in (
+        "It chose ramen because the training set has few udon photos taken from above [1].",
+        "This happened due to the network having seen little udon during training [2].",
+    ):
+        (reason,) = reasons(f"{GOOD} {invented}", e)
+        assert "gives a reason" in reason and "that no evidence line states" in reason, invented
 
 
 def test_what_is_said_of_a_map_against_a_random_one_must_be_what_the_trust_check_found() -> None:

@@ -631,6 +631,42 @@ def _no_fix_reasons(s: _Sentence, claims: list[Claim]) -> list[str]:
     return [f"{_quote(s.said)} says no fix is suggested, but {_cite(lines)} suggests one"] if lines else []
 
 
+# A reason given: what follows must state something a line states ("since 4 of its 5 nearest training
+# photos are udon"), not only a class ("because the training set has few ramen photos taken from above").
+# Of the 87 such clauses in the benchmark's faithful and erroneous answers, none states nothing.
+_CAUSE = re.compile(
+    r"\b(?:because(?:\s+of)?|since|due\s+to|owing\s+to|as\s+a\s+result\s+of|thanks\s+to|given\s+that|"
+    r"which\s+(?:is\s+why|explains|means)|(?:that|this)\s+is\s+why|that's\s+why|the\s+reason\s+is|"
+    r"caused\s+by|driven\s+by|based\s+on)\b",
+    re.I,
+)
+
+
+def _statements_of(said: SaidSentence) -> list[Said]:
+    """What a sentence states beyond naming classes and maps (a class name is a food word too: alone it is
+    only a class)."""
+    named = [(x.start, x.end) for x in said.of("class")]
+    return [
+        x
+        for x in said.said
+        if x.kind not in ("class", "map")
+        and not (x.kind == "visual" and any(a <= x.start < b for a, b in named))
+    ]
+
+
+def _cause_reasons(said: SaidSentence) -> list[str]:
+    if not ends_on_sentence(said.text):
+        return []  # an unfinished sentence has its own reason
+    out = []
+    for m in _CAUSE.finditer(said.plain):
+        end = max(clause_span(said.plain, m.end() + 1)[1], m.end())
+        stated = [x for x in _statements_of(said) if m.end() <= x.start < end]
+        if not stated and said.advice is None:
+            clause = " ".join(said.plain[m.start() : end].split())
+            out.append(f'{_quote(said)} gives a reason ("{clause}") that no evidence line states')
+    return out
+
+
 _BELIEVES = re.compile(
     r"\b(?:sure|confident|certain|thinks?|thought|believ\w*|guess\w*|decided?|call(?:s|ed)?|predict\w*|"
     r"classif(?:y|ies|ied|ying|ication)|label(?:s|ed|led)?)\b",
@@ -643,12 +679,7 @@ def _says_nothing(said: SaidSentence, evidence: Evidence) -> bool:
     whose classes are not a statement of the verdict ("took this ramen photo for udon", "the photo is
     ramen", "it was wrong"), can only carry a cause nobody measured ("based on data it never saw"). Every
     faithful answer of the benchmark's 219 states something in each sentence."""
-    named = [(x.start, x.end) for x in said.of("class")]
-    kinds = {
-        x.kind
-        for x in said.said
-        if x.kind != "map" and not (x.kind == "visual" and any(a <= x.start < b for a, b in named))
-    }  # a class name is a food word too; alone it is only a class
+    kinds = {x.kind for x in said.said if x.kind == "class"} | {x.kind for x in _statements_of(said)}
 
     if kinds - {"class"}:
         return False
@@ -715,7 +746,9 @@ def check_explanation(
         ):  # fmt: skip
             if reason not in reasons:
                 reasons.append(reason)
-        if not followup and said.advice is None and _says_nothing(said, evidence):
+        caused = _cause_reasons(said)
+        reasons += [r for r in caused if r not in reasons]
+        if not caused and not followup and said.advice is None and _says_nothing(said, evidence):
             reasons.append(f"{_quote(said)} says nothing that an evidence line says")
     meta = _META.search(plain)
     if meta:

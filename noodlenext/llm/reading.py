@@ -322,7 +322,7 @@ _ALL_MAPS = re.compile(r"\b(?:both|neither|all|none|maps|heat\s*maps|heatmaps|hi
 
 _MAP_STATE = {
     "empty": re.compile(
-        r"\b(?:map|heatmap|heat\s*map)\s+(?:is|was)\s+(?:all\s+)?(?:empty|blank|flat)\b|"
+        r"\b(?:map|heatmap|heat\s*map)s?\s+(?:is|are|was|were)\s+(?:all\s+)?(?:empty|blank|flat)\b|"
         r"\b(?:empty|blank)\s+(?:heat\s*)?map\b",
         re.I,
     ),
@@ -768,9 +768,15 @@ def _directions(text: str, names: Sequence[str], classes: list[Said]) -> list[Sa
     return out
 
 
+# What an edit turns into another class: the prediction, or the photos of a group ("turns them into udon",
+# "flips both to ramen", "turns every one into udon").
+_TURNED = (
+    r"(?:it|them|these|those|each(?:\s+one)?|every\s+one|all(?:\s+of\s+them)?|both(?:\s+of\s+them)?|"
+    r"(?:the|its|their)\s+(?:predictions?|answers?|guess(?:es)?|labels?|votes?))\s+"
+)
 _BECOMES = (
-    r"becom(?:es|e|ing)|became|turn(?:s|ed)?\s+(?:it\s+|the\s+prediction\s+|its\s+(?:prediction|answer)\s+)?into|"
-    r"(?:switch(?:es|ed)?|flip(?:s|ped)?)\s+(?:(?:the|its)\s+(?:prediction|answer|guess|label|vote)\s+)?(?:over\s+)?to|"
+    rf"becom(?:es|e|ing)|became|turn(?:s|ed)?\s+(?:{_TURNED})?into|"
+    rf"(?:switch(?:es|ed)?|flip(?:s|ped)?)\s+(?:{_TURNED})?(?:over\s+)?to|"
     r"chang(?:es|e|ed)\s+(?:its\s+(?:answer|mind|prediction|guess)\s+|the\s+prediction\s+)?to|goes\s+to|went\s+to|"
     r"would\s+(?:be|say|call\s+it|predict)|now\s+(?:says|predicts|calls\s+it)|shift(?:s|ed)?\s+to|mov(?:es|ed)\s+to|"
     r"(?:is|was)\s+now\s+(?:read|seen|taken|classified|predicted)\s+as"
