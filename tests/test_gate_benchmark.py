@@ -26,13 +26,21 @@ def test_the_benchmark_is_as_large_as_the_issue_asks(results: dict) -> None:
     kinds = {rec.split("-")[1] for rec in records}
     assert len(records) >= 24 and {"mistake", "hit", "group"} <= kinds
     assert {"synthetic", "shared"} == {rec.split("-")[0] for rec in records}
-    assert set(tuning) == {*gate.FAITHFUL, *gate.ERRORS} and all(r["n"] >= 24 for r in tuning.values())
+    assert set(tuning) == {*gate.FAITHFUL, *gate.ERRORS} - {"invented_reason"}
+    assert all(r["n"] >= 24 for r in tuning.values()) and results["fresh"]["invented_reason"]["n"] == 16
     everywhere = {item["id"] for result in results.values() for r in result.values() for item in r["items"]}
-    assert len(everywhere) == len(records) + 22 + 18  # the held-out sets hold other photos
+    assert len(everywhere) == len(records) + 22 + 18 + 16  # the held-out sets hold other photos
 
 
-@pytest.mark.parametrize("kind", [*gate.FAITHFUL, *gate.ERRORS])
-@pytest.mark.parametrize("name", gate.SETS)
+KINDS = [
+    (name, kind)
+    for name in gate.SETS
+    for kind in (*gate.FAITHFUL, *gate.ERRORS)
+    if any(kind in answers for _, answers in gate.load(name))
+]
+
+
+@pytest.mark.parametrize(("name", "kind"), KINDS)
 def test_each_kind_meets_the_goal(results: dict, name: str, kind: str) -> None:
     result = results[name][kind]
     missed = [

@@ -675,8 +675,8 @@ def test_an_answer_made_of_words_from_nowhere_is_not_an_explanation() -> None:
     measured, so it is rejected; a sentence saying what the model predicted, in any words, is a statement."""
     for invented in (
         "The scoreCAM algorithm is designed to evaluate the performance of a gradient model.",
-        "The classifier also took a ramen photo that had been tested by the test data set to see if it could "
-        "be compared with another image.",
+        "The classifier also took a ramen photo that had been tested by the team to see if it could be "
+        "compared with another image.",
         "It's very interesting to see how the classifier takes something that has no meaning [3].",
     ):
         (reason,) = reasons(f"{GOOD} {invented}")
@@ -693,6 +693,9 @@ def test_an_answer_made_of_words_from_nowhere_is_not_an_explanation() -> None:
     ):
         assert reasons(f"{GOOD} {statement}") == [], statement
     assert "'steam'" in reasons(f"{GOOD} The steam misled it.")[0]
+    layer = "Its final layer weighs the top more heavily, which is why the upper right is hot [2]."
+    (reason,) = reasons(f"{GOOD} {layer}")
+    assert "speaks of how the model works with 'layer'" in reason
     assert reasons(f"{GOOD} Its heat looks yellow and white, with strand-like edges [5].") == []
 
 

@@ -507,21 +507,22 @@ def _named_at(mentions: list[Said], after: int, text: str) -> list[Said]:
 # ------------------------------------------------------------------------------------------ the photo's look
 def _visual_reasons(s: _Sentence, evidence: Evidence, looks: set[str]) -> list[str]:
     """Words describing the photo must be carried by a claim: its look words, or a class name."""
-    _, licensed_by = vocabulary()
+    words, licensed_by = vocabulary()
     classes = {n.lower() for n in evidence.class_names}
-    bad = []
+    bad: dict[str, list[str]] = {"photo": [], "model": []}
     for said in s.said.of("visual"):
         word = said.value
         if word in looks or word in classes or said.text.lower() in classes:
             continue
         if any(w in looks or w in classes for w in licensed_by.get(word, ())):
             continue
-        bad.append(said.text.lower())
-    if not bad:
-        return []
+        bad["model" if words.get(word) == "model" else "photo"].append(said.text.lower())
+    what = {"photo": "describes the photo with", "model": "speaks of how the model works with"}
     return [
-        f"{_quote(s.said)} describes the photo with {_join([repr(w) for w in dict.fromkeys(bad)])}, "
-        "which no evidence line measures"
+        f"{_quote(s.said)} {what[k]} {_join([repr(w) for w in dict.fromkeys(ws)])}, which no evidence line "
+        "measures"
+        for k, ws in bad.items()
+        if ws
     ]
 
 
@@ -674,12 +675,21 @@ _BELIEVES = re.compile(
 )
 
 
+# The claims of an edit of the photo: hiding or keeping the hot region, and the probes that hide parts.
+_EDIT_KINDS = {
+    "hiding", "keeping", "group_hiding", "group_keeping", "why_not_hidden", "change_none", "change_at",
+    "which_part", "which_flip", "mirror",
+}  # fmt: skip
+
+
 def _says_nothing(said: SaidSentence, evidence: Evidence) -> bool:
     """A sentence that states no region, number, count, change, look, trust or advice of the evidence, and
     whose classes are not a statement of the verdict ("took this ramen photo for udon", "the photo is
     ramen", "it was wrong"), can only carry a cause nobody measured ("based on data it never saw"). Every
     faithful answer of the benchmark's 219 states something in each sentence."""
     kinds = {x.kind for x in said.said if x.kind == "class"} | {x.kind for x in _statements_of(said)}
+    if "edit" in kinds and not any(c.kind in _EDIT_KINDS for c in evidence.claims()):
+        kinds.discard("edit")  # an edit the evidence never made states nothing it measured
 
     if kinds - {"class"}:
         return False

@@ -49,9 +49,9 @@ CITATION = re.compile(r"\[\s*(\d+(?:\s*(?:[,;]|–|-|and)\s*\d+)*)\s*\]")
 
 @dataclass(frozen=True)
 class Said:
-    """One checkable thing a sentence says. kind: class, region, map, trust, map_state, percent, decimal,
-    fraction, count, direction, becomes, visual, no_fix ("the facts suggest no specific fix"); text: its
-    words; start, end: where it is in the sentence (citations blanked); value: what it says (see
+    """One checkable thing a sentence says. kind: class, region, map, trust, map_state, edit, percent,
+    decimal, fraction, count, direction, becomes, visual, no_fix ("the facts suggest no specific fix");
+    text: its words; start, end: where it is in the sentence (citations blanked); value: what it says (see
     `read_answer`); cold: a region named in a clause that calls it cold ("little heat in the lower left")."""
 
     kind: str
@@ -334,6 +334,21 @@ _MAP_STATE = {
 }
 
 
+_EDIT = re.compile(
+    r"\b(?:hid(?:e|es|ing|den)|cover(?:s|ed|ing)?(?:\s+up)?|mask(?:s|ed|ing)?|block(?:s|ed|ing)?(?:\s+out)?|"
+    r"blank(?:s|ed|ing)?(?:\s+out)?|keep(?:s|ing)?\s+(?:only|just)|kept\s+(?:only|just)|"
+    r"show(?:s|ed|ing|n)?\s+(?:only|just)|(?:only|just)\s+(?:that|the\s+hot(?:test)?|the\s+highlighted)\s+"
+    r"(?:part|region|area|patch)|on\s+its\s+own|by\s+itself)\b",
+    re.I,
+)
+
+
+def _edits(text: str) -> list[Said]:
+    """An edit of the photo the sentence speaks of: "hiding the hot region", "covering up the highlighted
+    part", "keeping only that region", "that part on its own"."""
+    return [Said("edit", m.group(0), m.start(), m.end(), True) for m in _EDIT.finditer(text)]
+
+
 def _map_state(text: str) -> list[Said]:
     """ "The map is empty" (value "empty"), "no heatmap of this photo is available" ("none")."""
     return [
@@ -503,6 +518,10 @@ _COUNT_PATTERNS = [
         re.I,
     ),
 ]
+# "this one are spaghetti", "each one": "one" with a determiner before it is no count.
+_DETERMINED = re.compile(r"\b(?:this|that|each|every|which|any|no|the)\s+$", re.I)
+# "none of the facts suggests a fix": not a count of photos.
+_NOT_COUNTED = re.compile(r"\s*(?:facts?|lines?|evidence|numbers?|above|these\s+facts)\b", re.I)
 _NOT_COUNT_AFTER = re.compile(r"\s*(?:%|percent|per\s+cent|points?\b|\.\d)", re.I)
 
 
@@ -575,7 +594,7 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
             out.append(Said("decimal", m.group(0), m.start(), m.end(), Amount(v, v - tol, v + tol)))
     for pattern in _COUNT_PATTERNS:
         for m in pattern.finditer(text):
-            if not free(m) or _NOT_COUNT_AFTER.match(text, m.end()):
+            if not free(m) or _NOT_COUNT_AFTER.match(text, m.end()) or _NOT_COUNTED.match(text, m.end()):
                 continue
             groups = m.groupdict()
             if groups.get("most"):
@@ -602,7 +621,7 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
     if alternation:  # "3 are spaghetti and 2 are udon"
         verb = r"(?:of\s+them\s+)?(?:are|were|is|was)\s+(?:labell?ed\s+|all\s+|also\s+)?"
         for m in re.finditer(rf"\b(?P<n>{_NUM})\s+{verb}(?P<c>{alternation})", text, re.I):
-            if free(m):
+            if free(m) and not _DETERMINED.search(text, 0, m.start()):
                 take(m)
                 cls = canonical_class(m.group("c"), names)
                 out.append(
@@ -616,7 +635,7 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
                 )
     if alternation:  # "3 of 5 are udon, 1 ramen": a number right before a class is a count of it
         for m in re.finditer(rf"\b(?P<n>{_NUM})\s+(?P<c>{alternation})", text, re.I):
-            if free(m):
+            if free(m) and not _DETERMINED.search(text, 0, m.start()):
                 take(m)
                 cls = canonical_class(m.group("c"), names)
                 out.append(
@@ -694,6 +713,9 @@ def _count_label(text: str, start: int, end: int, alternation: str, names: Seque
     inside = re.search(rf"\b(?P<c>{alternation})", text[start:end], re.I)
     if inside is not None:
         return canonical_class(inside.group("c"), names)
+    aside = re.match(rf"\s*,\s*(?:are|were)\s+(?:all\s+)?(?P<c>{alternation})\b", text[end:], re.I)
+    if aside is not None:  # "most of its nearest photos, 4 of 5, are udon"
+        return canonical_class(aside.group("c"), names)
     cut = next((m.start() for m in CLAUSE.finditer(text) if m.start() >= end), len(text))
     m = re.search(rf"\b(?P<c>{alternation})", text[end:cut], re.I)
     if m is not None:
@@ -783,6 +805,7 @@ _BECOMES = (
 )
 _STAYS = (
     r"leav(?:es|e|ing)\s+the\s+prediction\s+(?:at|as)|left\s+the\s+prediction\s+(?:at|as)|"
+    r"keep(?:s|ing)?\s+the\s+prediction\s+(?:at|as|on)|kept\s+the\s+prediction\s+(?:at|as|on)|"
     r"stay(?:s|ed)?|remain(?:s|ed)?|still|keep(?:s)?\s+(?:predicting|saying|calling\s+it|choosing)|kept|"
     r"stick(?:s)?\s+with|stuck\s+with|hold(?:s)?\s+(?:on\s+)?to"
 )
@@ -898,7 +921,9 @@ _NO_FIX = re.compile(
     r"\b(?:no|not\s+(?:a|any))\s+(?:specific\s+|clear\s+|obvious\s+|particular\s+|single\s+)?"
     r"(?:fix|fixes|suggestion|suggestions|remedy|remedies|advice|recommendation|next\s+step)\b|"
     r"\b(?:suggest|offer|give|point\s+to|support)s?\s+no(?:thing)?\b|"
-    r"\b(?:do|does|did)\s*(?:not|n't)\s+(?:point\s+to|suggest|offer|give|support)\s+(?:any|a)\b",
+    r"\b(?:do|does|did)\s*(?:not|n't)\s+(?:point\s+to|suggest|offer|give|support)\s+(?:any|a)\b|"
+    r"\b(?:none\s+of\s+the\s+(?:facts|lines)|nothing\s+in\s+the\s+(?:facts|lines|evidence)|no\s+(?:fact|line))\b"
+    r"[^.]*?\b(?:fix|fixes|suggest\w*|remed\w*|advice|recommend\w*)\b",
     re.I,
 )
 
@@ -964,7 +989,7 @@ def read_answer(text: str, class_names: Sequence[str]) -> list[SaidSentence]:
         classes = _classes(plain, class_names)
         taken = [False] * len(plain)
         maps = _maps(plain)
-        said = classes + _regions(plain) + maps + _trust(plain, maps) + _map_state(plain)
+        said = classes + _regions(plain) + maps + _trust(plain, maps) + _map_state(plain) + _edits(plain)
         said += _numbers(plain, class_names, taken)
         said += _directions(plain, class_names, classes)
         said += _becoming(plain, class_names)
