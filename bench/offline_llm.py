@@ -58,13 +58,13 @@ SETTINGS = {
         "llm.backend.chat_template=null",
         "llm.backend.stop_tokens=[]",
         "llm.examples=null",
-    ],  # fmt: skip
+    ],
     "smollm2_short_question": [
         "llm=smollm2",
         "prompt.evidence_ask_wrong='Why did the classifier take this {true_label} photo for {predicted}?'",
         "prompt.evidence_ask_correct='Why did the classifier say {predicted}, and how sure is it?'",
         "prompt.evidence_ask_unknown='Why did the classifier say {predicted}; how far to trust it?'",
-    ],  # fmt: skip
+    ],
     "gemma3_270m": ["llm=gemma3_270m"],
     "gemma3_270m_structured": ["llm=gemma3_270m", "llm.structured=true"],
 }
@@ -111,17 +111,29 @@ def measure(name: str, overrides: list[str], recs: list[dict[str, Any]]) -> dict
             sources[result.source] += 1
             reasons = [v.reasons for v in result.verdicts]
             items.append(
-                {"id": rec["id"], "source": result.source, "text": result.text, "drafts": result.drafts,
-                 "reasons": reasons}
-            )  # fmt: skip
+                {
+                    "id": rec["id"],
+                    "source": result.source,
+                    "text": result.text,
+                    "drafts": result.drafts,
+                    "reasons": reasons,
+                }
+            )
             print(f"{name} {rec['id']}: {result.source}", file=sys.stderr, flush=True)
     finally:
         backend.close()
     seconds = time.perf_counter() - start
     n = len(recs)
-    return {"setting": name, "overrides": overrides, "n": n, "sources": dict(sources),
-            "first": sources["llm"] / n, "own_words": (sources["llm"] + sources["llm_retry"]) / n,
-            "seconds_per_record": seconds / n, "items": items}  # fmt: skip
+    return {
+        "setting": name,
+        "overrides": overrides,
+        "n": n,
+        "sources": dict(sources),
+        "first": sources["llm"] / n,
+        "own_words": (sources["llm"] + sources["llm_retry"]) / n,
+        "seconds_per_record": seconds / n,
+        "items": items,
+    }
 
 
 def main() -> None:
@@ -139,8 +151,10 @@ def main() -> None:
     for r in results:
         n, first = r["n"], r["sources"].get("llm", 0)
         own = first + r["sources"].get("llm_retry", 0)
-        print(f"| {r['setting']} | {first} of {n} ({r['first']:.0%}) | {own} of {n} ({r['own_words']:.0%}) | "
-              f"{r['seconds_per_record']:.1f} |")  # fmt: skip
+        print(
+            f"| {r['setting']} | {first} of {n} ({r['first']:.0%}) | {own} of {n} ({r['own_words']:.0%}) | "
+            f"{r['seconds_per_record']:.1f} |"
+        )
     if a.out:
         a.out.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -46,8 +46,9 @@ SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "noodl
 
 def save_checkpoint(model_name: str, image_size: int, folder: Path) -> Path:
     """A random-weight noodlenext checkpoint, as training saves one."""
-    model = NoodleClassifier(model_name, 3, ["ramen", "spaghetti", "udon"], image_size=image_size,
-                             pretrained=False)  # fmt: skip
+    model = NoodleClassifier(
+        model_name, 3, ["ramen", "spaghetti", "udon"], image_size=image_size, pretrained=False
+    )
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, folder / "bench.ckpt")

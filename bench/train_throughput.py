@@ -447,8 +447,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cost = f"{r['decode_ms']:.2f} ms decode + {r['transform_ms']:.2f} ms write-up transform per image"
             print(f"| train loader, {args.image_size} px, {r['images']} images of {out['data']} | img/s |")
             print(f"|---|---|\n| main process, 1 thread: {cost} | {r['main_process_img_s']:.0f} |")
-            print(f"| DataLoader, {args.workers} workers ({r['worker_speedup']:.2f}x the main process) | "
-                  f"{r['loader_img_s']:.0f} |\n")  # fmt: skip
+            print(
+                f"| DataLoader, {args.workers} workers ({r['worker_speedup']:.2f}x the main process) | "
+                f"{r['loader_img_s']:.0f} |\n"
+            )
         if args.skip != "train":
             torch.manual_seed(0)
             x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)

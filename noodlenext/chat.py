@@ -37,10 +37,13 @@ def classify(cfg: DictConfig, output_dir: Path) -> tuple[PhotoAnalysis, list[str
     if problem:
         raise ValueError(f"image={cfg.image}: {problem}")
     explainer = PhotoExplainer(
-        cfg.ckpt_path, cfg.device, "scorecam", HeatmapSettings.of(cfg.explain),
+        cfg.ckpt_path,
+        cfg.device,
+        "scorecam",
+        HeatmapSettings.of(cfg.explain),
         calibration=cfg.get("calibration", "temperature"),
         trust_checkpoint=cfg.get("trust_checkpoint", False),
-    )  # fmt: skip
+    )
     true_label = _true_label(cfg.get("true_label"), image, explainer.class_names)
     analysis = explainer(load_rgb(image, explainer.image_size), true_label, str(image))
     return analysis, analysis.save_images(output_dir), explainer.probe(analysis)

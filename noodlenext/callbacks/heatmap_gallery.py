@@ -83,10 +83,19 @@ class HeatmapGallery(SampleCollector):
         photos = [load_rgb(f, size).resize(size) for f in files]
         contrastive: list[np.ndarray] = []
         evidence = gather_evidence(
-            pl_module, images, photos, [s.pred for _, s in picked], [s.target for _, s in picked], heatmaps,
-            index=self._feature_index(trainer, pl_module), settings=self.settings, files=files,
-            class_names=names, k=self.num_neighbours, contrastive_out=contrastive,
-        )  # fmt: skip
+            pl_module,
+            images,
+            photos,
+            [s.pred for _, s in picked],
+            [s.target for _, s in picked],
+            heatmaps,
+            index=self._feature_index(trainer, pl_module),
+            settings=self.settings,
+            files=files,
+            class_names=names,
+            k=self.num_neighbours,
+            contrastive_out=contrastive,
+        )
         if stage == "test":
             self.test_heatmaps = {s.index: maps for (_, s), maps in zip(picked, heatmaps, strict=True)}
             self.test_evidence = {s.index: ev for (_, s), ev in zip(picked, evidence, strict=True)}
@@ -148,9 +157,14 @@ class HeatmapGallery(SampleCollector):
 
     @staticmethod
     def _row(
-        kind: str, s: Sample, maps: dict[str, Heatmap], evidence: Evidence, photo: Any,
-        contrastive: np.ndarray, names: list[str],
-    ) -> dict[str, Any]:  # fmt: skip
+        kind: str,
+        s: Sample,
+        maps: dict[str, Heatmap],
+        evidence: Evidence,
+        photo: Any,
+        contrastive: np.ndarray,
+        names: list[str],
+    ) -> dict[str, Any]:
         heat = {m: {**h.facts.to_dict(), "description": h.facts.describe()} for m, h in maps.items()}
         for method, trust in evidence.trust.items():
             heat[method] |= {"deletion_auc": trust.deletion, "insertion_auc": trust.insertion}
@@ -211,8 +225,14 @@ def log_wandb_table(
         overlays = [wandb.Image(r["_overlays"][m]) for m in methods]
         facts = " ".join(f"{m}: {h['description']}" for m, h in r["heatmaps"].items())
         table.add_data(
-            r["kind"], wandb.Image(r["_photo"]), *overlays, r["true"], r["predicted"], r["confidence"],
-            json.dumps({k: round(v, 4) for k, v in r["probabilities"].items()}), facts,
+            r["kind"],
+            wandb.Image(r["_photo"]),
+            *overlays,
+            r["true"],
+            r["predicted"],
+            r["confidence"],
+            json.dumps({k: round(v, 4) for k, v in r["probabilities"].items()}),
+            facts,
             "\n".join(r.get("evidence_lines", [])),
-        )  # fmt: skip
+        )
     logger.experiment.log({key: table})

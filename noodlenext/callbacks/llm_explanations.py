@@ -53,8 +53,13 @@ class _Item:
 
     def fail(self, step: str, err: BaseException) -> None:
         self.error = step_error(step, err)
-        log.warning("LLM explanations: %s (%s) failed at %s: %s", self.file, self.sample.index, step,
-                    self.error["message"])  # fmt: skip
+        log.warning(
+            "LLM explanations: %s (%s) failed at %s: %s",
+            self.file,
+            self.sample.index,
+            step,
+            self.error["message"],
+        )
 
 
 class LLMExplanations(GuardedCollector):
@@ -111,10 +116,27 @@ class LLMExplanations(GuardedCollector):
 
     def _failure_record(self, error: dict[str, str]) -> dict[str, Any]:
         """The one record of a run whose explanations failed before any sample was picked."""
-        keys = ("file", "class_names", "probabilities", "predicted", "true_label", "confidence", "loss",
-                "explanation", "source", "grounding", "evidence")  # fmt: skip
-        return {**dict.fromkeys(keys), "llm": self.llm.get("name"), "error": error, "evidence_lines": [],
-                "images": [], "messages": []}  # fmt: skip
+        keys = (
+            "file",
+            "class_names",
+            "probabilities",
+            "predicted",
+            "true_label",
+            "confidence",
+            "loss",
+            "explanation",
+            "source",
+            "grounding",
+            "evidence",
+        )
+        return {
+            **dict.fromkeys(keys),
+            "llm": self.llm.get("name"),
+            "error": error,
+            "evidence_lines": [],
+            "images": [],
+            "messages": [],
+        }
 
     # ---------------------------------------------------------------------------- the steps
     def _render(
@@ -144,10 +166,16 @@ class LLMExplanations(GuardedCollector):
         failed = [f"{r['file']}: {r['error']['step']}" for r in records if r["error"] is not None]
         log.info(
             "LLM explanations of %d %s mistakes in %s (%d passed the grounding gate as written, %d after a "
-            "retry, %d from the evidence template, %d failed%s)", len(records), stage, self.output_dir,
-            sources.count("llm"), sources.count("llm_retry"), sources.count("template"), len(failed),
+            "retry, %d from the evidence template, %d failed%s)",
+            len(records),
+            stage,
+            self.output_dir,
+            sources.count("llm"),
+            sources.count("llm_retry"),
+            sources.count("template"),
+            len(failed),
             f": {'; '.join(failed)}" if failed else "",
-        )  # fmt: skip
+        )
 
     def _load(self, dataset: Any, items: list[_Item]) -> None:
         """Each mistake's file, photo and model input (step load_image)."""
@@ -196,10 +224,17 @@ class LLMExplanations(GuardedCollector):
         size = batch.shape[-1], batch.shape[-2]
         index = gallery._feature_index(trainer, pl_module) if gallery is not None else None
         found = gather_evidence(
-            pl_module, batch, [item.photo.resize(size) for item in items], preds,
-            [item.sample.target for item in items], maps, index=index, settings=self.settings,
-            files=[item.file for item in items], class_names=pl_module.class_names,
-        )  # fmt: skip
+            pl_module,
+            batch,
+            [item.photo.resize(size) for item in items],
+            preds,
+            [item.sample.target for item in items],
+            maps,
+            index=index,
+            settings=self.settings,
+            files=[item.file for item in items],
+            class_names=pl_module.class_names,
+        )
         for item, m, ev in zip(items, maps, found, strict=True):
             item.maps, item.evidence = m, ev
 
@@ -331,10 +366,16 @@ def log_wandb_table(logger: WandbLogger, records: list[dict[str, Any]], key: str
         gate = "; ".join(
             f"draft {i + 1}: {'passed' if v['passed'] else 'rejected: ' + '; '.join(v['reasons'])}"
             for i, v in enumerate(verdicts)
-        )  # fmt: skip
+        )
         table.add_data(
-            wandb.Image(photo) if photo else None, wandb.Image(heat) if heat else None, r["true_label"],
-            r["predicted"], r["confidence"], r["explanation"], source, gate or "no model draft",
+            wandb.Image(photo) if photo else None,
+            wandb.Image(heat) if heat else None,
+            r["true_label"],
+            r["predicted"],
+            r["confidence"],
+            r["explanation"],
+            source,
+            gate or "no model draft",
             "\n".join(r["evidence_lines"]),
-        )  # fmt: skip
+        )
     logger.experiment.log({key: table})

@@ -133,7 +133,7 @@ class MistakeGroup:
                     "evidence_lines": p.evidence.lines() if p.evidence is not None else [],
                 }
                 for p in self.photos
-            ],  # fmt: skip
+            ],
             "mean_map": self.mean_map,
             "errors": self.errors + [p.error for p in self.photos if p.error is not None],
         }

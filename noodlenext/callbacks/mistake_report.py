@@ -29,9 +29,15 @@ def _error_text(error: Mapping[str, str]) -> str:
 
 
 def report_markdown(
-    groups: Sequence[MistakeGroup], run_dir: Path, n_samples: int, n_mistakes: int, n_pairs: int,
-    llm_name: str | None, method: str, errors: Sequence[Mapping[str, str]] = (),
-) -> str:  # fmt: skip
+    groups: Sequence[MistakeGroup],
+    run_dir: Path,
+    n_samples: int,
+    n_mistakes: int,
+    n_pairs: int,
+    llm_name: str | None,
+    method: str,
+    errors: Sequence[Mapping[str, str]] = (),
+) -> str:
     """mistakes.md: a summary line, then per group its heading, evidence lines, paragraph (with whose
     words it is and what the gate said), errors and thumbnails linked to the photos (paths relative to
     `run_dir`)."""
@@ -134,10 +140,14 @@ def log_wandb(
                 sheet.paste(t, (x, 0))
                 x += t.width
         result = group.paragraph
-        gate = "; ".join(
-            f"draft {i + 1}: {'passed' if v.passed else 'rejected: ' + '; '.join(v.reasons)}"
-            for i, v in enumerate(result.verdicts)
-        ) if result is not None else ""  # fmt: skip
+        gate = (
+            "; ".join(
+                f"draft {i + 1}: {'passed' if v.passed else 'rejected: ' + '; '.join(v.reasons)}"
+                for i, v in enumerate(result.verdicts)
+            )
+            if result is not None
+            else ""
+        )
         errs = group.errors + [p.error for p in group.photos if p.error is not None]
         table.add_data(
             f"{group.true} → {group.predicted}",

@@ -74,8 +74,11 @@ class MistakeGroups(GuardedCollector):
         self.prompt = PromptSettings.of(prompt) if prompt is not None else PromptSettings.default()
         self.settings = HeatmapSettings.of(settings)  # _recursive_ is off: a config arrives
         self.methods = parse_methods(list(methods) if not isinstance(methods, str) else methods)
-        for option, value in (("max_groups", max_groups), ("max_per_group", max_per_group),
-                              ("num_neighbours", num_neighbours)):  # fmt: skip
+        for option, value in (
+            ("max_groups", max_groups),
+            ("max_per_group", max_per_group),
+            ("num_neighbours", num_neighbours),
+        ):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"callbacks.mistakes.{option}={value!r}: use a whole number >= 0")
         self.max_groups, self.max_per_group, self.num_neighbours = max_groups, max_per_group, num_neighbours
@@ -154,9 +157,15 @@ class MistakeGroups(GuardedCollector):
         return self._index
 
     def _report(
-        self, trainer: Trainer, groups: list[MistakeGroup], n_samples: int, n_mistakes: int, n_pairs: int,
-        errors: list[dict[str, str]], seconds: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        trainer: Trainer,
+        groups: list[MistakeGroup],
+        n_samples: int,
+        n_mistakes: int,
+        n_pairs: int,
+        errors: list[dict[str, str]],
+        seconds: float | None = None,
+    ) -> None:
         """mistakes.md, mistakes.json and the W&B table (steps write and wandb)."""
         llm_name = self.llm.get("name") if self.llm is not None else None
         method = primary_method(parse_methods(self.methods))

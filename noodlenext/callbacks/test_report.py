@@ -119,9 +119,17 @@ def save_reliability_png(calibration: dict[str, Any], path: Path) -> None:
         ax.bar(left, accuracy, width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
         gap = [c - a for a, c in zip(accuracy, confidence, strict=True)]
         ax.bar(
-            left, gap, width, bottom=accuracy, align="edge", color="tab:red", alpha=0.3,
-            edgecolor="tab:red", hatch="//", label="gap to confidence",
-        )  # fmt: skip
+            left,
+            gap,
+            width,
+            bottom=accuracy,
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            edgecolor="tab:red",
+            hatch="//",
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
         ax.set(
             xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{name}\nECE {100 * calibration[ece]:.2f}%"

@@ -38,16 +38,27 @@ def explain_images(cfg: DictConfig) -> Path:
     records: list[dict] = []
     try:
         explain_files(
-            model, paths, out, cfg.method, HeatmapSettings.of(cfg.explain), cfg.get("target"),
-            cfg.batch_size, Path(cfg.input).expanduser(), records=records,
-        )  # fmt: skip
+            model,
+            paths,
+            out,
+            cfg.method,
+            HeatmapSettings.of(cfg.explain),
+            cfg.get("target"),
+            cfg.batch_size,
+            Path(cfg.input).expanduser(),
+            records=records,
+        )
     except KeyboardInterrupt:
         write_json_atomic(out / "facts.json", records)
         finished = sum("unfinished" not in r for r in records)
         log.warning(
             "stopped: %d of %d image(s) explained in full, %d cut off before ScoreCAM; what was written and "
-            "facts.json are in %s", finished, len(paths), len(records) - finished, out,
-        )  # fmt: skip
+            "facts.json are in %s",
+            finished,
+            len(paths),
+            len(records) - finished,
+            out,
+        )
         raise SystemExit(130) from None
     write_json_atomic(out / "facts.json", records)
     log.info("explained %d image(s) into %s", len(records), out)

@@ -60,11 +60,14 @@ class HeatmapFacts:
         lead = "Most heat" if share > 0.5 else "The largest share of heat"
         c = self.concentration
         spread = (
-            "highly concentrated" if c >= 0.9
-            else "fairly concentrated" if c >= 0.7
-            else "somewhat spread out" if c >= 0.4
+            "highly concentrated"
+            if c >= 0.9
+            else "fairly concentrated"
+            if c >= 0.7
+            else "somewhat spread out"
+            if c >= 0.4
             else "spread over most of the image"
-        )  # fmt: skip
+        )
         return (
             f"{lead} ({share:.0%}) is in the {top}; the peak is in the {self.peak_region}; "
             f"{self.area_above_half:.0%} of the image is above half the peak; heat is {spread}."

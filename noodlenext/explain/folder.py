@@ -62,9 +62,13 @@ def explain_files(
     slow = [m for m in methods if m == ScoreCAM.name]
     fast = [m for m in methods if m != ScoreCAM.name]
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[left]}"), disable=not show_progress,
-    ) as bar:  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[left]}"),
+        disable=not show_progress,
+    ) as bar:
         images = bar.add_task("images", total=len(paths), left="")
         for start in range(0, len(paths), batch_size):
             chunk, chunk_names = paths[start : start + batch_size], out_names[start : start + batch_size]
@@ -76,8 +80,9 @@ def explain_files(
             targets = [names.index(target)] * len(chunk) if target is not None else preds
             resized = [photo.resize((hp.image_size, hp.image_size)) for photo in photos]
             batch = []
-            for i, maps in enumerate(explain_batch(model, x, targets, fast, settings) if fast else
-                                     [{} for _ in chunk]):  # fmt: skip
+            for i, maps in enumerate(
+                explain_batch(model, x, targets, fast, settings) if fast else [{} for _ in chunk]
+            ):
                 record = {
                     "file": str(chunk[i]),
                     "overlays": _write_overlays(out_dir, chunk_names[i], resized[i], maps),  # relative
@@ -89,8 +94,13 @@ def explain_files(
                     **({"unfinished": slow} if slow else {}),
                 }
                 shown = ", ".join(f"{m} -> {out_dir / o}" for m, o in record["overlays"].items())
-                log.info("%s: %s (%.0f%%)%s", chunk[i], record["predicted"], 100 * record["confidence"],
-                         f"; {shown}" if shown else "")  # fmt: skip
+                log.info(
+                    "%s: %s (%.0f%%)%s",
+                    chunk[i],
+                    record["predicted"],
+                    100 * record["confidence"],
+                    f"; {shown}" if shown else "",
+                )
                 batch.append(record)
             records.extend(batch)
             if slow:
@@ -105,8 +115,9 @@ def explain_files(
                     written = _write_overlays(out_dir, chunk_names[i], resized[i], {ScoreCAM.name: heatmap})
                     # The methods in the order asked for, as before (the first is the record's lead).
                     record["overlays"] = {m: {**record["overlays"], **written}[m] for m in methods}
-                    record["heatmaps"] = {m: {**record["heatmaps"], ScoreCAM.name: _facts(heatmap)}[m]
-                                          for m in methods}  # fmt: skip
+                    record["heatmaps"] = {
+                        m: {**record["heatmaps"], ScoreCAM.name: _facts(heatmap)}[m] for m in methods
+                    }
                     del record["unfinished"]
             bar.update(images, advance=len(chunk))
     return records

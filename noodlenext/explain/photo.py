@@ -222,16 +222,18 @@ class PhotoExplainer:
         start = next(exact)  # the activations' pass: how many channels, and a first estimate
         k = self.settings.preview_top_k
         if (
-            k is not None and self.settings.top_k is None and k * 2 <= start.total
+            k is not None
+            and self.settings.top_k is None
+            and k * 2 <= start.total
             and (start.left_s or 0.0) > self.settings.preview_after_s
-        ):  # fmt: skip
-            approximate = ScoreCAM(self.model, self.settings.target_layer, top_k=k,
-                                   batch_size=self.settings.mask_batch_size)  # fmt: skip
+        ):
+            approximate = ScoreCAM(
+                self.model, self.settings.target_layer, top_k=k, batch_size=self.settings.mask_batch_size
+            )
             for progress in approximate.steps(x, [pred]):
                 if progress.maps is not None:
                     cam = progress.maps[0]
-                    analysis.preview = Preview(Heatmap.of("scorecam", cam), k,
-                                               start.total)  # fmt: skip
+                    analysis.preview = Preview(Heatmap.of("scorecam", cam), k, start.total)
                     analysis.timings["preview"] = time.perf_counter() - started
                 yield Step("preview", analysis, progress)
         yield Step("scorecam", analysis, start)
@@ -240,8 +242,9 @@ class PhotoExplainer:
                 cam = progress.maps[0]
                 exact_map = Heatmap.of("scorecam", cam)
                 # Every method in the order asked for (the evidence lists them so).
-                analysis.heatmaps = {m: exact_map if m == ScoreCAM.name else analysis.heatmaps[m]
-                                     for m in self.methods}  # fmt: skip
+                analysis.heatmaps = {
+                    m: exact_map if m == ScoreCAM.name else analysis.heatmaps[m] for m in self.methods
+                }
                 if analysis.preview is not None:
                     analysis.preview.correlation = map_agreement(analysis.preview.heatmap.cam, exact_map.cam)
                 analysis.timings["scorecam"] = time.perf_counter() - started
@@ -253,9 +256,18 @@ class PhotoExplainer:
             maps: list[np.ndarray] = []
             truth = names.index(true_label) if true_label is not None else None
             (evidence,) = gather_evidence(
-                self.model, x, [analysis.photo], [pred], [truth], [analysis.heatmaps], index=self.index,
-                settings=self.settings, files=[file], class_names=names, contrastive_out=maps,
-            )  # fmt: skip
+                self.model,
+                x,
+                [analysis.photo],
+                [pred],
+                [truth],
+                [analysis.heatmaps],
+                index=self.index,
+                settings=self.settings,
+                files=[file],
+                class_names=names,
+                contrastive_out=maps,
+            )
             analysis.contrastive = maps[0]
             analysis.evidence = _calibrated(evidence, analysis.probabilities, self.model.applied_temperature)
             analysis.timings["evidence"] = time.perf_counter() - started
@@ -268,9 +280,14 @@ class PhotoExplainer:
             raise ValueError("probes need an analysis made with evidence=True")
         method = primary_method(analysis.heatmaps)
         return PhotoProbe(
-            self.model, analysis.inputs, analysis.photo, analysis.evidence, analysis.heatmaps[method].cam,
-            self.settings, self.index,
-        )  # fmt: skip
+            self.model,
+            analysis.inputs,
+            analysis.photo,
+            analysis.evidence,
+            analysis.heatmaps[method].cam,
+            self.settings,
+            self.index,
+        )
 
 
 def _calibrated(evidence: Evidence, probabilities: dict[str, float], temperature: float) -> Evidence:

@@ -119,9 +119,14 @@ def answer_followup(
     call, result = _run(probe, call, question, evidence)
     evidence = evidence.with_finding(result.finding)
     text = session.ask_grounded(
-        followup_prompt(question, evidence, result), evidence, prompt, followup=True,
-        template=finding_answer(evidence, result.finding), finding=result.finding, previous=previous,
-    )  # fmt: skip
+        followup_prompt(question, evidence, result),
+        evidence,
+        prompt,
+        followup=True,
+        template=finding_answer(evidence, result.finding),
+        finding=result.finding,
+        previous=previous,
+    )
     session.metadata["evidence"] = evidence.to_dict()  # a resumed chat is checked against the findings too
     session.metadata.setdefault("followups", []).append({"question": question, "call": call.to_dict()})
     return FollowupAnswer(text, call, result, evidence)

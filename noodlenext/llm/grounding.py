@@ -604,8 +604,10 @@ def _trust_reasons(s: _Sentence, truth: dict[str, set[str]], legacy: bool) -> li
         if (all if every else any)(want in truth[m] for m in known):
             continue
         names = _join([method_name(m) for m in known])
-        out.append(f"{_quote(s.said)} says {'each of ' if every and len(known) > 1 else ''}{names} {what}, "
-                   f"which the trust check does not find")  # fmt: skip
+        out.append(
+            f"{_quote(s.said)} says {'each of ' if every and len(known) > 1 else ''}{names} {what}, "
+            f"which the trust check does not find"
+        )
     return out
 
 
@@ -677,9 +679,17 @@ _BELIEVES = re.compile(
 
 # The claims of an edit of the photo: hiding or keeping the hot region, and the probes that hide parts.
 _EDIT_KINDS = {
-    "hiding", "keeping", "group_hiding", "group_keeping", "why_not_hidden", "change_none", "change_at",
-    "which_part", "which_flip", "mirror",
-}  # fmt: skip
+    "hiding",
+    "keeping",
+    "group_hiding",
+    "group_keeping",
+    "why_not_hidden",
+    "change_none",
+    "change_at",
+    "which_part",
+    "which_flip",
+    "mirror",
+}
 
 
 def _says_nothing(said: SaidSentence, evidence: Evidence) -> bool:
@@ -749,11 +759,16 @@ def check_explanation(
     for said in read:
         s = _Sentence(said, claims, evidence)
         for reason in (
-            _class_in_sentence(s, evidence) + _region_reasons(s) + _number_reasons(s, classes)
-            + _change_reasons(s) + _visual_reasons(s, evidence, looks) + _advice_reasons(s, evidence, claims)
-            + _trust_reasons(s, truth, legacy) + _map_state_reasons(s, claims, legacy)
+            _class_in_sentence(s, evidence)
+            + _region_reasons(s)
+            + _number_reasons(s, classes)
+            + _change_reasons(s)
+            + _visual_reasons(s, evidence, looks)
+            + _advice_reasons(s, evidence, claims)
+            + _trust_reasons(s, truth, legacy)
+            + _map_state_reasons(s, claims, legacy)
             + _no_fix_reasons(s, claims)
-        ):  # fmt: skip
+        ):
             if reason not in reasons:
                 reasons.append(reason)
         caused = _cause_reasons(said)

@@ -272,9 +272,13 @@ class OpenAIBackend(Backend):
         else the reply's text (a model may write the call out), else None."""
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=self._wire(messages), tools=tools, tool_choice="auto",
-                max_tokens=128, temperature=0.0,
-            )  # fmt: skip
+                model=self.model,
+                messages=self._wire(messages),
+                tools=tools,
+                tool_choice="auto",
+                max_tokens=128,
+                temperature=0.0,
+            )
         except openai.OpenAIError as e:
             raise self._error(e) from e
         if not response.choices:

@@ -330,7 +330,7 @@ _MAP_STATE = {
         r"\bno\s+(?:heat\s*map|heatmap|map)s?\b(?:\s+of\s+this\s+(?:photo|image))?\s+(?:is|are)\s+"
         r"available",
         re.I,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -504,13 +504,13 @@ _COUNT_PATTERNS = [
         r"\b(?P<both>both)\s+(?:of\s+)?(?:the\s+|its\s+|their\s+)?(?:two\s+)?(?:\w+\s+){0,3}?"
         r"(?:photos|images|pictures|neighbou?rs|examples|of\s+them)\b",
         re.I,
-    ),  # fmt: skip
+    ),
     re.compile(
         r"\b(?P<most>most(?=\s+of\b|\s+(?:nearest|training|neighbouring|neighboring)\b)"
         r"(?!\s+of\s+(?:the\s+|its\s+|their\s+|[\w-]+'s\s+)?(?:heat|evidence|attention|weight|signal|it)\b)|"
         r"the\s+majority|a\s+majority)\b",
         re.I,
-    ),  # fmt: skip
+    ),
     re.compile(
         rf"\b(?P<n>{_NUM})\s+(?:of\s+(?:its|the|their)\s+)?(?:(?:nearest|closest|most\s+similar|similar|"
         r"neighbouring|neighboring|training|examined|test)\s+)*(?:photos?|images?|pictures?|neighbou?rs?|"

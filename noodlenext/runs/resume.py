@@ -256,8 +256,10 @@ def _choose(
     if skipped:
         log.warning(
             "resume=auto: none of the %d last.ckpt under %s can be continued by this run; starting a new "
-            "run (ckpt_path=<file> continues one anyway)", skipped, here.parent,
-        )  # fmt: skip
+            "run (ckpt_path=<file> continues one anyway)",
+            skipped,
+            here.parent,
+        )
     return None, None
 
 
