@@ -56,8 +56,10 @@ def _true_label(given: str | None, image: Path, names: list[str]) -> str | None:
     return folder if folder in names else None
 
 
-def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO = sys.stdout) -> ChatSession:
-    """Explain (or resume), then answer `questions` (default: cfg.chat.questions, else stdin lines)."""
+def chat(cfg: DictConfig, questions: Iterable[str] | None = None, out: TextIO | None = None) -> ChatSession:
+    """Explain (or resume), then answer `questions` (default: cfg.chat.questions, else stdin lines); the
+    conversation is written to `out` (default: sys.stdout as it is when called)."""
+    out = out if out is not None else sys.stdout
     output_dir = Path(cfg.paths.output_dir)
     transcript = Path(cfg.chat.transcript) if cfg.chat.get("transcript") else output_dir / "chat.json"
     guard_file(transcript, "chat.transcript", SAVED_HEAD)  # before the analysis: never a user's own file

@@ -36,6 +36,7 @@ def smollm2() -> Iterator[GGUFBackend]:
     backend.close()
 
 
+@pytest.mark.slow
 def test_each_turn_sends_the_whole_conversation(smollm2: GGUFBackend) -> None:
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24)
     first = session.ask("Name one kind of Japanese noodle.")
@@ -47,6 +48,7 @@ def test_each_turn_sends_the_whole_conversation(smollm2: GGUFBackend) -> None:
     assert smollm2.count_tokens(session.prompt()) > before
 
 
+@pytest.mark.slow
 def test_streaming_records_the_same_answer_it_yields(smollm2: GGUFBackend) -> None:
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=24)
     pieces = list(session.ask_stream("What is udon made of?"))
@@ -61,6 +63,7 @@ def fresh(backend: GGUFBackend) -> GGUFBackend:
     return backend
 
 
+@pytest.mark.slow
 def test_streaming_yields_whole_sentences_only(smollm2: GGUFBackend) -> None:
     """The token limit strikes mid-sentence; the reader never sees that tail, and neither does the record."""
     question = "Describe ramen, udon and spaghetti, two sentences each."
@@ -86,6 +89,7 @@ def test_streaming_yields_whole_sentences_only(smollm2: GGUFBackend) -> None:
     assert session.ask(question) == answer  # ask cuts the same way
 
 
+@pytest.mark.slow
 def test_a_failed_or_abandoned_answer_leaves_the_chat_usable(smollm2: GGUFBackend) -> None:
     """A stream dropped after its first sentence keeps that sentence, marked, and lets go of the model; a
     question over the context window is refused and leaves no trace (not even the follow-up it dropped to
@@ -111,6 +115,7 @@ def test_a_failed_or_abandoned_answer_leaves_the_chat_usable(smollm2: GGUFBacken
     assert [m["role"] for m in session.messages] == ["system"] + ["user", "assistant"] * 3
 
 
+@pytest.mark.slow
 def test_an_open_stream_is_settled_when_the_next_question_starts(smollm2: GGUFBackend) -> None:
     """A reader that neither finishes nor closes its stream (it keeps a reference) before asking again:
     the new question closes the old stream first, whose given sentence stays, marked."""
@@ -123,6 +128,7 @@ def test_an_open_stream_is_settled_when_the_next_question_starts(smollm2: GGUFBa
     assert session.messages[4]["content"] == answer and list(stream) == []  # the old stream is over
 
 
+@pytest.mark.slow
 def test_repetition_settings_come_from_the_llm_config_and_reach_generation(
     smollm2: GGUFBackend, tmp_path: Path
 ) -> None:
@@ -153,6 +159,7 @@ def test_repetition_settings_come_from_the_llm_config_and_reach_generation(
     assert ChatSession.load(tmp_path / "old.json", smollm2).options["repetition_penalty"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_full_context_drops_the_oldest_follow_ups_with_a_note(smollm2: GGUFBackend) -> None:
     budget, answer = 260, 24
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=answer, max_context_tokens=budget)
@@ -168,6 +175,7 @@ def test_a_full_context_drops_the_oldest_follow_ups_with_a_note(smollm2: GGUFBac
     assert note.startswith(f"({session.dropped} earlier message(s)") and session.messages[3]["role"] == "user"
 
 
+@pytest.mark.slow
 def test_a_prompt_that_can_never_fit_is_a_clear_error(smollm2: GGUFBackend) -> None:
     huge = {"role": "system", "content": "noodles " * 400}
     session = ChatSession(smollm2, [huge], max_new_tokens=64, max_context_tokens=200)
@@ -176,6 +184,7 @@ def test_a_prompt_that_can_never_fit_is_a_clear_error(smollm2: GGUFBackend) -> N
     assert session.transcript == [huge]  # the failed question is not recorded
 
 
+@pytest.mark.slow
 def test_no_room_for_a_retry_gives_the_template(smollm2: GGUFBackend) -> None:
     """The question fills the context: a rejected draft cannot be retried (neither after the draft nor
     folded into the question), so the template answers rather than the model failing past its context."""
@@ -193,6 +202,7 @@ def test_no_room_for_a_retry_gives_the_template(smollm2: GGUFBackend) -> None:
     assert session.messages[-1]["content"] == result.text
 
 
+@pytest.mark.slow
 def test_save_and_load_continue_the_same_conversation(smollm2: GGUFBackend, tmp_path: Path) -> None:
     session = ChatSession(smollm2, [SYSTEM], max_new_tokens=16, max_context_tokens=900)
     session.metadata = {"image": "bowl.jpg"}
@@ -205,6 +215,7 @@ def test_save_and_load_continue_the_same_conversation(smollm2: GGUFBackend, tmp_
     assert len(loaded.messages) == 5 and json.loads(path.read_text())["messages"] == session.messages
 
 
+@pytest.mark.slow
 def test_loading_something_else_names_the_file(smollm2: GGUFBackend, tmp_path: Path) -> None:
     path = tmp_path / "metrics.json"
     path.write_text('{"test/acc": 0.9}')

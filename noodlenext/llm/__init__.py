@@ -12,6 +12,7 @@ _EXPORTS = {
     "ChatSession": "noodlenext.llm.session",
     "evidence_session": "noodlenext.llm.session",
     "check_explanation": "noodlenext.llm.grounding",
+    "Deadline": "noodlenext.llm.deadline",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
