@@ -740,6 +740,12 @@ def test_what_is_said_of_a_map_against_a_random_one_must_be_what_the_trust_check
     assert "says each of" in reason and "beats a random map, which the trust check does not find" in reason
     (reason,) = reasons(f"{GOOD} Neither map beats a random map [{m}].", two)
     assert "does no better than a random map" in reason
+    # A random map is only the trust check's yardstick: SmolLM2's answer that passed the gate once.
+    salad = "The scorecam maps are based on a random map that has been modified to include heat [2]."
+    assert (
+        "speaks of a random map without saying whether a map beats it" in reasons(f"{GOOD} {salad}", poor)[0]
+    )
+    assert reasons(f"{GOOD} These highlights are no more reliable than random ones here [{n}].", poor) == []
     no_check = evidence(trust={})
     assert "which no evidence line gives" in reasons(f"{GOOD} The map beats a random map.", no_check)[0]
 

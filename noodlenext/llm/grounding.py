@@ -564,6 +564,9 @@ def _advice_reasons(s: _Sentence, evidence: Evidence, claims: list[Claim]) -> li
 
 # ------------------------------------------------------------------------------------------ trust
 _VERDICTS = ("informative", "uninformative", "half")
+# A random map enters an answer only as the trust check's yardstick ("beats a random map", "no better than
+# chance"); "the maps are based on a random map" (SmolLM2) is no such statement.
+_RANDOM_MAP = re.compile(r"\b(?:random|chance)\b", re.I)
 
 
 def _map_trust(claims: list[Claim]) -> dict[str, set[str]]:
@@ -589,6 +592,8 @@ def _trust_reasons(s: _Sentence, truth: dict[str, set[str]], legacy: bool) -> li
     out = []
     for said in s.said.of("trust"):
         verdict, named, every = said.value
+        if verdict == "counted":
+            continue
         want = "uninformative" if verdict == "random" else "informative"
         numbers, linked = s.at(said)
         cited = {c.map for c in linked if c.map in truth} | {
@@ -771,6 +776,11 @@ def check_explanation(
         ):
             if reason not in reasons:
                 reasons.append(reason)
+        if _RANDOM_MAP.search(said.plain) and not said.of("trust"):
+            reasons.append(
+                f"{_quote(said)} speaks of a random map without saying whether a map beats it, as the trust "
+                "check does"
+            )
         caused = _cause_reasons(said)
         reasons += [r for r in caused if r not in reasons]
         if not caused and not followup and said.advice is None and _says_nothing(said, evidence):

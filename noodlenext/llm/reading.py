@@ -306,6 +306,8 @@ _NOT_BEATS = re.compile(
     rf"(?:\w+\s+)?beat\w*\s+{_RANDOM}|"
     rf"\b(?:neither|none|no)\b(?:[^.;,]*?)\b(?:beat\w*|(?:do\w*|did|is|are|was|were)\s+better\s+than)\s+"
     rf"{_RANDOM}|"
+    rf"\b(?:no|not|n't|hardly)\s+(?:any\s+)?more\s+(?:reliable|informative|useful|trustworthy|telling)\s+than\s+"
+    rf"{_RANDOM}|"
     rf"\buninformative\b|\b(?:worse\s+than|(?:as\s+good\s+as|on\s+par\s+with|no\s+more\s+than|"
     rf"at|like)\s+){_RANDOM}",
     re.I,
@@ -360,8 +362,9 @@ def _map_state(text: str) -> list[Said]:
 
 def _trust(text: str, maps: list[Said]) -> list[Said]:
     """What the sentence says of maps against a random map: Said("trust", value=(verdict, maps, every)),
-    verdict "random" or "beats"; maps: the maps its clause names (empty: the ones it cites); every: the
-    verdict is said of each of them ("both maps", "neither", "the maps") rather than of one."""
+    verdict "random", "beats" or "counted" (in how many photos of a group: a count, checked as one); maps:
+    the maps its clause names (empty: the ones it cites); every: the verdict is said of each of them ("both
+    maps", "neither", "the maps") rather than of one."""
     out, taken = [], [False] * len(text)
     for verdict, pattern in (("random", _NOT_BEATS), ("beats", _BEATS)):
         for m in pattern.finditer(text):
@@ -371,10 +374,10 @@ def _trust(text: str, maps: list[Said]) -> list[Said]:
             before, after = clause_span(text, m.start())
             named = sorted({s.value for s in maps if before <= s.start < after and s.value != "contrastive"})
             clause = text[before:after]
-            if _COUNTED.match(text, m.end(), after):
-                continue  # "beats a random map in 2 of 5": a count, checked as one
+            # "beats a random map in 2 of 5": a count, checked as one
+            said = "counted" if _COUNTED.match(text, m.end(), after) else verdict
             every = len(named) > 1 or bool(_ALL_MAPS.search(clause) and not _ONE_OF.search(clause))
-            out.append(Said("trust", m.group(0), m.start(), m.end(), (verdict, tuple(named), every)))
+            out.append(Said("trust", m.group(0), m.start(), m.end(), (said, tuple(named), every)))
     return out
 
 
