@@ -37,6 +37,12 @@ from suite_rules import (  # noqa: E402, F401  the suite's rules (docs/testing.m
 
 from noodlenext.core.config import CONFIG_DIR  # noqa: E402
 
+# Under pytest-xdist (`-n 2`, the quick subset's command) each worker gets its share of the cores: two
+# workers with a torch thread per core each would fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite never reaches for a hub
