@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from noodlenext.callbacks.test_report import TestReport, per_class_scores, results_table, top_confusions
 from noodlenext.explain.folder import explain_files
+from noodlenext.explain.gather import gather_evidence
+from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.photo import PhotoExplainer
 from noodlenext.models.calibration import (
     TEMPERATURE_BOUNDS,
@@ -220,3 +222,29 @@ def test_the_photo_explainer_and_explain_report_the_calibrated_probabilities(tmp
     photo.save(tmp_path / "photo.png")
     (record,) = explain_files(load_classifier(ckpt), [tmp_path / "photo.png"], tmp_path / "out", "scorecam")
     assert record["probabilities"] == pytest.approx(calibrated, abs=1e-5)
+
+
+def test_the_training_callbacks_evidence_states_the_calibrated_probabilities() -> None:
+    """gather_evidence, as the heatmap gallery, the LLM explanations and the mistake groups call it on the
+    trained module: the photo's probabilities and its counterfactuals' on the model's calibrated scale,
+    the numbers predictions.csv and the gallery's titles give (a quickstart once said 61% where they
+    said 83%)."""
+    torch.manual_seed(0)
+    model = NoodleClassifier("convnext_atto", 3, NAMES, image_size=32, pretrained=False).eval()
+    with torch.no_grad():
+        model.net.head.fc.weight.mul_(3)  # logits far enough apart that T = 3 visibly softens them
+    model.temperature = 3.0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+    pred = logits.argmax(1).tolist()
+    photos = [Image.fromarray(np.zeros((32, 32, 3), np.uint8))] * 2
+    heatmaps = explain_batch(model, x, pred, "gradcam")
+    for calibration, expected in (("temperature", (logits / 3).softmax(1)), ("none", logits.softmax(1))):
+        model.use(calibration=calibration)
+        for e, p in zip(gather_evidence(model, x, photos, pred, None, heatmaps), expected, strict=True):
+            assert list(e.probabilities.values()) == pytest.approx(p.tolist(), abs=1e-5)
+            cf = e.counterfactual
+            assert cf.original == pytest.approx(e.probabilities, abs=1e-5)
+            assert cf.drop == pytest.approx(cf.original[cf.predicted] - cf.hidden[cf.predicted])
+    assert max((logits / 3).softmax(1).max(1).values - logits.softmax(1).max(1).values) < -0.01

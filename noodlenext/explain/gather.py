@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -12,16 +13,33 @@ from torch import Tensor, nn
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
 from noodlenext.explain.counterfactuals import contrastive_maps, counterfactuals, map_agreement, trust_check
-from noodlenext.explain.evidence import Evidence, primary_method
+from noodlenext.explain.evidence import Counterfactual, Evidence, primary_method
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.heatmaps import Heatmap
 from noodlenext.explain.layers import unwrap
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.models.calibration import rescale_probabilities
 
 
 def _ints(values: Sequence[int] | Tensor) -> list[int]:
     return [int(v) for v in torch.as_tensor(values).reshape(-1).tolist()]
+
+
+def _on_scale(cf: Counterfactual, temperature: float) -> Counterfactual:
+    """The counterfactual's probabilities (the network's plain softmax) at the model's temperature."""
+    if temperature == 1.0:
+        return cf
+
+    def scale(d: dict[str, float]) -> dict[str, float]:
+        return dict(
+            zip(d, rescale_probabilities(torch.tensor(list(d.values())), temperature).tolist(), strict=True)
+        )
+
+    original, hidden, kept = scale(cf.original), scale(cf.hidden), scale(cf.kept)
+    return replace(
+        cf, original=original, hidden=hidden, kept=kept, drop=original[cf.predicted] - hidden[cf.predicted]
+    )
 
 
 def gather_evidence(
@@ -52,7 +70,8 @@ def gather_evidence(
     prediction is wrong, else the runner-up; counterfactuals and appearance use the ScoreCAM map (or the
     first method given); every method's map gets a trust check (seeded random map); ScoreCAM/GradCAM
     agreement when both are given. contrastive_out: a list that receives each image's contrastive map
-    (H, W) in [0, 1], for overlays.
+    (H, W) in [0, 1], for overlays. Probabilities (the photo's and its counterfactuals') are on the
+    model's scale: calibrated by a NoodleClassifier's temperature when it applies one.
     """
     names = list(class_names if class_names is not None else getattr(model, "class_names", []) or [])
     if not names:
@@ -80,7 +99,11 @@ def gather_evidence(
     with eval_mode(net), torch.inference_mode():
         param = next(net.parameters(), None)
         device = param.device if param is not None else images.device
-        probs = net(images.to(device)).float().softmax(-1).cpu().numpy().astype(np.float64)
+        logits = net(images.to(device)).float()
+    # On the model's own scale: a NoodleClassifier's calibrated probabilities (softmax(logits / T) with
+    # calibration=temperature), as its test step, predictions.csv and the heatmap gallery report them.
+    temperature = float(getattr(model, "applied_temperature", 1.0))
+    probs = (logits / temperature).softmax(-1).cpu().numpy().astype(np.float64)
     if probs.shape[1] != len(names):
         raise ValueError(f"{len(names)} class names for a model with {probs.shape[1]} classes")
 
@@ -100,7 +123,7 @@ def gather_evidence(
     contrastive = contrastive_maps(model, images, pred, contrast, settings)
     if contrastive_out is not None:
         contrastive_out.extend(m.numpy() for m in contrastive)
-    effects = counterfactuals(net, images, cams[primary], pred, names)
+    effects = [_on_scale(e, temperature) for e in counterfactuals(net, images, cams[primary], pred, names)]
     layer = HeatmapSettings.of(settings).target_layer
     trust = trust_check(model, images, cams, pred, seed=seed, target_layer=layer)
     neighbours = index.nearest(images, k=k, files=files) if index is not None else [[] for _ in range(b)]

@@ -31,7 +31,6 @@ from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.registry import parse_methods
 from noodlenext.explain.scorecam import CAMProgress, ScoreCAM
 from noodlenext.explain.settings import HeatmapSettings
-from noodlenext.models.calibration import rescale_probabilities
 from noodlenext.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
@@ -269,7 +268,8 @@ class PhotoExplainer:
                 contrastive_out=maps,
             )
             analysis.contrastive = maps[0]
-            analysis.evidence = _calibrated(evidence, analysis.probabilities, self.model.applied_temperature)
+            # gather_evidence's probabilities are one view's; the analysis's may average TTA's views.
+            analysis.evidence = replace(evidence, probabilities=dict(analysis.probabilities))
             analysis.timings["evidence"] = time.perf_counter() - started
         analysis.timings["done"] = time.perf_counter() - started
         yield Step("done", analysis)
@@ -288,23 +288,6 @@ class PhotoExplainer:
             self.settings,
             self.index,
         )
-
-
-def _calibrated(evidence: Evidence, probabilities: dict[str, float], temperature: float) -> Evidence:
-    """The evidence with the photo's calibrated probabilities and its counterfactuals' rescaled by the
-    same temperature (gather_evidence reports the raw softmax), so every number a reader or an LLM is
-    shown comes from one set of probabilities."""
-    cf = evidence.counterfactual
-    if temperature != 1.0 and cf is not None:
-
-        def scale(d: dict[str, float]) -> dict[str, float]:
-            values = rescale_probabilities(torch.tensor(list(d.values())), temperature)
-            return dict(zip(d, values.tolist(), strict=True))
-
-        original, hidden, kept = scale(cf.original), scale(cf.hidden), scale(cf.kept)
-        drop = original[cf.predicted] - hidden[cf.predicted]
-        cf = replace(cf, original=original, hidden=hidden, kept=kept, drop=drop)
-    return replace(evidence, probabilities=dict(probabilities), counterfactual=cf)
 
 
 def _run_feature_index(ckpt_path: Path, model: torch.nn.Module) -> FeatureIndex | None:
