@@ -351,7 +351,7 @@ class Evidence:
                 verdict=verdict,
                 fields={"method": method, "empty": True, "uninformative": untrusted},
             )
-        top, share = _top_region(f)
+        top, share = f.largest_share()
         look = self.appearance.hot if self.appearance is not None and method == self.primary else None
         regions = map_regions(f)
         # Every other region holding at least HOT_SHARE of the heat is named with its share: the line
@@ -540,12 +540,12 @@ def map_regions(facts: HeatmapFacts) -> tuple[str, ...]:
     if facts.area_above_half == 0.0:
         return ()
     hot = {r for r, share in facts.region_shares.items() if share >= HOT_SHARE}
-    hot |= {facts.peak_region, _top_region(facts)[0]}
+    hot |= {facts.peak_region, facts.largest_share()[0]}
     return tuple(sorted(hot, key=lambda r: -facts.region_shares.get(r, 0.0)))
 
 
 def _contrastive_claim(c: HeatmapFacts, predicted: str, other: str) -> Claim:
-    top, share = _top_region(c)
+    top, share = c.largest_share()
     return Claim(
         "contrastive",
         (predicted, other),
@@ -556,10 +556,6 @@ def _contrastive_claim(c: HeatmapFacts, predicted: str, other: str) -> Claim:
         quantities=(percent(share, f"share:{top}"),),
         fields={"predicted": predicted, "other": other, "peak": c.peak_region, "top": top, "share": share},
     )
-
-
-def _top_region(facts: HeatmapFacts) -> tuple[str, float]:
-    return max(facts.region_shares.items(), key=lambda kv: kv[1])  # first maximum on ties
 
 
 def look_licence(look: RegionLook) -> list[str]:

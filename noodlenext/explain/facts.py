@@ -52,11 +52,15 @@ class HeatmapFacts:
             concentration=float(d["concentration"]),
         )
 
+    def largest_share(self) -> tuple[str, float]:
+        """The region holding the largest share of the heat, and that share (the first region on ties)."""
+        return max(self.region_shares.items(), key=lambda kv: kv[1])
+
     def describe(self) -> str:
         """One or two plain English sentences."""
         if self.area_above_half == 0.0:  # only an all-zero map has no pixel above half its peak
             return "The heatmap is empty: no part of the image stands out."
-        top, share = max(self.region_shares.items(), key=lambda kv: kv[1])  # first max on ties
+        top, share = self.largest_share()
         lead = "Most heat" if share > 0.5 else "The largest share of heat"
         c = self.concentration
         spread = (

@@ -229,7 +229,7 @@ class PhotoProbe:
                 )
             )
             return ProbeResult(Finding("why_not", {"other": other}, claims, {"facts": facts.to_dict()}))
-        top, share = max(facts.region_shares.items(), key=lambda kv: kv[1])
+        top, share = facts.largest_share()
         claims.append(
             Claim(
                 "why_not_where",
@@ -419,7 +419,7 @@ class PhotoProbe:
                 )
         facts = self.evidence.facts.get(self.evidence.primary) if self.evidence.facts else None
         if facts is not None and facts.area_above_half > 0:
-            top, share = max(facts.region_shares.items(), key=lambda kv: kv[1])
+            top, share = facts.largest_share()
             same = bool(regions) and top == regions[0]
             claims.append(
                 Claim(
