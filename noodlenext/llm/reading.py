@@ -621,35 +621,18 @@ def _numbers(text: str, names: Sequence[str], taken: list[bool]) -> list[Said]:
             take(m)
             counted = Counted(counted.n, counted.of, label, counted.majority)
             out.append(Said("count", m.group(0), m.start(), m.end(), counted))
-    if alternation:  # "3 are spaghetti and 2 are udon"
+    if alternation:
         verb = r"(?:of\s+them\s+)?(?:are|were|is|was)\s+(?:labell?ed\s+|all\s+|also\s+)?"
-        for m in re.finditer(rf"\b(?P<n>{_NUM})\s+{verb}(?P<c>{alternation})", text, re.I):
-            if free(m) and not _DETERMINED.search(text, 0, m.start()):
-                take(m)
-                cls = canonical_class(m.group("c"), names)
-                out.append(
-                    Said(
-                        "count",
-                        m.group(0),
-                        m.start(),
-                        m.end(),
-                        Counted(int(number_value(m.group("n"))), None, cls),
-                    )
-                )
-    if alternation:  # "3 of 5 are udon, 1 ramen": a number right before a class is a count of it
-        for m in re.finditer(rf"\b(?P<n>{_NUM})\s+(?P<c>{alternation})", text, re.I):
-            if free(m) and not _DETERMINED.search(text, 0, m.start()):
-                take(m)
-                cls = canonical_class(m.group("c"), names)
-                out.append(
-                    Said(
-                        "count",
-                        m.group(0),
-                        m.start(),
-                        m.end(),
-                        Counted(int(number_value(m.group("n"))), None, cls),
-                    )
-                )
+        for pattern in (
+            rf"\b(?P<n>{_NUM})\s+{verb}(?P<c>{alternation})",  # "3 are spaghetti and 2 are udon"
+            rf"\b(?P<n>{_NUM})\s+(?P<c>{alternation})",  # "3 of 5 are udon, 1 ramen": a count of the class
+        ):
+            for m in re.finditer(pattern, text, re.I):
+                if free(m) and not _DETERMINED.search(text, 0, m.start()):
+                    take(m)
+                    cls = canonical_class(m.group("c"), names)
+                    counted = Counted(int(number_value(m.group("n"))), None, cls)
+                    out.append(Said("count", m.group(0), m.start(), m.end(), counted))
     return out
 
 
