@@ -220,10 +220,22 @@ class NoodleApp:
         try:
             photo = open_photo(path, self.max_pixels, self.explainer.image_size)
         except ValueError as err:  # clear the page; the session state (and its conversation) stays
-            yield {ui.status: f"⚠ {err}", ui.probabilities: None, ui.photo: None, ui.scorecam: None,
-                   ui.gradcam: None, ui.contrastive: None, ui.facts: "", ui.evidence: "", ui.neighbours: [],
-                   ui.explanation: "", ui.chat: [], ui.overlay_file: None, ui.transcript_file: None,
-                   ui.progress: ""}  # fmt: skip
+            yield {
+                ui.status: f"⚠ {err}",
+                ui.probabilities: None,
+                ui.photo: None,
+                ui.scorecam: None,
+                ui.gradcam: None,
+                ui.contrastive: None,
+                ui.facts: "",
+                ui.evidence: "",
+                ui.neighbours: [],
+                ui.explanation: "",
+                ui.chat: [],
+                ui.overlay_file: None,
+                ui.transcript_file: None,
+                ui.progress: "",
+            }
             return
         forget(state)  # the photo this session analysed before: its folder goes
         name = Path(path).name
@@ -287,9 +299,13 @@ class NoodleApp:
         if problem is not None and len(session.transcript) < 3:  # no first answer: nothing to follow up
             state.session, state.failed = None, problem
         transcript = session.save(folder / "chat.json")
-        yield {ui.explanation: shown_text, ui.chat: self._history(state) if state.session else [],
-               ui.transcript_file: str(transcript), ui.state: state,
-               ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
+        yield {
+            ui.explanation: shown_text,
+            ui.chat: self._history(state) if state.session else [],
+            ui.transcript_file: str(transcript),
+            ui.state: state,
+            ui.status: status if problem is None else f"{status} ⚠ {problem}",
+        }
 
     def stop(self, state: SessionState | None) -> Updates:
         """The Stop button (and a new photo): the session's running analysis ends after its current mask
@@ -297,8 +313,11 @@ class NoodleApp:
         if state is None or state.stop.is_set() or state.analysis is not None:
             return {}
         state.stop.set()
-        return {self.ui.progress: _progress_html("stopping after the current batch of masked images…", None,
-                                                 bar=False)}  # fmt: skip
+        return {
+            self.ui.progress: _progress_html(
+                "stopping after the current batch of masked images…", None, bar=False
+            )
+        }
 
     def _step_shown(self, step: Step, name: str, alpha: float, state: SessionState) -> Updates:
         """What the page shows at one step of the analysis: the first look, ScoreCAM's progress (and its
@@ -307,12 +326,23 @@ class NoodleApp:
         state.status = status = f"{name}: {a.predicted} ({a.confidence:.0%})"
         state.partial = a
         if step.stage == "first look":
-            return {ui.status: status, ui.probabilities: a.probabilities, ui.photo: _displayed(a.photo),
-                    **self._overlays(a, alpha), ui.facts: _facts_text(a), ui.evidence: "",
-                    ui.neighbours: [], ui.chat: [], ui.overlay_file: None, ui.transcript_file: None,
-                    ui.test: "", ui.test_image: None,
-                    ui.explanation: "(the explanation follows ScoreCAM and the model's tests)",
-                    ui.progress: _progress_html(step.describe(), 0.0), ui.state: state}  # fmt: skip
+            return {
+                ui.status: status,
+                ui.probabilities: a.probabilities,
+                ui.photo: _displayed(a.photo),
+                **self._overlays(a, alpha),
+                ui.facts: _facts_text(a),
+                ui.evidence: "",
+                ui.neighbours: [],
+                ui.chat: [],
+                ui.overlay_file: None,
+                ui.transcript_file: None,
+                ui.test: "",
+                ui.test_image: None,
+                ui.explanation: "(the explanation follows ScoreCAM and the model's tests)",
+                ui.progress: _progress_html(step.describe(), 0.0),
+                ui.state: state,
+            }
         shown: Updates = {ui.progress: _progress_html(_progress_line(step), _fraction(step))}
         done = step.progress is not None and step.progress.maps is not None
         if done and step.stage == "preview":
@@ -328,11 +358,16 @@ class NoodleApp:
         where = STAGE_WORDS.get(step.stage, step.stage)
         state.stopped = True
         state.status = status = f"{name}: {a.predicted} ({a.confidence:.0%}) · stopped during {where}"
-        why = ("stopped: the explanation and the chat need the exact ScoreCAM map and the model's tests; "
-               "upload the photo again to run them")  # fmt: skip
-        return {ui.status: status, ui.explanation: f"({why})",
-                ui.progress: _progress_html(f"{why}. {_timings_line(a)}", None, bar=False),
-                ui.state: state}  # fmt: skip
+        why = (
+            "stopped: the explanation and the chat need the exact ScoreCAM map and the model's tests; "
+            "upload the photo again to run them"
+        )
+        return {
+            ui.status: status,
+            ui.explanation: f"({why})",
+            ui.progress: _progress_html(f"{why}. {_timings_line(a)}", None, bar=False),
+            ui.state: state,
+        }
 
     def ask(self, question: str, state: SessionState | None) -> Iterator[Updates]:
         """A follow-up about the same photo, checked against the evidence, into the chat; clears the
@@ -341,18 +376,27 @@ class NoodleApp:
         session = state.session if state is not None else None
         if session is None:
             why = state.failed if state is not None else None
-            message = f"⚠ {why}: upload the photo again to retry" if why else (
-                "⚠ upload a photo first (and choose an llm) to ask about it")  # fmt: skip
+            message = (
+                f"⚠ {why}: upload the photo again to retry"
+                if why
+                else ("⚠ upload a photo first (and choose an llm) to ask about it")
+            )
             if state is not None and state.partial is not None and state.analysis is None:  # stopped/running
                 message = f"{state.status} ⚠ " + (
-                    "the analysis was stopped: upload the photo again to ask about it" if state.stopped
-                    else "the analysis is still running: ask once it is done")  # fmt: skip
+                    "the analysis was stopped: upload the photo again to ask about it"
+                    if state.stopped
+                    else "the analysis is still running: ask once it is done"
+                )
             yield {ui.chat: [], ui.transcript_file: None, ui.status: message}
             return
         status = state.status
         if not question.strip():
-            yield {ui.chat: self._history(state), ui.question: "", ui.transcript_file: None,
-                   ui.status: status}  # fmt: skip
+            yield {
+                ui.chat: self._history(state),
+                ui.question: "",
+                ui.transcript_file: None,
+                ui.status: status,
+            }
             return
         too_long = self._too_long(question)
         if too_long:  # the validator stops it before the queue; an API call may not have run it
@@ -374,9 +418,14 @@ class NoodleApp:
             chat.append({"role": "assistant", "content": shown_text})
         test, picture = _test_shown(state.test)
         state.test = None
-        yield {ui.chat: chat, ui.question: "", ui.transcript_file: str(transcript), ui.test: test,
-               ui.test_image: picture,
-               ui.status: status if problem is None else f"{status} ⚠ {problem}"}  # fmt: skip
+        yield {
+            ui.chat: chat,
+            ui.question: "",
+            ui.transcript_file: str(transcript),
+            ui.test: test,
+            ui.test_image: picture,
+            ui.status: status if problem is None else f"{status} ⚠ {problem}",
+        }
 
     def check_question(self, question: str, state: SessionState | None) -> list[dict[str, Any]]:
         """Gradio's validator of `ask` (run before the event queues): a question over
@@ -390,8 +439,10 @@ class NoodleApp:
         limit = self.limits.max_question_chars
         if len(question) <= limit:
             return None
-        return (f"the question has {len(question):,} characters, more than the {limit:,} allowed "
-                "(app.max_question_chars): shorten it")  # fmt: skip
+        return (
+            f"the question has {len(question):,} characters, more than the {limit:,} allowed "
+            "(app.max_question_chars): shorten it"
+        )
 
     def _answer(
         self, state: SessionState, question: str | list[dict[str, Any]], first: bool = False
@@ -424,8 +475,10 @@ class NoodleApp:
         problem = None
         if clock.stopped:
             seconds = self.limits.generation_timeout_s
-            problem = (f"the language model ran past the {seconds:g} s limit (app.generation_timeout_s) "
-                       "and was stopped")  # fmt: skip
+            problem = (
+                f"the language model ran past the {seconds:g} s limit (app.generation_timeout_s) "
+                "and was stopped"
+            )
             if result.source == "template":
                 shown = f"{result.text}\n\n(from the evidence template: {problem})"
             else:
@@ -447,10 +500,15 @@ class NoodleApp:
     def _overlays(self, analysis: PhotoAnalysis, alpha: float) -> Updates:
         """Every overlay box: a map over the photo at opacity `alpha`, None for a map that is missing
         (while ScoreCAM runs its box shows the preview, when there is one)."""
-        maps = {"scorecam": "scorecam" if "scorecam" in analysis.heatmaps else
-                            "preview" if analysis.preview is not None else None,
-                "gradcam": "gradcam" if "gradcam" in analysis.heatmaps else None,
-                "contrastive": "contrastive" if analysis.contrastive is not None else None}  # fmt: skip
+        maps = {
+            "scorecam": "scorecam"
+            if "scorecam" in analysis.heatmaps
+            else "preview"
+            if analysis.preview is not None
+            else None,
+            "gradcam": "gradcam" if "gradcam" in analysis.heatmaps else None,
+            "contrastive": "contrastive" if analysis.contrastive is not None else None,
+        }
         boxes = {"scorecam": self.ui.scorecam, "gradcam": self.ui.gradcam, "contrastive": self.ui.contrastive}
         return {
             box: _displayed(analysis.overlay(maps[m], alpha)) if maps[m] else None for m, box in boxes.items()
@@ -498,8 +556,10 @@ class NoodleApp:
                 with gr.Column(scale=2):
                     evidence = gr.Textbox(
                         label="Evidence: what the model's own tests show (the explanation cites these lines)",
-                        interactive=False, lines=10, elem_id="evidence",
-                    )  # fmt: skip
+                        interactive=False,
+                        lines=10,
+                        elem_id="evidence",
+                    )
             # Each map at least 320 px: a heatmap too small to see explains nothing.
             big = {"interactive": False, "height": 320, "min_width": 320}
             with gr.Row():
@@ -512,9 +572,11 @@ class NoodleApp:
             alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="alpha")
             facts = gr.Textbox(label="Heatmap facts", interactive=False, lines=2, elem_id="facts")
             neighbours = gr.Gallery(
-                label="Nearest training photos (the classifier's feature space)", columns=5, height=200,
+                label="Nearest training photos (the classifier's feature space)",
+                columns=5,
+                height=200,
                 elem_id="neighbours",
-            )  # fmt: skip
+            )
             explanation = gr.Textbox(label="Explanation", interactive=False, lines=4, elem_id="explanation")
             with gr.Row():
                 chat = gr.Chatbot(label="Conversation", elem_id="chat", scale=2)
@@ -532,17 +594,45 @@ class NoodleApp:
                 transcript_file = gr.DownloadButton("Download transcript", elem_id="download-transcript")
 
             self.ui = ui = PageComponents(
-                state=state, status=status, probabilities=probabilities, photo=photo, scorecam=scorecam,
-                gradcam=gradcam, contrastive=contrastive, facts=facts, evidence=evidence,
-                neighbours=neighbours, explanation=explanation, chat=chat, question=question,
-                overlay_file=overlay_file, transcript_file=transcript_file, test=test, test_image=test_image,
+                state=state,
+                status=status,
+                probabilities=probabilities,
+                photo=photo,
+                scorecam=scorecam,
+                gradcam=gradcam,
+                contrastive=contrastive,
+                facts=facts,
+                evidence=evidence,
+                neighbours=neighbours,
+                explanation=explanation,
+                chat=chat,
+                question=question,
+                overlay_file=overlay_file,
+                transcript_file=transcript_file,
+                test=test,
+                test_image=test_image,
                 progress=progress,
-            )  # fmt: skip
+            )
             # Each event lists every component its handler may update (order no longer matters).
-            analysis_outputs = [ui.status, ui.probabilities, ui.photo, ui.scorecam, ui.gradcam,
-                                ui.contrastive, ui.facts, ui.evidence, ui.neighbours, ui.explanation,
-                                ui.chat, ui.overlay_file, ui.transcript_file, ui.test, ui.test_image,
-                                ui.progress, ui.state]  # fmt: skip
+            analysis_outputs = [
+                ui.status,
+                ui.probabilities,
+                ui.photo,
+                ui.scorecam,
+                ui.gradcam,
+                ui.contrastive,
+                ui.facts,
+                ui.evidence,
+                ui.neighbours,
+                ui.explanation,
+                ui.chat,
+                ui.overlay_file,
+                ui.transcript_file,
+                ui.test,
+                ui.test_image,
+                ui.progress,
+                ui.state,
+            ]
             model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1, "show_progress": "full"}
             # Stopping uses no model: it is heard while an analysis runs. A new photo stops the old one.
             unqueued = {"concurrency_limit": None, "show_progress": "hidden"}
@@ -551,19 +641,31 @@ class NoodleApp:
                 new_photo(self.stop, [ui.state], [ui.progress], **unqueued)
                 new_photo(self.analyze, [source, alpha, ui.state], analysis_outputs, **model)
             for event in (ask.click, question.submit):
-                event(self.ask, [question, ui.state],
-                      [ui.chat, ui.question, ui.transcript_file, ui.status, ui.test, ui.test_image],
-                      validator=self.check_question, **model)  # fmt: skip
+                event(
+                    self.ask,
+                    [question, ui.state],
+                    [ui.chat, ui.question, ui.transcript_file, ui.status, ui.test, ui.test_image],
+                    validator=self.check_question,
+                    **model,
+                )
             # Re-blending uses no model: it never waits behind an answer.
-            alpha.release(self.reblend, [alpha, ui.state], [ui.scorecam, ui.gradcam, ui.contrastive],
-                          concurrency_limit=None)  # fmt: skip
+            alpha.release(
+                self.reblend,
+                [alpha, ui.state],
+                [ui.scorecam, ui.gradcam, ui.contrastive],
+                concurrency_limit=None,
+            )
         return page
 
 
 MODEL_QUEUE = "model"  # the concurrency group of every event that uses the classifier or the LLM
 SCORECAM_LABEL = "ScoreCAM (predicted class)"
-STAGE_WORDS = {"preview": "the ScoreCAM preview", "scorecam": "the exact ScoreCAM map",
-               "evidence": "the model's tests", "done": "the end"}  # fmt: skip
+STAGE_WORDS = {
+    "preview": "the ScoreCAM preview",
+    "scorecam": "the exact ScoreCAM map",
+    "evidence": "the model's tests",
+    "done": "the end",
+}
 
 
 def _facts_text(analysis: PhotoAnalysis) -> str:
@@ -574,8 +676,10 @@ def _progress_line(step: Step) -> str:
     """ScoreCAM's progress in words; while a preview is shown, what it is."""
     preview = step.analysis.preview
     if step.stage == "scorecam" and preview is not None and step.progress.maps is None:
-        return (f"The ScoreCAM box shows a preview from the {preview.top_k} most active of "
-                f"{preview.channels} channels (approximate). {step.describe()}")  # fmt: skip
+        return (
+            f"The ScoreCAM box shows a preview from the {preview.top_k} most active of "
+            f"{preview.channels} channels (approximate). {step.describe()}"
+        )
     return step.describe()
 
 
@@ -661,10 +765,13 @@ def serve(cfg: DictConfig) -> None:
     address is printed)."""
     limits = PageLimits.of(cfg.app)
     explainer = PhotoExplainer(
-        cfg.ckpt_path, cfg.device, "both", HeatmapSettings.of(cfg.explain),
+        cfg.ckpt_path,
+        cfg.device,
+        "both",
+        HeatmapSettings.of(cfg.explain),
         calibration=cfg.get("calibration", "temperature"),
         trust_checkpoint=cfg.get("trust_checkpoint", False),
-    )  # fmt: skip
+    )
     backend = load_backend(cfg.llm)
     examples = image_files(find_images(cfg.app.examples)) if cfg.app.examples else run_examples(cfg.ckpt_path)
     host = str(cfg.app.host)
@@ -674,8 +781,9 @@ def serve(cfg: DictConfig) -> None:
         )
     work_dir = new_folder(Path(cfg.paths.output_dir) / "sessions")  # created here: removed whole at the end
     try:
-        app = NoodleApp(explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples,
-                        limits)  # fmt: skip
+        app = NoodleApp(
+            explainer, backend, cfg.prompt, cfg.llm, work_dir, int(cfg.app.max_pixels), examples, limits
+        )
         page = app.build()
         page.queue(max_size=limits.queue_size)
         listener = listen(host, int(cfg.app.port))
@@ -697,8 +805,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family)
     except OSError as err:
-        raise RuntimeError(f"app.host={host} app.port={port}: cannot serve there ({err}); "
-                           "app.port=0 picks a free port") from None  # fmt: skip
+        raise RuntimeError(
+            f"app.host={host} app.port={port}: cannot serve there ({err}); app.port=0 picks a free port"
+        ) from None
 
 
 def page_url(listener: socket.socket) -> str:
@@ -718,9 +827,13 @@ def page_server(page: Any, listener: socket.socket, max_upload_mb: int, allowed_
     from fastapi import FastAPI
 
     app = gr.mount_gradio_app(
-        FastAPI(), page, path="/", max_file_size=f"{max_upload_mb}mb", allowed_paths=allowed_paths,
+        FastAPI(),
+        page,
+        path="/",
+        max_file_size=f"{max_upload_mb}mb",
+        allowed_paths=allowed_paths,
         ssr_mode=False,
-    )  # fmt: skip
+    )
     # An open tab keeps a connection: shut down after a few seconds rather than wait for it.
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
 

@@ -66,9 +66,7 @@ class Deadline(Backend):
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
     ) -> list[str]:
-        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                   "repetition_penalty": repetition_penalty,
-                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
+        options = _options(max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size)
         return [cut_to_sentence("".join(self._pieces(messages, options))) for messages in conversations]
 
     def stream(
@@ -80,9 +78,7 @@ class Deadline(Backend):
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
     ) -> Iterator[str]:
-        options = {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                   "repetition_penalty": repetition_penalty,
-                   "no_repeat_ngram_size": no_repeat_ngram_size}  # fmt: skip
+        options = _options(max_new_tokens, temperature, repetition_penalty, no_repeat_ngram_size)
         yield from self._pieces(messages, options)
 
     def _pieces(self, messages: list[Message], options: dict[str, Any]) -> Iterator[str]:
@@ -142,3 +138,15 @@ class _Raised:
 
 
 _DONE, _EXPIRED = object(), object()
+
+
+def _options(
+    max_new_tokens: int, temperature: float, repetition_penalty: float, no_repeat_ngram_size: int
+) -> dict[str, Any]:
+    """The generation settings, as the wrapped backend's `stream` takes them."""
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "repetition_penalty": repetition_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+    }
