@@ -28,7 +28,7 @@ from noodlenext.callbacks.mistakes import MistakeGroups
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.transforms import eval_transform
-from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.evidence import CAUSE_KINDS, Evidence
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.groups import group_evidence, summary_claim
 from noodlenext.explain.neighbours import FeatureIndex
@@ -151,12 +151,26 @@ def test_a_group_reads_as_numbered_lines_with_its_summary_last(examined) -> None
     lines = udon.evidence.lines()
     assert lines[0] == f"1. The classifier predicted ramen with {udon.evidence.confidence:.0%} confidence; " \
         "the true label is udon (wrong)."  # fmt: skip
-    assert lines[1].startswith("2. GradCAM: ") and lines[2].startswith("3. Contrastive map (ramen over udon)")
+    # What changing the photos did leads, right after the prediction: hiding one part at a time, then the
+    # whole-photo changes; the maps and the summary follow.
+    o = len(udon.evidence.lead)
+    lead = udon.evidence.lead
+    assert o >= 2 and all(c.kind in CAUSE_KINDS for c in lead)
+    assert any(line.startswith(f"{n}. Hiding one part at a time, the part that matters most is the ")
+               for n, line in enumerate(lines[1 : 1 + o], 2))  # fmt: skip
+    # The change that turns the most photos back to udon comes first.
+    back = [sum(c.n for c in claim.counts if c.label == "udon" and c.what in ("becomes", "turned back"))
+            for claim in lead]  # fmt: skip
+    assert back == sorted(back, reverse=True) and back[0] > 0
+    assert lines[1 + o].startswith(f"{2 + o}. GradCAM: ")
+    assert lines[2 + o].startswith(f"{3 + o}. Contrastive map (ramen over udon)")
     assert (
-        "3 of the 4 udon photos (those with the largest loss) that the classifier took for ramen" in lines[3]
+        "3 of the 4 udon photos (those with the largest loss) that the classifier took for ramen"
+        in lines[3 + o]
     )
-    assert lines[4].endswith("upper left in all 3, upper center in all 3, middle left in all 3.")
-    assert "changes the prediction in all 3 photos (it becomes udon in all 3)" in lines[6]
+    assert f"line {2 + o} their mean GradCAM map, line {3 + o} their mean contrastive map" in lines[3 + o]
+    assert lines[4 + o].endswith("upper left in all 3, upper center in all 3, middle left in all 3.")
+    assert "changes the prediction in all 3 photos (it becomes udon in all 3)" in lines[6 + o]
     assert udon.evidence.probabilities["ramen"] == pytest.approx(
         np.mean([p.evidence.probabilities["ramen"] for p in udon.photos])
     )
@@ -225,29 +239,31 @@ def test_a_small_group_reads_naturally(examined) -> None:
 
 def test_the_gate_holds_a_paragraph_about_a_group_to_its_evidence(examined) -> None:
     udon = examined[0][0].evidence
+    o = len(udon.lead)
     good = (
-        "The classifier took these udon photos for ramen because their heat sits in the upper left [2, 5]. "
-        "Hiding that region turns them into udon [7]."
+        f"The classifier took these udon photos for ramen because their heat sits in the upper left "
+        f"[{2 + o}, {5 + o}]. Hiding that region turns them into udon [{7 + o}]."
     )
     assert check_explanation(good, udon).passed
     wrong_place = good.replace("upper left", "lower right")
     assert "lower right" in " ".join(check_explanation(wrong_place, udon).reasons)
-    invented = good.replace("[7]", "in 93% of them [7]")
+    invented = good.replace(f"[{7 + o}]", f"in 93% of them [{7 + o}]")
     assert "93%" in " ".join(check_explanation(invented, udon).reasons)
 
 
 def test_a_paragraph_that_lists_or_copies_the_facts_is_no_summary(examined) -> None:
     udon = examined[0][0].evidence
     lines = udon.lines()
+    o = len(udon.lead)
     # What SmolLM2 wrote for a group, which the gate alone lets by: the numbered facts back, as a list.
-    echo = f"{lines[0]}\n{lines[1].split(' in the')[0]} in the upper left, as for most photos."
+    echo = f"{lines[0]}\n{lines[1 + o].split(' in the')[0]} in the upper left, as for most photos."
     assert check_explanation(echo, udon).passed
     assert "is a list" in " ".join(check_paragraph(echo, udon, WORDS).reasons)
-    copied = "Udon was taken for ramen: " + lines[6].split(". ", 1)[1]
-    assert "copies fact [7] word for word" in " ".join(check_paragraph(copied, udon, WORDS).reasons)
+    copied = "Udon was taken for ramen: " + lines[6 + o].split(". ", 1)[1]
+    assert f"copies fact [{7 + o}] word for word" in " ".join(check_paragraph(copied, udon, WORDS).reasons)
     summary_text = (
-        "The classifier took these udon photos for ramen, with their heat in the upper left [2, 5]. "
-        "Hiding them turns every one into udon [7]."
+        f"The classifier took these udon photos for ramen, with their heat in the upper left "
+        f"[{2 + o}, {5 + o}]. Hiding them turns every one into udon [{7 + o}]."
     )
     assert check_paragraph(summary_text, udon, WORDS).passed
 

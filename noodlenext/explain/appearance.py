@@ -65,6 +65,23 @@ def colour_names(pixels: np.ndarray) -> np.ndarray:
     return ((lab[:, None, :] - _LAB[None]) ** 2).sum(-1).argmin(1)
 
 
+# A finer colour table than the names, for what is unusual: each of R, G, B in this many equal bins.
+COLOUR_BINS = 8
+
+
+def colour_bins(pixels: np.ndarray) -> np.ndarray:
+    """The bin (0..COLOUR_BINS**3 - 1) of each (N, 3) uint8 RGB pixel."""
+    q = np.asarray(pixels, dtype=np.int64)[:, :3] * COLOUR_BINS // 256
+    return (q[:, 0] * COLOUR_BINS + q[:, 1]) * COLOUR_BINS + q[:, 2]
+
+
+def colour_histogram(pixels: np.ndarray) -> np.ndarray:
+    """The share of (N, 3) uint8 RGB pixels in each colour bin (`colour_bins`): (COLOUR_BINS**3,) summing to
+    1 (all zero for no pixels)."""
+    counts = np.bincount(colour_bins(pixels), minlength=COLOUR_BINS**3).astype(np.float64)
+    return counts / max(1.0, counts.sum())
+
+
 def _luma(photo: np.ndarray) -> np.ndarray:
     """Rec. 601 luma of gamma-encoded sRGB, 0..1: the brightness a viewer reads, cheaply."""
     return (photo[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])) / 255.0

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from noodlenext.explain.claims import Claim, Count, Move, decimal, percent
+from noodlenext.explain.claims import Claim, Count, Move, Quantity, decimal, percent
 from noodlenext.explain.facts import HeatmapFacts
 from noodlenext.explain.wording import line, tone
 
@@ -52,6 +52,81 @@ class Counterfactual:
     @property
     def kept_prediction(self) -> str:
         return max(self.kept, key=self.kept.__getitem__)
+
+
+@dataclass(frozen=True)
+class CausalRegion:
+    """The part of the photo whose hiding moves the prediction most (`noodlenext.explain.causes`).
+
+    The photo is hidden one square at a time (`box`: top, left, bottom, right as shares of the side; the
+    mean colour in place); region: the 3x3 region word of the square's centre. before/after: the
+    predicted class's probability on the photo and with the square hidden; becomes: the prediction then;
+    truth_before/truth_after: the true class's (None when it is not known). colours: the square's colour
+    names, most first; unusual: those of them the true class's training photos rarely show, with the share
+    of those photos' pixels that have the colour (empty without a training index). heat: the share of the
+    heat of the map `map` inside the square (None without a map), to compare the map with the cause.
+    places: how many squares were tried.
+    """
+
+    region: str
+    box: tuple[float, float, float, float]
+    predicted: str
+    before: float
+    after: float
+    becomes: str
+    truth: str | None = None
+    truth_before: float | None = None
+    truth_after: float | None = None
+    colours: tuple[str, ...] = ()
+    unusual: tuple[tuple[str, float], ...] = ()
+    heat: float | None = None
+    map: str | None = None
+    places: int = 0
+
+    @property
+    def area(self) -> float:
+        top, left, bottom, right = self.box
+        return (bottom - top) * (right - left)
+
+    @property
+    def drop(self) -> float:
+        return self.before - self.after
+
+    @property
+    def turned_back(self) -> bool:
+        """Hiding it makes the prediction the true class."""
+        return self.truth is not None and self.becomes == self.truth != self.predicted
+
+
+@dataclass(frozen=True)
+class GlobalChange:
+    """The prediction under a change of the whole photo (`noodlenext.explain.causes.WHOLE_PHOTO_CHANGES`:
+    grayscale, a quarter of the resolution, JPEG re-compression, a warmer or cooler tint, a mirror, the
+    border cropped). before/after: the predicted class's probability; becomes: the prediction after;
+    truth_after: the true class's probability after (None when not known); setting: the change's one
+    number, where it has one (the JPEG quality; the share of each side the border crop takes)."""
+
+    change: str
+    predicted: str
+    before: float
+    after: float
+    becomes: str
+    truth: str | None = None
+    truth_after: float | None = None
+    setting: float | None = None
+
+    @property
+    def notable(self) -> bool:
+        """It flips the prediction or moves it by more than NOTABLE_MOVE."""
+        return self.becomes != self.predicted or abs(self.before - self.after) > NOTABLE_MOVE
+
+    @property
+    def turned_back(self) -> bool:
+        return self.truth is not None and self.becomes == self.truth != self.predicted
+
+
+# A change of the whole photo is reported when it flips the prediction or moves it by more than this.
+NOTABLE_MOVE = 0.10
 
 
 @dataclass(frozen=True)
@@ -187,6 +262,9 @@ class Evidence:
     findings: list[Finding] = field(default_factory=list)  # tests run on demand (the chat), in order
     label_quality: LabelQuality | None = None
     summary: list[Claim] = field(default_factory=list)  # a group's shared evidence
+    causal: CausalRegion | None = None  # what hiding one part at a time found
+    changes: list[GlobalChange] = field(default_factory=list)  # the whole-photo changes, every one tried
+    lead: list[Claim] = field(default_factory=list)  # a group's causes: they come right after the prediction
 
     @property
     def confidence(self) -> float:
@@ -228,8 +306,10 @@ class Evidence:
         """What the evidence says, one claim per line, in the lines' order: the prediction, each map
         (ScoreCAM first), the contrastive map, hiding and keeping the hot region, its look, the nearest
         training photos, the trust check, the maps' agreement, a group's summary, suggestions, and the
-        tests run on demand. Evidence that is missing has no claim."""
-        out = [self._prediction_claim()]
+        tests run on demand. What changing the photo does comes first, after the prediction: what hiding
+        one part at a time found and the whole-photo changes that matter (`cause_claims`). Evidence that
+        is missing has no claim."""
+        out = [self._prediction_claim(), *self.cause_claims()]
         out += [self._map_claim(m) for m in self.facts_in_line_order()]
         if self.contrastive is not None:
             out.append(_contrastive_claim(self.contrastive, self.predicted, self.contrast_class))
@@ -249,6 +329,21 @@ class Evidence:
         out += self.summary
         out += self.advice()
         out += [c for finding in self.findings for c in finding.claims]
+        return out
+
+    def cause_claims(self) -> list[Claim]:
+        """What made the model decide, as changing the photo shows it: a group's `lead`, or a photo's
+        causal region (and what it looks like) and each whole-photo change that flips the prediction or
+        moves it by more than NOTABLE_MOVE (the largest first; one claim that none does when none does)."""
+        if self.lead:
+            return list(self.lead)
+        out = []
+        if self.causal is not None:
+            out.append(causal_claim(self.causal))
+            if self.causal.colours:
+                out.append(causal_look_claim(self.causal))
+        if self.changes:
+            out += whole_photo_claims(self.changes)
         return out
 
     def lines(self) -> list[str]:
@@ -313,7 +408,7 @@ class Evidence:
         maps = [(m, self.facts[m]) for m in self.facts_in_line_order()]
         if self.contrastive is not None:
             maps.append(("contrastive", self.contrastive))
-        return {n: item for n, item in enumerate(maps, 2)}
+        return {n: item for n, item in enumerate(maps, 2 + len(self.cause_claims()))}
 
     def finding_lines(self, finding: Finding) -> list[int]:
         """The numbers that the lines of `finding` (one of `findings`) have in `lines()`."""
@@ -489,6 +584,7 @@ class Evidence:
             out["trust"][method]["informative"] = trust.informative
         out["findings"] = [f.to_dict() for f in self.findings]
         out["summary"] = [c.to_dict() for c in self.summary]
+        out["lead"] = [c.to_dict() for c in self.lead]
         return out
 
     @classmethod
@@ -518,6 +614,9 @@ class Evidence:
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             label_quality=LabelQuality(**quality) if quality else None,
             summary=[Claim.from_dict(c) for c in d.get("summary", [])],
+            causal=_causal_from_dict(d["causal"]) if d.get("causal") else None,
+            changes=[GlobalChange(**c) for c in d.get("changes", [])],
+            lead=[Claim.from_dict(c) for c in d.get("lead", [])],
         )
 
 
@@ -570,3 +669,179 @@ def texture_licence(texture: str) -> list[str]:
         "smooth surface": ["smooth"],
         "mixed": ["mixed"],
     }.get(texture, [texture])
+
+
+def _causal_from_dict(d: dict[str, Any]) -> CausalRegion:
+    return CausalRegion(
+        **{
+            **d,
+            "box": tuple(d["box"]),
+            "colours": tuple(d.get("colours", ())),
+            "unusual": tuple((str(c), float(s)) for c, s in d.get("unusual", ())),
+        }
+    )
+
+
+def _cause_classes(*names: str | None) -> tuple[str, ...]:
+    return tuple(n for n in dict.fromkeys(names) if n is not None)
+
+
+def causal_claim(c: CausalRegion) -> Claim:
+    """What hiding one part at a time found: the part whose hiding moves the prediction most, what that
+    does (and to the true class), and how much of the map's heat lies there."""
+    barely = c.drop < BARELY
+    moves = [Move(c.predicted, c.before, c.after)]
+    if (
+        c.truth is not None
+        and c.truth != c.predicted
+        and c.truth_before is not None
+        and c.truth_after is not None
+    ):
+        moves.append(Move(c.truth, c.truth_before, c.truth_after))
+    quantities = [percent(c.area, "area"), percent(c.before, c.predicted), percent(c.after, c.predicted)]
+    quantities.append(Quantity(float(c.places), "decimal", "places"))
+    quantities += [percent(m.after, m.cls) for m in moves[1:]] + [percent(m.before, m.cls) for m in moves[1:]]
+    if c.heat is not None:
+        quantities.append(percent(c.heat, "heat"))
+    return Claim(
+        "occlusion",
+        _cause_classes(c.predicted, c.becomes, c.truth),
+        (c.region,),
+        quantities=tuple(quantities),
+        counts=(Count(c.places, c.places, "", "places"),) if c.places else (),
+        moves=tuple(moves),
+        becomes=(c.becomes,),
+        verdict="barely" if barely else "turned_back" if c.turned_back else None,
+        fields={
+            "region": c.region,
+            "area": c.area,
+            "predicted": c.predicted,
+            "before": c.before,
+            "after": c.after,
+            "becomes": c.becomes,
+            "truth": c.truth,
+            "truth_before": c.truth_before,
+            "truth_after": c.truth_after,
+            "heat": c.heat,
+            "map": c.map,
+            "places": c.places,
+            "barely": barely,
+        },
+    )
+
+
+def causal_look_claim(c: CausalRegion) -> Claim:
+    """What the causal part looks like, and which of its colours the true class's training photos rarely
+    show (a colour out of place comes first)."""
+    rare = [name for name, _ in c.unusual]
+    colours = [*rare, *(x for x in c.colours if x not in rare)]
+    return Claim(
+        "occlusion_look",
+        _cause_classes(c.truth) if rare else (),
+        (c.region,),
+        quantities=tuple(percent(max(share, 0.01), f"training:{name}") for name, share in c.unusual),
+        looks=tuple(colours),
+        fields={
+            "region": c.region,
+            "colours": colours,
+            "unusual": [[n, s] for n, s in c.unusual],
+            "truth": c.truth,
+        },
+    )
+
+
+def whole_photo_claims(changes: list[GlobalChange]) -> list[Claim]:
+    """A claim for each whole-photo change that flips the prediction or moves it by more than
+    NOTABLE_MOVE (those that turn it to the true class first, then the larger move); one claim that none
+    does, with the largest move, when none does."""
+    notable = sorted(
+        (c for c in changes if c.notable),
+        key=lambda c: (not c.turned_back, c.becomes == c.predicted, -abs(c.before - c.after)),
+    )
+    if not notable:
+        largest = max(changes, key=lambda c: abs(c.before - c.after))
+        move = abs(largest.before - largest.after)
+        return [
+            Claim(
+                "whole_photo_none",
+                (largest.predicted,),
+                quantities=(
+                    percent(move, "points"),
+                    percent(NOTABLE_MOVE, "points"),
+                    *settings_quantities(changes),
+                ),
+                fields={
+                    "predicted": largest.predicted,
+                    "changes": [c.change for c in changes],
+                    "largest": largest.change,
+                    "move": move,
+                    "notable": NOTABLE_MOVE,
+                    **setting_fields(changes),
+                },
+            )
+        ]
+    out = []
+    for c in notable:
+        out.append(
+            Claim(
+                "whole_photo",
+                _cause_classes(c.predicted, c.becomes, c.truth),
+                quantities=(
+                    percent(c.before, c.predicted),
+                    percent(c.after, c.predicted),
+                    *settings_quantities([c]),
+                ),
+                moves=(Move(c.predicted, c.before, c.after),),
+                becomes=(c.becomes,),
+                verdict="turned_back" if c.turned_back else None,
+                looks=CHANGE_WORDS.get(c.change, ()),
+                fields={
+                    "change": c.change,
+                    "predicted": c.predicted,
+                    "before": c.before,
+                    "after": c.after,
+                    "becomes": c.becomes,
+                    **setting_fields([c]),
+                },
+            )
+        )
+    return out
+
+
+# The kinds of claim `Evidence.cause_claims` makes: what changing the photo did.
+CAUSE_KINDS = frozenset(
+    {
+        "occlusion",
+        "occlusion_look",
+        "whole_photo",
+        "whole_photo_none",
+        "group_occlusion",
+        "group_whole_photo",
+        "group_whole_photo_none",
+    }
+)
+
+# The image words (noodlenext/llm/vocabulary.yaml) a whole-photo change lets an explanation use.
+CHANGE_WORDS: dict[str, tuple[str, ...]] = {
+    "grayscale": ("colour", "color", "colours", "colors", "grey", "gray"),
+    "quarter_resolution": ("resolution", "low-resolution", "blur", "blurry", "blurred", "pixelated"),
+    "jpeg": ("jpeg", "compression", "artifact", "artifacts", "artefact", "artefacts"),
+    "warmer": ("tint", "colour", "color", "hue", "red", "blue"),
+    "cooler": ("tint", "colour", "color", "hue", "red", "blue"),
+    "mirror": (),
+    "border_crop": ("border", "crop", "cropped"),
+}
+
+
+def setting_fields(changes: Iterable[GlobalChange]) -> dict[str, float]:
+    """The settings the words of `changes` state: {"quality": the JPEG quality, "border": the share of each
+    side the border crop takes, "scale": the lower resolution's share of the side}, for those among them."""
+    names = {"jpeg": "quality", "border_crop": "border", "quarter_resolution": "scale"}
+    return {names[c.change]: c.setting for c in changes if c.change in names and c.setting is not None}
+
+
+def settings_quantities(changes: Iterable[GlobalChange]) -> list[Quantity]:
+    out = []
+    for name, value in setting_fields(changes).items():
+        out.append(Quantity(float(value), "decimal", name) if name == "quality" else percent(value, name))
+    return out

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
+from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
 from noodlenext.explain.counterfactuals import contrastive_maps, counterfactuals, map_agreement, trust_check
 from noodlenext.explain.evidence import Counterfactual, Evidence, primary_method
 from noodlenext.explain.facts import heatmap_facts
@@ -42,6 +43,15 @@ def _on_scale(cf: Counterfactual, temperature: float) -> Counterfactual:
     )
 
 
+def _rgb(photo: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The photo as (H, W, 3) uint8 RGB at `size` (H, W)."""
+    image = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo)[..., :3])
+    image = image.convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image)
+
+
 def gather_evidence(
     model: nn.Module,
     images: Tensor,
@@ -57,6 +67,7 @@ def gather_evidence(
     k: int = 5,
     seed: int = 0,
     contrastive_out: list[np.ndarray] | None = None,
+    causes: bool = True,
 ) -> list[Evidence]:
     """Per image, the Evidence the classifier itself produces.
 
@@ -71,7 +82,9 @@ def gather_evidence(
     first method given); every method's map gets a trust check (seeded random map); ScoreCAM/GradCAM
     agreement when both are given. contrastive_out: a list that receives each image's contrastive map
     (H, W) in [0, 1], for overlays. Probabilities (the photo's and its counterfactuals') are on the
-    model's scale: calibrated by a NoodleClassifier's temperature when it applies one.
+    model's scale: calibrated by a NoodleClassifier's temperature when it applies one. causes: also
+    hide one part at a time and change the whole photo (`explain.causes`: 56 forward passes per image),
+    the evidence that leads the lines.
     """
     names = list(class_names if class_names is not None else getattr(model, "class_names", []) or [])
     if not names:
@@ -128,6 +141,25 @@ def gather_evidence(
     trust = trust_check(model, images, cams, pred, seed=seed, target_layer=layer)
     neighbours = index.nearest(images, k=k, files=files) if index is not None else [[] for _ in range(b)]
     both = "scorecam" in methods and "gradcam" in methods
+    causal: list = [None] * b
+    changes: list[list] = [[] for _ in range(b)]
+    if causes:
+        h, w = images.shape[-2:]
+        arrays = [_rgb(photo, (h, w)) for photo in photos]
+        colours = index.class_colours() if index is not None else None
+        causal = occlusion_scan(
+            model,
+            images,
+            arrays,
+            pred,
+            truth,
+            names,
+            cams=cams[primary],
+            method=primary,
+            training_colours=colours,
+            temperature=temperature,
+        )
+        changes = whole_photo_changes(model, images, pred, truth, names, temperature=temperature)
 
     out = []
     for i in range(b):
@@ -146,6 +178,8 @@ def gather_evidence(
                 neighbours=neighbours[i],
                 trust=trust[i],
                 agreement=map_agreement(cams["scorecam"][i], cams["gradcam"][i]) if both else None,
+                causal=causal[i],
+                changes=changes[i],
             )
         )
     return out

@@ -16,10 +16,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from noodlenext.explain.claims import Claim, Count, Move, percent
-from noodlenext.explain.evidence import BARELY, Evidence, texture_licence
+from noodlenext.explain.evidence import (
+    BARELY,
+    CHANGE_WORDS,
+    NOTABLE_MOVE,
+    Evidence,
+    setting_fields,
+    settings_quantities,
+    texture_licence,
+)
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 
-__all__ = ["DOMINANT_SHARE", "group_evidence", "summary_claim"]
+__all__ = ["DOMINANT_SHARE", "cause_claims", "group_evidence", "summary_claim"]
 
 # A pair with at least this share of the test mistakes, and no pair larger, dominates them: the group's
 # suggestion is to collect photos of that pair.
@@ -64,7 +72,10 @@ def group_evidence(
     mean_cam = np.mean(np.stack([np.asarray(c, dtype=np.float64) for c in cams]), axis=0)
     contrast = [c for c in contrastive if c is not None]
     mean_contrast = heatmap_facts(np.mean(np.stack(contrast), axis=0)) if len(contrast) == k else None
-    summary = _summary(evidences, method, count, has_contrast=mean_contrast is not None)
+    lead = cause_claims(evidences)
+    summary = _summary(
+        evidences, method, count, has_contrast=mean_contrast is not None, map_line=2 + len(lead)
+    )
     if mistakes and largest and count / mistakes >= DOMINANT_SHARE:
         summary.append(
             Claim(
@@ -86,6 +97,7 @@ def group_evidence(
         facts={method: heatmap_facts(mean_cam)},
         contrastive=mean_contrast,
         summary=summary,
+        lead=lead,
     )
 
 
@@ -94,7 +106,9 @@ def summary_claim(evidence: Evidence, kind: str) -> Claim | None:
     return next((c for c in evidence.summary if c.kind == kind), None)
 
 
-def _summary(evidences: Sequence[Evidence], method: str, count: int, has_contrast: bool) -> list[Claim]:
+def _summary(
+    evidences: Sequence[Evidence], method: str, count: int, has_contrast: bool, map_line: int = 2
+) -> list[Claim]:
     k = len(evidences)
     first = evidences[0]
     pred, true, names = first.predicted, first.true_label, list(first.class_names)
@@ -119,6 +133,7 @@ def _summary(evidences: Sequence[Evidence], method: str, count: int, has_contras
                 "mean": mean,
                 "method": method,
                 "contrast": has_contrast,
+                "map_line": map_line,
             },
         )
     )
@@ -273,3 +288,117 @@ def _summary(evidences: Sequence[Evidence], method: str, count: int, has_contras
             )
         )
     return out
+
+
+def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
+    """What changing the photos did, over a group of mistakes, the claims that lead its evidence: where
+    hiding one part at a time matters most, and how many photos hiding it turns back to the true class
+    (`group_occlusion`); each whole-photo change that changes a prediction or moves the predicted class
+    by more than NOTABLE_MOVE on average (`group_whole_photo`), or one claim that none does. The claim
+    that turns the most photos back to the true class comes first (ties: the one that changes more)."""
+    first = evidences[0]
+    pred, true, names = first.predicted, first.true_label, list(first.class_names)
+    scored: list[tuple[int, int, Claim]] = []
+    causal = [e.causal for e in evidences if e.causal is not None]
+    if causal:
+        k = len(causal)
+        where = Counter(c.region for c in causal)
+        back = Counter(c.region for c in causal if c.turned_back)
+        ranked = sorted(where, key=lambda r: (-back[r], -where[r], REGIONS.index(r)))[:3]
+        n_back = sum(back.values())
+        changed = sum(c.becomes != c.predicted for c in causal)
+        scored.append(
+            (
+                n_back,
+                changed,
+                Claim(
+                    "group_occlusion",
+                    (pred, str(true)),
+                    tuple(ranked),
+                    counts=(
+                        *(Count(where[r], k, r, "matters most") for r in ranked),
+                        *(Count(back[r], k, r, "turned back") for r in ranked if back[r]),
+                        Count(n_back, k, str(true), "turned back"),
+                    ),
+                    becomes=(str(true),) if n_back else (),
+                    verdict="turned_back" if n_back else None,
+                    fields={
+                        "k": k,
+                        "truth": true,
+                        "predicted": pred,
+                        "back": n_back,
+                        "regions": [[r, where[r], back[r]] for r in ranked],
+                    },
+                ),
+            )
+        )
+    by_change: dict[str, list] = {}
+    for e in evidences:
+        for g in e.changes:
+            by_change.setdefault(g.change, []).append(g)
+    notable = []
+    for change, gs in by_change.items():
+        k = len(gs)
+        to = Counter(g.becomes for g in gs if g.becomes != g.predicted)
+        before = float(np.mean([g.before for g in gs]))
+        after = float(np.mean([g.after for g in gs]))
+        n_back = sum(g.turned_back for g in gs)
+        if not to and abs(before - after) <= NOTABLE_MOVE:
+            continue
+        ranked_to = _ranked(to, [str(true), *names])
+        notable.append(
+            (
+                n_back,
+                sum(to.values()),
+                Claim(
+                    "group_whole_photo",
+                    tuple(dict.fromkeys([pred, *to])),
+                    quantities=(percent(before, pred), percent(after, pred), *settings_quantities(gs[:1])),
+                    counts=tuple(Count(n, k, name, "becomes") for name, n in ranked_to),
+                    moves=(Move(pred, before, after),),
+                    becomes=tuple(dict.fromkeys([*to, *([pred] if sum(to.values()) < k else [])])),
+                    verdict="turned_back" if n_back else None,
+                    looks=CHANGE_WORDS.get(change, ()),
+                    fields={
+                        "change": change,
+                        "predicted": pred,
+                        "k": k,
+                        "to": [list(t) for t in ranked_to],
+                        "before": before,
+                        "after": after,
+                        **setting_fields(gs[:1]),
+                    },
+                ),
+            )
+        )
+    if by_change and not notable:
+        moves = {
+            c: abs(np.mean([g.before for g in gs]) - np.mean([g.after for g in gs]))
+            for c, gs in by_change.items()
+        }
+        largest = max(moves, key=moves.__getitem__)
+        every = [gs[0] for gs in by_change.values()]
+        scored.append(
+            (
+                -1,
+                -1,
+                Claim(
+                    "group_whole_photo_none",
+                    (pred,),
+                    quantities=(percent(moves[largest], "points"), *settings_quantities(every)),
+                    fields={
+                        "predicted": pred,
+                        "changes": list(by_change),
+                        "largest": largest,
+                        "move": float(moves[largest]),
+                        **setting_fields(every),
+                    },
+                ),
+            )
+        )
+    scored += sorted(notable, key=lambda t: (-t[0], -t[1]))[:MAX_WHOLE_PHOTO]
+    return [claim for *_, claim in sorted(scored, key=lambda t: (-t[0], -t[1]))]
+
+
+# At most this many whole-photo changes lead a group's evidence (those that turn the most photos back).
+MAX_WHOLE_PHOTO = 2

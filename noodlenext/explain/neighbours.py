@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from noodlenext.core.files import atomic_write
 from noodlenext.data.datamodule import NoodleImages
+from noodlenext.explain.appearance import COLOUR_BINS, colour_histogram
 from noodlenext.explain.base import eval_mode
+from noodlenext.explain.causes import normalisation
 from noodlenext.explain.evidence import Neighbour
 from noodlenext.explain.layers import unwrap
 
@@ -54,20 +56,34 @@ def _same_path(path: str | os.PathLike[str]) -> str:
 class FeatureIndex:
     """Feature vectors of labelled photos, and the model that made them (to embed queries the same way).
 
-    features: (N, D) float32, L2-normalised; files and labels: one per row (label names).
+    features: (N, D) float32, L2-normalised; files and labels: one per row (label names); colours: per
+    row, its colour histogram (`appearance.colour_histogram`), or None (an index saved before they were
+    kept).
     """
 
     model: nn.Module
     features: np.ndarray
     files: list[str]
     labels: list[str]
+    colours: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not len(self.features) == len(self.files) == len(self.labels):
             raise ValueError(
                 f"{len(self.features)} features, {len(self.files)} files, {len(self.labels)} labels"
             )
+        if self.colours is not None and self.colours.shape != (len(self.files), COLOUR_BINS**3):
+            raise ValueError(
+                f"colours of shape {self.colours.shape}, expected {(len(self.files), COLOUR_BINS**3)}"
+            )
         self._keys = [_same_path(f) for f in self.files]
+
+    def class_colours(self) -> dict[str, np.ndarray]:
+        """Per label, the mean colour histogram of its photos; {} without colours."""
+        if self.colours is None or not len(self.labels):
+            return {}
+        labels = np.array(self.labels)
+        return {name: self.colours[labels == name].mean(0) for name in dict.fromkeys(self.labels)}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -95,17 +111,20 @@ class FeatureIndex:
         home = param.device
         run_on = torch.device(device) if device is not None else home
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        chunks = []
+        chunks, colours = [], []
+        mean, std = (v[:, None, None] for v in normalisation(model))
         try:
             net.to(run_on)
             for images, _ in loader:
                 chunks.append(embed(net, images.to(run_on)).numpy())
+                colours += [_photo_colours(im, mean, std) for im in images]
         finally:
             net.to(home)
         dim = chunks[0].shape[1] if chunks else 0
         features = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
         labels = [names[int(label)] if int(label) >= 0 else UNLABELLED for _, label in dataset.samples]
-        return cls(model, features, [str(path) for path, _ in dataset.samples], labels)
+        table = np.stack(colours) if colours else np.zeros((0, COLOUR_BINS**3), np.float32)
+        return cls(model, features, [str(path) for path, _ in dataset.samples], labels, table)
 
     def nearest(
         self, images: Tensor, k: int = 5, files: Sequence[str | os.PathLike[str] | None] | None = None
@@ -143,10 +162,30 @@ class FeatureIndex:
         path = Path(path)
         path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # as np.savez names it
         with atomic_write(path, binary=True) as f:  # the page and the evidence read it: never half of one
-            np.savez(f, features=self.features, files=np.array(self.files), labels=np.array(self.labels))
+            extra = {"colours": self.colours} if self.colours is not None else {}
+            np.savez(
+                f, features=self.features, files=np.array(self.files), labels=np.array(self.labels), **extra
+            )
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> FeatureIndex:
         """An index saved by `save`, for `model` (the one that built it)."""
         with np.load(path, allow_pickle=False) as data:
-            return cls(model, data["features"], data["files"].tolist(), data["labels"].tolist())
+            colours = data["colours"] if "colours" in data.files else None
+            if colours is not None and colours.shape != (len(data["files"]), COLOUR_BINS**3):
+                colours = None  # an earlier version's colours: the index without them
+            return cls(model, data["features"], data["files"].tolist(), data["labels"].tolist(), colours)
+
+
+# Colour shares are counted on at most this many pixels a side (a 384 px photo's colours need no more).
+COLOUR_SIDE = 64
+
+
+def _photo_colours(image: Tensor, mean: Tensor, std: Tensor) -> np.ndarray:
+    """The colour histogram (`appearance.colour_histogram`) of one normalised image (3, H, W), on at most
+    COLOUR_SIDE pixels a side."""
+    rgb = (image.float().cpu() * std + mean).clamp(0, 1)
+    if max(rgb.shape[-2:]) > COLOUR_SIDE:
+        rgb = torch.nn.functional.interpolate(rgb[None], size=(COLOUR_SIDE, COLOUR_SIDE), mode="area")[0]
+    pixels = (rgb * 255).round().byte().permute(1, 2, 0).reshape(-1, 3).numpy()
+    return colour_histogram(pixels).astype(np.float32)

@@ -12,14 +12,17 @@ check every one against the numbered lines.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from noodlenext.explain.claims import Claim
-from noodlenext.explain.evidence import Evidence, Finding
+from noodlenext.explain.evidence import CAUSE_KINDS, Evidence, Finding
 from noodlenext.explain.wording import line, sentence
 
 __all__ = ["MAX_WORDS", "finding_answer", "group_template", "photo_template"]
 
 MAX_WORDS = 90  # the default longest explanation, in words (citations not counted)
+# Hiding one part that drops the prediction by at least this much names a cause even when it does not flip.
+STRONG_DROP = 0.25
 # Words as the grounding gate counts them (noodlenext.llm.text.words): "strand-like" is two.
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 
@@ -69,6 +72,7 @@ def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     if main is None:
         first.append("No heatmap of this photo is available, so nothing shows where the classifier looked.")
         return _fit(first, [], max_words)
+    first += _causes([c for c in claims if c.kind in CAUSE_KINDS], say)
     first.append(say(main))
     extras = []
     if "appearance" in kinds and not main.fields.get("empty"):
@@ -82,6 +86,29 @@ def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     return _fit(first, extras, max_words)
 
 
+def _causes(claims: list[Claim], say: Callable[[Claim], str]) -> list[str]:
+    """The sentences of what changing the photo did that found a cause, for the start of a paragraph: the
+    part whose hiding matters (with its look), and the first whole-photo change that flips the prediction
+    (or that turns photos of a group back). Nothing when no change matters."""
+    out = []
+    for c in claims:
+        f = c.fields
+        flips = bool(c.becomes) and c.becomes[0] != f.get("predicted")
+        strong = c.kind == "occlusion" and f["before"] - f["after"] >= STRONG_DROP
+        if c.kind == "occlusion" and not f["barely"] and (flips or strong):
+            out.append(say(c))
+        elif c.kind == "occlusion_look" and out and f.get("unusual"):
+            out.append(say(c))
+        elif c.kind == "group_occlusion" and f["back"]:
+            out.append(say(c))
+        elif (c.kind == "whole_photo" and flips) or (
+            c.kind == "group_whole_photo" and c.verdict == "turned_back"
+        ):
+            out.append(say(c))
+            break
+    return out
+
+
 def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     """2-5 lay sentences from a group's claims: how many photos of which class were taken for which, with
     what mean confidence; where their heat most often is and what it looks like (with a warning when most
@@ -92,7 +119,9 @@ def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     kinds = {c.kind: c for c in evidence.summary}
     say = lambda c, *also: _cited(sentence(c), [*also, number[id(c)]])  # noqa: E731
     size, hot = kinds["group_size"], kinds["group_hot"]
-    first = [say(size, 1), say(hot, 2) if hot.fields["shared"] else say(hot)]
+    map_line = size.fields.get("map_line", 2)
+    first = [say(size, 1), *_causes([c for c in claims if c.kind in CAUSE_KINDS], say)]
+    first.append(say(hot, map_line) if hot.fields["shared"] else say(hot))
     if "group_look" in kinds and hot.regions:
         first.append(say(kinds["group_look"]))
     trust = kinds.get("group_trust")

@@ -14,7 +14,17 @@ from typing import Any
 
 from noodlenext.explain.claims import Claim
 
-__all__ = ["PHRASES", "TEXTURE_WORDS", "line", "look_words", "method_name", "sentence", "tone"]
+__all__ = [
+    "CHANGE_PHRASES",
+    "PHRASES",
+    "TEXTURE_WORDS",
+    "change_phrase",
+    "line",
+    "look_words",
+    "method_name",
+    "sentence",
+    "tone",
+]
 
 _METHOD_NAMES = {"scorecam": "ScoreCAM", "gradcam": "GradCAM", "contrastive": "the contrastive map"}
 
@@ -104,6 +114,30 @@ PHRASES: dict[str, dict[str, str]] = {
         "plain": "Contrastive map ({predicted} over {other}): peak in the {peak}; {lead} ({share}) in the "
         "{top}.",
         "lay": "What favours {predicted} over {other} lies mostly in the {top}.",
+    },
+    # --- what changing the photo does (explain.causes): these lead the evidence
+    "occlusion": {
+        "plain": "Hiding one part at a time ({places} squares, each {area} of the image), the {region} "
+        "matters most: hiding it {change}{truth}; {outcome}{heat}.",
+        "plain.barely": "Hiding one part at a time ({places} squares, each {area} of the image), no part "
+        "matters much: the most, the {region}, {change}; {outcome}{heat}.",
+        "lay": "Hiding the {region} of the photo {change}{truth}, and {outcome}.",
+        "lay.barely": "Hiding any one small part of the photo barely changes {predicted}, so no small part "
+        "alone decides.",
+    },
+    "occlusion_look": {
+        "plain": "The {region} square is mostly {colours}{unusual}.",
+        "lay": "That part looks {two}{rare}.",
+    },
+    "whole_photo": {
+        "plain": "{how}, {moved}; {outcome}.",
+        "lay": "{how}, {moved}, and {outcome}.",
+    },
+    "whole_photo_none": {
+        "plain": "Changing the whole photo ({listed}) moves {predicted} by {move} points at most (the "
+        "largest: {largest}); none of these changes moves it by more than {notable} points.",
+        "lay": "Changing the whole photo (its colour, sharpness, tint, a mirror or a crop) barely moves "
+        "{predicted}, so no property of the whole photo decides.",
     },
     "hiding": {
         "plain": "Hiding the hot region ({area} of the image) {change}{barely}; {outcome}.",
@@ -207,6 +241,20 @@ PHRASES: dict[str, dict[str, str]] = {
         "{mean} confidence.",
         "lay": "The classifier took {count} {true} photos for {predicted}, with {mean} mean confidence.",
     },
+    "group_occlusion": {
+        "plain": "Hiding one part at a time, the part that matters most is the {counts}; hiding it turns "
+        "{back} back to {truth}.",
+        "lay": "Hiding the {region} turns {region_back} back into {truth}.",
+        "lay.none": "Hiding any one small part turns none of them back into {truth}.",
+    },
+    "group_whole_photo": {
+        "plain": "{how}, {changed}; {predicted} {average}.",
+        "lay": "{how}, {changed}.",
+    },
+    "group_whole_photo_none": {
+        "plain": "Changing the whole photo ({listed}) changes none of the predictions; {predicted} moves by "
+        "{move} points at most on average (the largest: {largest}).",
+    },
     "group_hot": {
         "plain": "Hot regions, most often first (each photo's {name} or contrastive map): {counts}.",
         "plain.none_half": "Hot regions, most often first (each photo's {name} or contrastive map): none is "
@@ -306,6 +354,14 @@ def _change(before: float, after: float, cls: str) -> str:
     return f"{'drops' if after < before else 'raises'} {cls} from {b} to {a}"
 
 
+def _moved(before: float, after: float, cls: str) -> str:
+    """ "udon drops from 99% to 52%", "udon rises from ...", "udon stays at 99%"."""
+    b, a = _pct(before), _pct(after)
+    if b == a:
+        return f"{cls} stays at {b}"
+    return f"{cls} {'drops' if after < before else 'rises'} from {b} to {a}"
+
+
 def _hiding(c: Claim, style: str) -> Values:
     f = c.fields
     pred = f["predicted"]
@@ -316,6 +372,147 @@ def _hiding(c: Claim, style: str) -> Values:
         "barely": " (barely a change: the region alone does not decide)" if f["barely"] else "",
     }
     return (f"{style}.barely" if style == "lay" and f["barely"] else style), values
+
+
+# How each whole-photo change (explain.causes.WHOLE_PHOTO_CHANGES) reads at the start of a sentence, and
+# in a list.
+CHANGE_PHRASES = {
+    "grayscale": ("In grayscale (the colour taken away)", "grayscale"),
+    "quarter_resolution": ("At a quarter of the resolution", "a quarter of the resolution"),
+    "jpeg": ("Re-compressed as a JPEG of quality {quality}", "JPEG quality {quality}"),
+    "warmer": ("With a warmer tint (more red, less blue)", "a warmer tint"),
+    "cooler": ("With a cooler tint (more blue, less red)", "a cooler tint"),
+    "mirror": ("Mirrored left to right", "a mirror"),
+    "border_crop": ("With the border cropped off ({border} of each side)", "the border cropped"),
+}
+
+
+def change_phrase(change: str, fields: dict[str, Any], listed: bool = False) -> str:
+    """A whole-photo change in words: "In grayscale (the colour taken away)" or, listed, "grayscale"."""
+    lead, short = CHANGE_PHRASES.get(change, (change, change))
+    values = {"quality": f"{fields.get('quality', 0):g}", "border": _pct(fields.get("border", 0.0))}
+    return (short if listed else lead).format_map(values)
+
+
+def _occlusion(c: Claim, style: str) -> Values:
+    f = c.fields
+    pred, truth = f["predicted"], f.get("truth")
+    truth_moves = truth not in (None, pred) and f.get("truth_after") is not None
+    values = {
+        "places": f["places"],
+        "area": _pct(f["area"]),
+        "region": f["region"],
+        "predicted": pred,
+        "change": _change(f["before"], f["after"], pred),
+        "truth": f" and {_change(f['truth_before'], f['truth_after'], truth)}" if truth_moves else "",
+        "outcome": _becomes(f["becomes"], pred),
+        "heat": (
+            f"; the {method_name(f['map'])} map puts {_pct(f['heat'])} of its heat there"
+            if f.get("heat") is not None and f.get("map")
+            else ""
+        ),
+    }
+    return (f"{style}.barely" if f["barely"] else style), values
+
+
+def _rare_share(share: float) -> str:
+    return "less than 1%" if round(100 * share) < 1 else _pct(share)
+
+
+def _occlusion_look(c: Claim, style: str) -> Values:
+    f = c.fields
+    unusual = f.get("unusual") or []
+    truth = f.get("truth")
+    rare = "".join(
+        f"; {name} is rare in the {truth} training photos ({_rare_share(share)} of their pixels)"
+        for name, share in unusual
+    )
+    names = [name for name, _ in unusual]
+    return style, {
+        "region": f["region"],
+        "colours": _and(f["colours"]),
+        "unusual": rare,
+        "two": " and ".join(f["colours"][:2]),
+        "rare": (
+            f", and {_and(names)} {'is a colour' if len(names) == 1 else 'are colours'} the {truth} "
+            "training photos rarely show"
+            if names
+            else ""
+        ),
+    }
+
+
+def _whole_photo(c: Claim, style: str) -> Values:
+    f = c.fields
+    pred = f["predicted"]
+    return style, {
+        "how": change_phrase(f["change"], f),
+        "moved": _moved(f["before"], f["after"], pred),
+        "outcome": _becomes(f["becomes"], pred),
+    }
+
+
+def _whole_photo_none(c: Claim, style: str) -> Values:
+    f = c.fields
+    return style, {
+        "listed": ", ".join(change_phrase(x, f, listed=True) for x in f["changes"]),
+        "predicted": f["predicted"],
+        "move": round(100 * f["move"]),
+        "largest": change_phrase(f["largest"], f, listed=True),
+        "notable": round(100 * f["notable"]),
+    }
+
+
+def _group_occlusion(c: Claim, style: str) -> Values:
+    f = c.fields
+    k, truth = f["k"], f["truth"]
+    parts = [
+        f"{region} {_in(n, k, noun=False)}" + (f" ({m} turned back)" if m and k > 1 else "")
+        for region, n, m in f["regions"]
+    ]
+    region, _, m = max(f["regions"], key=lambda r: r[2])
+    values = {
+        "counts": ", ".join(parts),
+        "back": _of(f["back"], k),
+        "truth": truth,
+        "region": region,
+        "region_back": _of(m, k),
+    }
+    if style == "lay" and f["back"] == 0:
+        return "lay.none", values
+    return style, values
+
+
+def _of(n: int, k: int) -> str:
+    """ "3 of 8", "all 8", "both", "none of the 8"; of one photo "it" or "none"."""
+    if k == 1:
+        return "it" if n else "none"
+    if n == k:
+        return "both" if k == 2 else f"all {k}"
+    return f"none of the {k}" if n == 0 else f"{n} of {k}"
+
+
+def _group_whole_photo(c: Claim, style: str) -> Values:
+    f = c.fields
+    pred, k = f["predicted"], f["k"]
+    if k == 1:
+        to = f"the prediction becomes {f['to'][0][0]}" if f["to"] else f"the prediction stays {pred}"
+    else:
+        to = ", ".join(f"{_of(n, k)} become {name}" for name, n in f["to"]) or f"none of the {k} changes"
+    before, after = _pct(f["before"]), _pct(f["after"])
+    mean = "" if k == 1 else " on average"
+    average = f"stays at {before}{mean}" if before == after else f"goes from {before} to {after}{mean}"
+    return style, {"how": change_phrase(f["change"], f), "changed": to, "predicted": pred, "average": average}
+
+
+def _group_whole_photo_none(c: Claim, style: str) -> Values:
+    f = c.fields
+    return "plain", {
+        "listed": ", ".join(change_phrase(x, f, listed=True) for x in f["changes"]),
+        "predicted": f["predicted"],
+        "move": round(100 * f["move"]),
+        "largest": change_phrase(f["largest"], f, listed=True),
+    }
 
 
 def _keeping(c: Claim, style: str) -> Values:
@@ -479,13 +676,14 @@ def _group_size(c: Claim, style: str) -> Values:
             else (f"the one of the {count} {true} photos with the largest loss")
         )
     low, high = _pct(f["low"]), _pct(f["high"])
+    n = f.get("map_line", 2)  # the mean map's line: after the causes that lead the group's evidence
     if k == 1:
-        maps = f"line 1 gives its confidence, line 2 its {name} map"
-        maps += ", line 3 its contrastive map" if f["contrast"] else ""
+        maps = f"line 1 gives its confidence, line {n} its {name} map"
+        maps += f", line {n + 1} its contrastive map" if f["contrast"] else ""
     else:
         spread = f"{low} for each" if low == high else f"from {low} to {high}"
-        maps = f"line 1 gives their mean confidence ({spread}), line 2 their mean {name} map"
-        maps += ", line 3 their mean contrastive map" if f["contrast"] else ""
+        maps = f"line 1 gives their mean confidence ({spread}), line {n} their mean {name} map"
+        maps += f", line {n + 1} their mean contrastive map" if f["contrast"] else ""
     values = {
         "which": which,
         "predicted": pred,
@@ -622,6 +820,13 @@ _VALUES: dict[str, Callable[[Claim, str], Values]] = {
     "prediction": _prediction,
     "map": _map,
     "contrastive": _contrastive,
+    "occlusion": _occlusion,
+    "occlusion_look": _occlusion_look,
+    "whole_photo": _whole_photo,
+    "whole_photo_none": _whole_photo_none,
+    "group_occlusion": _group_occlusion,
+    "group_whole_photo": _group_whole_photo,
+    "group_whole_photo_none": _group_whole_photo_none,
     "hiding": _hiding,
     "keeping": _keeping,
     "appearance": _appearance,

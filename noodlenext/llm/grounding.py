@@ -684,6 +684,12 @@ _BELIEVES = re.compile(
 
 # The claims of an edit of the photo: hiding or keeping the hot region, and the probes that hide parts.
 _EDIT_KINDS = {
+    "occlusion",
+    "whole_photo",
+    "whole_photo_none",
+    "group_occlusion",
+    "group_whole_photo",
+    "group_whole_photo_none",
     "hiding",
     "keeping",
     "group_hiding",

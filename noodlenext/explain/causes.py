@@ -1,0 +1,296 @@
+"""What made the model decide, found by changing the photo and rerunning the classifier.
+
+A heatmap says where the network's features are active; it does not say what the prediction rests on,
+and at a small input it cannot even point at a corner (ConvNeXt's last stage is 2x2 at 64 px). Changing
+the photo can: a tag in a corner is found by hiding the corner, a colour cast by taking the colour away.
+
+- `occlusion_scan`: the photo hidden one square at a time (a quarter of the side, on a 7x7 grid of
+  places, finer than the 3x3 region words; the mean colour in place, as the trust check hides pixels):
+  the square whose hiding moves the predicted class most is the `CausalRegion`, with what it looks like,
+  the colours of it that the true class's training photos rarely show, and how much of the map's heat
+  lies in it.
+- `whole_photo_changes`: the prediction under changes of the whole photo that a shortcut would survive
+  in no other way (`WHOLE_PHOTO_CHANGES`): grayscale, a quarter of the resolution, JPEG re-compression,
+  a warmer and a cooler tint, a mirror, the border cropped.
+
+Both are plain forward passes in eval mode without gradients: 49 + 7 per photo.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from noodlenext.explain.appearance import COLOURS, MIN_COLOUR_SHARE, colour_bins, colour_names
+from noodlenext.explain.base import eval_mode
+from noodlenext.explain.evidence import CausalRegion, GlobalChange
+from noodlenext.explain.facts import REGIONS
+from noodlenext.explain.layers import unwrap
+
+__all__ = [
+    "RARE_BIN",
+    "STEPS",
+    "WHOLE_PHOTO_CHANGES",
+    "WINDOW",
+    "normalisation",
+    "occlusion_scan",
+    "whole_photo_changes",
+]
+
+# The hidden square's side, as a share of the photo's side, and how many places per axis it takes.
+WINDOW = 0.25
+STEPS = 7
+# A colour bin (appearance.colour_bins) is rare for a class when it holds less than this share of the
+# pixels of the class's training photos; a colour of the causal square is unusual when at least
+# appearance.MIN_COLOUR_SHARE of the square is of that colour in rare bins.
+RARE_BIN = 0.001
+# What a warmer (cooler) tint multiplies red, green and blue by: about 2000 K of white balance.
+WARM_GAINS = (1.15, 1.0, 0.75)
+COOL_GAINS = (0.8, 1.0, 1.25)
+JPEG_QUALITY = 10
+SCALE = 4  # the lower resolution: a quarter of the side
+BORDER = 0.12  # the share of each side the border crop takes away
+
+Batch = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rgb 0..1, mean, std) -> rgb 0..1
+
+
+def normalisation(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """The mean and std (3,) the model's inputs are normalised with: a NoodleClassifier's own, else
+    ImageNet's (what timm's ConvNeXt and ViT expect)."""
+    hp = getattr(model, "hparams", None)
+    mean = getattr(hp, "mean", None) if hp is not None else None
+    std = getattr(hp, "std", None) if hp is not None else None
+    if mean is None or std is None:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return torch.tensor(list(mean), dtype=torch.float32), torch.tensor(list(std), dtype=torch.float32)
+
+
+def _grayscale(rgb: Tensor) -> Tensor:
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114], device=rgb.device)[:, None, None]).sum(0, keepdim=True)
+    return luma.expand_as(rgb)
+
+
+def _quarter_resolution(rgb: Tensor) -> Tensor:
+    h, w = rgb.shape[-2:]
+    small = F.interpolate(rgb[None], size=(max(1, h // SCALE), max(1, w // SCALE)), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+def _jpeg(rgb: Tensor) -> Tensor:
+    array = (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=JPEG_QUALITY)
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(back).permute(2, 0, 1).to(rgb.device)
+
+
+def _tint(gains: tuple[float, float, float]) -> Callable[[Tensor], Tensor]:
+    def tint(rgb: Tensor) -> Tensor:
+        return (rgb * torch.tensor(gains, device=rgb.device)[:, None, None]).clamp(0, 1)
+
+    return tint
+
+
+def _border_crop(rgb: Tensor) -> Tensor:
+    h, w = rgb.shape[-2:]
+    dy, dx = round(BORDER * h), round(BORDER * w)
+    inner = rgb[:, dy : h - dy, dx : w - dx]
+    return F.interpolate(inner[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+# The one number of a change that has one, as GlobalChange.setting.
+SETTINGS = {"jpeg": float(JPEG_QUALITY), "border_crop": BORDER, "quarter_resolution": 1 / SCALE}
+
+# Each change of the whole photo, on one RGB image (3, H, W) in 0..1.
+WHOLE_PHOTO_CHANGES: dict[str, Callable[[Tensor], Tensor]] = {
+    "grayscale": _grayscale,
+    "quarter_resolution": _quarter_resolution,
+    "jpeg": _jpeg,
+    "warmer": _tint(WARM_GAINS),
+    "cooler": _tint(COOL_GAINS),
+    "mirror": lambda rgb: rgb.flip(-1),
+    "border_crop": _border_crop,
+}
+
+
+def _device(net: nn.Module, fallback: torch.device) -> torch.device:
+    param = next(net.parameters(), None)
+    return param.device if param is not None else fallback
+
+
+def _probabilities(net: nn.Module, x: Tensor, temperature: float, batch: int = 64) -> np.ndarray:
+    out = []
+    with eval_mode(net), torch.inference_mode():
+        for i in range(0, len(x), batch):
+            out.append((net(x[i : i + batch]).float() / temperature).softmax(-1).cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _boxes(h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """The hidden squares in pixels (top, left, bottom, right): WINDOW of each side, STEPS places per axis
+    from edge to edge."""
+    sh, sw = max(1, round(WINDOW * h)), max(1, round(WINDOW * w))
+    tops = np.linspace(0, h - sh, STEPS).round().astype(int)
+    lefts = np.linspace(0, w - sw, STEPS).round().astype(int)
+    return [
+        (int(t), int(lf), int(t) + sh, int(lf) + sw)
+        for t in dict.fromkeys(tops)
+        for lf in dict.fromkeys(lefts)
+    ]
+
+
+def _region(box: tuple[int, int, int, int], h: int, w: int) -> str:
+    """The 3x3 region word of the square's centre."""
+    cy, cx = (box[0] + box[2]) / 2 / h, (box[1] + box[3]) / 2 / w
+    return REGIONS[min(2, int(cy * 3)) * 3 + min(2, int(cx * 3))]
+
+
+def _unusual(
+    square: np.ndarray, training: np.ndarray | None
+) -> tuple[tuple[str, ...], tuple[tuple[str, float], ...]]:
+    """The square's colour names (at least MIN_COLOUR_SHARE of its pixels, most first; the most common
+    always), and those of them that are unusual: at least MIN_COLOUR_SHARE of the square's pixels are of
+    that name and in colour bins (`appearance.colour_bins`) that hold less than RARE_BIN of the true
+    class's training pixels (`training`: their mean histogram). Each unusual name comes with the share of
+    the training pixels in those bins."""
+    pixels = square.reshape(-1, 3)
+    names = list(COLOURS)
+    index = colour_names(pixels)
+    shares = np.bincount(index, minlength=len(names)) / max(1, len(index))
+    order = [i for i in np.argsort(-shares, kind="stable") if shares[i] >= MIN_COLOUR_SHARE][:3]
+    colours = tuple(names[i] for i in order) or (names[int(shares.argmax())],)
+    if training is None or len(index) == 0:
+        return colours, ()
+    bins = colour_bins(pixels)
+    rare = training[bins] < RARE_BIN
+    out = []
+    for i in np.argsort(-np.bincount(index[rare], minlength=len(names)), kind="stable"):
+        mine = rare & (index == i)
+        if mine.mean() < MIN_COLOUR_SHARE:
+            break
+        out.append((names[i], float(training[np.unique(bins[mine])].sum())))
+    return colours, tuple(out[:2])
+
+
+def occlusion_scan(
+    model: nn.Module,
+    images: Tensor,
+    photos: Sequence[np.ndarray],
+    predicted: Sequence[int],
+    truths: Sequence[int | None],
+    class_names: Sequence[str],
+    *,
+    cams: np.ndarray | None = None,
+    method: str | None = None,
+    training_colours: dict[str, np.ndarray] | None = None,
+    temperature: float = 1.0,
+) -> list[CausalRegion]:
+    """Per image, the square whose hiding (mean colour: zero in normalised space) moves the predicted
+    class's probability most (ties: the earlier place, top left first).
+
+    images: (B, 3, H, W) as the model takes them; photos: the same as (H, W, 3) uint8 RGB; predicted and
+    truths: class indices (None: not known); cams: (B, H, W) maps of the predicted class (of `method`),
+    for the share of heat in the square; training_colours: per class name, the mean colour histogram of
+    its training photos (`FeatureIndex.class_colours`), for the square's unusual colours; temperature: the
+    model's calibration.
+    """
+    net = unwrap(model)
+    device = _device(net, images.device)
+    x = images.to(device, torch.float32)
+    b, _, h, w = x.shape
+    boxes = _boxes(h, w)
+    out = []
+    for i in range(b):
+        edited = x[i : i + 1].repeat(len(boxes) + 1, 1, 1, 1)
+        for j, (t, lf, bt, rt) in enumerate(boxes, 1):
+            edited[j, :, t:bt, lf:rt] = 0.0
+        probs = _probabilities(net, edited, temperature)
+        p, truth = int(predicted[i]), truths[i]
+        drops = probs[0, p] - probs[1:, p]
+        j = int(np.argmax(drops))
+        t, lf, bt, rt = boxes[j]
+        after = probs[1 + j]
+        heat = None
+        if cams is not None:
+            cam = np.clip(np.nan_to_num(np.asarray(cams[i], dtype=np.float64)), 0, None)
+            total = cam.sum()
+            heat = float(cam[t:bt, lf:rt].sum() / total) if total > 0 else 0.0
+        truth_name = class_names[truth] if truth is not None else None
+        training = training_colours.get(truth_name) if training_colours and truth_name else None
+        colours, unusual = _unusual(np.asarray(photos[i])[t:bt, lf:rt, :3], training)
+        out.append(
+            CausalRegion(
+                region=_region(boxes[j], h, w),
+                box=(t / h, lf / w, bt / h, rt / w),
+                predicted=class_names[p],
+                before=float(probs[0, p]),
+                after=float(after[p]),
+                becomes=class_names[int(after.argmax())],
+                truth=truth_name,
+                truth_before=float(probs[0, truth]) if truth is not None else None,
+                truth_after=float(after[truth]) if truth is not None else None,
+                colours=colours,
+                unusual=unusual,
+                heat=heat,
+                map=method if heat is not None else None,
+                places=len(boxes),
+            )
+        )
+    return out
+
+
+def whole_photo_changes(
+    model: nn.Module,
+    images: Tensor,
+    predicted: Sequence[int],
+    truths: Sequence[int | None],
+    class_names: Sequence[str],
+    *,
+    temperature: float = 1.0,
+    changes: Sequence[str] = tuple(WHOLE_PHOTO_CHANGES),
+) -> list[list[GlobalChange]]:
+    """Per image, the prediction under each change of the whole photo (`WHOLE_PHOTO_CHANGES`, in order).
+
+    images: (B, 3, H, W) as the model takes them (normalised with `normalisation(model)`); predicted and
+    truths: class indices (None: not known); temperature: the model's calibration.
+    """
+    unknown = [c for c in changes if c not in WHOLE_PHOTO_CHANGES]
+    if unknown:
+        raise ValueError(f"unknown whole-photo changes {unknown}: choose from {list(WHOLE_PHOTO_CHANGES)}")
+    net = unwrap(model)
+    device = _device(net, images.device)
+    mean, std = (v.to(device)[:, None, None] for v in normalisation(model))
+    x = images.to(device, torch.float32)
+    rgb = (x * std + mean).clamp(0, 1)
+    edited = [x]
+    for name in changes:
+        edited.append((torch.stack([WHOLE_PHOTO_CHANGES[name](im) for im in rgb]) - mean) / std)
+    probs = _probabilities(net, torch.cat(edited), temperature)
+    b = len(x)
+    out = []
+    for i in range(b):
+        p, truth = int(predicted[i]), truths[i]
+        row = []
+        for k, name in enumerate(changes, 1):
+            after = probs[k * b + i]
+            row.append(
+                GlobalChange(
+                    change=name,
+                    predicted=class_names[p],
+                    before=float(probs[i, p]),
+                    after=float(after[p]),
+                    becomes=class_names[int(after.argmax())],
+                    truth=class_names[truth] if truth is not None else None,
+                    truth_after=float(after[truth]) if truth is not None else None,
+                    setting=SETTINGS.get(name),
+                )
+            )
+        out.append(row)
+    return out
