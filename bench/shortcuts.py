@@ -177,7 +177,7 @@ def kinds() -> dict[str, Kind]:
             Kind(
                 "background",
                 _background,
-                ("background", "table", "tablecloth", "stripes", "striped"),
+                ("background", "table", "tablecloth", "stripes", "striped", _colour_word(STRIPE_RGB)),
                 "red-striped background",
             ),
             Kind(

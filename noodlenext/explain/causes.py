@@ -11,9 +11,10 @@ the photo can: a tag in a corner is found by hiding the corner, a colour cast by
   lies in it.
 - `whole_photo_changes`: the prediction under changes of the whole photo that a shortcut would survive
   in no other way (`WHOLE_PHOTO_CHANGES`): grayscale, a quarter of the resolution, JPEG re-compression,
-  a warmer and a cooler tint, a mirror, the border cropped.
+  a warmer and a cooler tint, a mirror, the border cropped, the surroundings (outside a central circle)
+  hidden.
 
-Both are plain forward passes in eval mode without gradients: 49 + 7 per photo.
+Both are plain forward passes in eval mode without gradients: 49 + 8 per photo.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ COOL_GAINS = (0.8, 1.0, 1.25)
 JPEG_QUALITY = 10
 SCALE = 4  # the lower resolution: a quarter of the side
 BORDER = 0.12  # the share of each side the border crop takes away
+CENTRE = 0.35  # the radius of the central circle kept when the surroundings are hidden, of the side
 
 Batch = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rgb 0..1, mean, std) -> rgb 0..1
 
@@ -105,6 +107,18 @@ def _border_crop(rgb: Tensor) -> Tensor:
     return F.interpolate(inner[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
+def _surroundings(rgb: Tensor) -> Tensor:
+    """Everything outside a central circle (radius CENTRE of the side) hidden with ImageNet's mean colour
+    (the occlusion's fill for a model normalised with it): where a dish photo's background, table and
+    corners are."""
+    h, w = rgb.shape[-2:]
+    y = (torch.arange(h, device=rgb.device, dtype=torch.float32) + 0.5) / h - 0.5
+    x = (torch.arange(w, device=rgb.device, dtype=torch.float32) + 0.5) / w - 0.5
+    outside = (y[:, None] ** 2 + x[None, :] ** 2) > CENTRE**2
+    fill = torch.tensor(IMAGENET_MEAN, device=rgb.device)[:, None, None].expand_as(rgb)
+    return torch.where(outside, fill, rgb)
+
+
 # The one number of a change that has one, as GlobalChange.setting.
 SETTINGS = {"jpeg": float(JPEG_QUALITY), "border_crop": BORDER, "quarter_resolution": 1 / SCALE}
 
@@ -117,6 +131,7 @@ WHOLE_PHOTO_CHANGES: dict[str, Callable[[Tensor], Tensor]] = {
     "cooler": _tint(COOL_GAINS),
     "mirror": lambda rgb: rgb.flip(-1),
     "border_crop": _border_crop,
+    "surroundings": _surroundings,
 }
 
 
@@ -246,6 +261,29 @@ def occlusion_scan(
     return out
 
 
+def _change(
+    name: str,
+    before: np.ndarray,
+    after: np.ndarray,
+    p: int,
+    truth: int | None,
+    class_names: Sequence[str],
+    setting: float | None,
+    colour: str | None = None,
+) -> GlobalChange:
+    return GlobalChange(
+        change=name,
+        predicted=class_names[p],
+        before=float(before[p]),
+        after=float(after[p]),
+        becomes=class_names[int(after.argmax())],
+        truth=class_names[truth] if truth is not None else None,
+        truth_after=float(after[truth]) if truth is not None else None,
+        setting=setting,
+        colour=colour,
+    )
+
+
 def whole_photo_changes(
     model: nn.Module,
     images: Tensor,
@@ -255,8 +293,12 @@ def whole_photo_changes(
     *,
     temperature: float = 1.0,
     changes: Sequence[str] = tuple(WHOLE_PHOTO_CHANGES),
+    remove_colours: bool = True,
 ) -> list[list[GlobalChange]]:
-    """Per image, the prediction under each change of the whole photo (`WHOLE_PHOTO_CHANGES`, in order).
+    """Per image, the prediction under each change of the whole photo (`WHOLE_PHOTO_CHANGES`, in order),
+    then, with remove_colours, the colour whose removal (its pixels turned grey) moves the predicted class
+    most, of those on at least MIN_COLOUR_SHARE of the photo (change "remove_colour"; its colour, and its
+    share of the photo as the setting): one forward pass per change and per such colour.
 
     images: (B, 3, H, W) as the model takes them (normalised with `normalisation(model)`); predicted and
     truths: class indices (None: not known); temperature: the model's calibration.
@@ -272,25 +314,35 @@ def whole_photo_changes(
     edited = [x]
     for name in changes:
         edited.append((torch.stack([WHOLE_PHOTO_CHANGES[name](im) for im in rgb]) - mean) / std)
+    # One colour at a time taken out (its pixels turned grey): each colour name on at least
+    # MIN_COLOUR_SHARE of the photo's pixels (appearance.colour_names, on the photo as the model takes it).
+    colours: list[list[tuple[str, float]]] = []
+    for im in rgb if remove_colours else []:
+        pixels = (im * 255).round().byte().permute(1, 2, 0).reshape(-1, 3).cpu().numpy()
+        index = torch.from_numpy(colour_names(pixels)).to(device).reshape(im.shape[-2:])
+        present = []
+        for c in range(len(COLOURS)):
+            share = float((index == c).float().mean())
+            if share >= MIN_COLOUR_SHARE:
+                edited.append(((_grayscale(im) * (index == c) + im * (index != c))[None] - mean) / std)
+                present.append((list(COLOURS)[c], share))
+        colours.append(present)
     probs = _probabilities(net, torch.cat(edited), temperature)
     b = len(x)
     out = []
+    row_of = len(changes) * b + b  # where each image's colour removals start
     for i in range(b):
         p, truth = int(predicted[i]), truths[i]
-        row = []
-        for k, name in enumerate(changes, 1):
-            after = probs[k * b + i]
-            row.append(
-                GlobalChange(
-                    change=name,
-                    predicted=class_names[p],
-                    before=float(probs[i, p]),
-                    after=float(after[p]),
-                    becomes=class_names[int(after.argmax())],
-                    truth=class_names[truth] if truth is not None else None,
-                    truth_after=float(after[truth]) if truth is not None else None,
-                    setting=SETTINGS.get(name),
-                )
-            )
+        before = probs[i]
+        row = [
+            _change(name, before, probs[k * b + i], p, truth, class_names, SETTINGS.get(name))
+            for k, name in enumerate(changes, 1)
+        ]
+        if remove_colours and colours[i]:
+            removals = probs[row_of : row_of + len(colours[i])]
+            row_of += len(colours[i])
+            j = int(np.argmax(before[p] - removals[:, p]))  # the colour whose removal matters most
+            name, share = colours[i][j]
+            row.append(_change("remove_colour", before, removals[j], p, truth, class_names, share, name))
         out.append(row)
     return out

@@ -102,9 +102,11 @@ class CausalRegion:
 class GlobalChange:
     """The prediction under a change of the whole photo (`noodlenext.explain.causes.WHOLE_PHOTO_CHANGES`:
     grayscale, a quarter of the resolution, JPEG re-compression, a warmer or cooler tint, a mirror, the
-    border cropped). before/after: the predicted class's probability; becomes: the prediction after;
-    truth_after: the true class's probability after (None when not known); setting: the change's one
-    number, where it has one (the JPEG quality; the share of each side the border crop takes)."""
+    border cropped, the surroundings hidden), or a colour taken out. before/after: the predicted class's
+    probability; becomes: the prediction after; truth_after: the true class's probability after (None
+    when not known); setting: the change's one number, where it has one (the JPEG quality; the share of
+    each side the border crop takes; the share of the photo a removed colour covers); colour: the colour
+    taken out (change "remove_colour")."""
 
     change: str
     predicted: str
@@ -114,6 +116,12 @@ class GlobalChange:
     truth: str | None = None
     truth_after: float | None = None
     setting: float | None = None
+    colour: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The change and, for a colour removal, its colour: "grayscale", "remove_colour:red"."""
+        return f"{self.change}:{self.colour}" if self.colour else self.change
 
     @property
     def notable(self) -> bool:
@@ -794,7 +802,7 @@ def whole_photo_claims(changes: list[GlobalChange]) -> list[Claim]:
                 moves=(Move(c.predicted, c.before, c.after),),
                 becomes=(c.becomes,),
                 verdict="turned_back" if c.turned_back else None,
-                looks=CHANGE_WORDS.get(c.change, ()),
+                looks=change_words(c),
                 fields={
                     "change": c.change,
                     "predicted": c.predicted,
@@ -821,27 +829,48 @@ CAUSE_KINDS = frozenset(
     }
 )
 
+
+def change_words(change: GlobalChange) -> tuple[str, ...]:
+    """The image words a whole-photo change lets an explanation use: CHANGE_WORDS, and a removed colour."""
+    return (*CHANGE_WORDS.get(change.change, ()), *((change.colour,) if change.colour else ()))
+
+
 # The image words (noodlenext/llm/vocabulary.yaml) a whole-photo change lets an explanation use.
 CHANGE_WORDS: dict[str, tuple[str, ...]] = {
     "grayscale": ("colour", "color", "colours", "colors", "grey", "gray"),
     "quarter_resolution": ("resolution", "low-resolution", "blur", "blurry", "blurred", "pixelated"),
     "jpeg": ("jpeg", "compression", "artifact", "artifacts", "artefact", "artefacts"),
-    "warmer": ("tint", "colour", "color", "hue", "red", "blue"),
-    "cooler": ("tint", "colour", "color", "hue", "red", "blue"),
+    "warmer": ("tint", "colour", "color", "hue", "light"),
+    "cooler": ("tint", "colour", "color", "hue", "light"),
     "mirror": (),
     "border_crop": ("border", "crop", "cropped"),
+    "surroundings": ("background", "surroundings", "border", "table"),
+    "remove_colour": ("colour", "color", "grey", "gray"),
 }
 
 
-def setting_fields(changes: Iterable[GlobalChange]) -> dict[str, float]:
+def setting_fields(changes: Iterable[GlobalChange]) -> dict[str, Any]:
     """The settings the words of `changes` state: {"quality": the JPEG quality, "border": the share of each
     side the border crop takes, "scale": the lower resolution's share of the side}, for those among them."""
-    names = {"jpeg": "quality", "border_crop": "border", "quarter_resolution": "scale"}
-    return {names[c.change]: c.setting for c in changes if c.change in names and c.setting is not None}
+    names = {
+        "jpeg": "quality",
+        "border_crop": "border",
+        "quarter_resolution": "scale",
+        "remove_colour": "share",
+    }
+    out: dict[str, Any] = {
+        names[c.change]: c.setting for c in changes if c.change in names and c.setting is not None
+    }
+    colours = [c.colour for c in changes if c.colour]
+    if colours:
+        out["colour"] = colours[0]
+    return out
 
 
 def settings_quantities(changes: Iterable[GlobalChange]) -> list[Quantity]:
     out = []
     for name, value in setting_fields(changes).items():
+        if name == "colour":
+            continue
         out.append(Quantity(float(value), "decimal", name) if name == "quality" else percent(value, name))
     return out

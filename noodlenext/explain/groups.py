@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from noodlenext.explain.claims import Claim, Count, Move, percent
 from noodlenext.explain.evidence import (
     BARELY,
-    CHANGE_WORDS,
     NOTABLE_MOVE,
     Evidence,
+    change_words,
     setting_fields,
     settings_quantities,
     texture_licence,
@@ -335,9 +336,9 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
     by_change: dict[str, list] = {}
     for e in evidences:
         for g in e.changes:
-            by_change.setdefault(g.change, []).append(g)
+            by_change.setdefault(g.key, []).append(g)
     notable = []
-    for change, gs in by_change.items():
+    for gs in by_change.values():
         k = len(gs)
         to = Counter(g.becomes for g in gs if g.becomes != g.predicted)
         before = float(np.mean([g.before for g in gs]))
@@ -346,6 +347,8 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
         if not to and abs(before - after) <= NOTABLE_MOVE:
             continue
         ranked_to = _ranked(to, [str(true), *names])
+        # The settings every photo shares (a removed colour's share of the photo differs per photo).
+        fixed = [replace(gs[0], setting=None) if gs[0].change == "remove_colour" else gs[0]]
         notable.append(
             (
                 n_back,
@@ -353,20 +356,20 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
                 Claim(
                     "group_whole_photo",
                     tuple(dict.fromkeys([pred, *to])),
-                    quantities=(percent(before, pred), percent(after, pred), *settings_quantities(gs[:1])),
+                    quantities=(percent(before, pred), percent(after, pred), *settings_quantities(fixed)),
                     counts=tuple(Count(n, k, name, "becomes") for name, n in ranked_to),
                     moves=(Move(pred, before, after),),
                     becomes=tuple(dict.fromkeys([*to, *([pred] if sum(to.values()) < k else [])])),
                     verdict="turned_back" if n_back else None,
-                    looks=CHANGE_WORDS.get(change, ()),
+                    looks=change_words(gs[0]),
                     fields={
-                        "change": change,
+                        "change": gs[0].change,
                         "predicted": pred,
                         "k": k,
                         "to": [list(t) for t in ranked_to],
                         "before": before,
                         "after": after,
-                        **setting_fields(gs[:1]),
+                        **setting_fields(fixed),
                     },
                 ),
             )
@@ -377,7 +380,7 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
             for c, gs in by_change.items()
         }
         largest = max(moves, key=moves.__getitem__)
-        every = [gs[0] for gs in by_change.values()]
+        every = [gs[0] for gs in by_change.values() if gs[0].change != "remove_colour"]
         scored.append(
             (
                 -1,
@@ -388,7 +391,7 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
                     quantities=(percent(moves[largest], "points"), *settings_quantities(every)),
                     fields={
                         "predicted": pred,
-                        "changes": list(by_change),
+                        "changes": list(dict.fromkeys(gs[0].change for gs in by_change.values())),
                         "largest": largest,
                         "move": float(moves[largest]),
                         **setting_fields(every),

@@ -380,17 +380,35 @@ CHANGE_PHRASES = {
     "grayscale": ("In grayscale (the colour taken away)", "grayscale"),
     "quarter_resolution": ("At a quarter of the resolution", "a quarter of the resolution"),
     "jpeg": ("Re-compressed as a JPEG of quality {quality}", "JPEG quality {quality}"),
-    "warmer": ("With a warmer tint (more red, less blue)", "a warmer tint"),
-    "cooler": ("With a cooler tint (more blue, less red)", "a cooler tint"),
+    "warmer": ("With a warmer tint (as under warm light)", "a warmer tint"),
+    "cooler": ("With a cooler tint (as under cold light)", "a cooler tint"),
     "mirror": ("Mirrored left to right", "a mirror"),
     "border_crop": ("With the border cropped off ({border} of each side)", "the border cropped"),
+    "surroundings": (
+        "With the surroundings hidden (all but a central circle: the background, the table, the corners)",
+        "the surroundings hidden",
+    ),
+    "remove_colour": (
+        "With the {colour} taken out (turned grey{share})",
+        "the {colour} taken out",
+    ),
 }
 
 
 def change_phrase(change: str, fields: dict[str, Any], listed: bool = False) -> str:
     """A whole-photo change in words: "In grayscale (the colour taken away)" or, listed, "grayscale"."""
+    if ":" in change:  # a GlobalChange.key: "remove_colour:red"
+        change, colour = change.split(":", 1)
+        fields = {**fields, "colour": colour}
+    if change == "remove_colour" and not fields.get("colour"):
+        return "one colour taken out" if listed else "With one colour taken out"
     lead, short = CHANGE_PHRASES.get(change, (change, change))
-    values = {"quality": f"{fields.get('quality', 0):g}", "border": _pct(fields.get("border", 0.0))}
+    values = {
+        "quality": f"{fields.get('quality', 0):g}",
+        "border": _pct(fields.get("border", 0.0)),
+        "share": f": {_pct(fields['share'])} of the photo" if fields.get("share") is not None else "",
+        "colour": fields.get("colour", ""),
+    }
     return (short if listed else lead).format_map(values)
 
 
