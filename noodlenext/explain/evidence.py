@@ -837,7 +837,16 @@ def change_words(change: GlobalChange) -> tuple[str, ...]:
 
 # The image words (noodlenext/llm/vocabulary.yaml) a whole-photo change lets an explanation use.
 CHANGE_WORDS: dict[str, tuple[str, ...]] = {
-    "grayscale": ("colour", "color", "colours", "colors", "grey", "gray"),
+    "grayscale": (
+        "grayscale",
+        "greyscale",
+        "black-and-white",
+        "monochrome",
+        "colour",
+        "color",
+        "grey",
+        "gray",
+    ),
     "quarter_resolution": ("resolution", "low-resolution", "blur", "blurry", "blurred", "pixelated"),
     "jpeg": ("jpeg", "compression", "artifact", "artifacts", "artefact", "artefacts"),
     "warmer": ("tint", "colour", "color", "hue", "light"),

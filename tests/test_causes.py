@@ -1,0 +1,358 @@
+"""What made the model decide, found by changing the photo: proven on models with a planted shortcut whose
+cause is known (a tag in a corner, a colour cast, a frame), through the evidence's lines, a group's
+summary, the templates and the grounding gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, images
+
+from noodlenext.data.datamodule import NoodleImages
+from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from noodlenext.explain.appearance import colour_histogram
+from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
+from noodlenext.explain.evidence import CAUSE_KINDS, CausalRegion, Evidence, GlobalChange
+from noodlenext.explain.facts import heatmap_facts
+from noodlenext.explain.gather import gather_evidence
+from noodlenext.explain.groups import group_evidence
+from noodlenext.explain.heatmaps import explain_batch
+from noodlenext.explain.neighbours import FeatureIndex
+from noodlenext.explain.templates import group_template, photo_template
+from noodlenext.llm.grounding import check_explanation
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+CLASSES = ["spaghetti", "ramen", "udon"]
+BEIGE, MAGENTA, BLUE, YELLOW = (215, 190, 145), (255, 0, 200), (40, 80, 255), (235, 200, 40)
+MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
+STD = torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+class Shortcut(nn.Module):
+    """Logits from one planted cue of the photo (RGB 0..1, undone from ImageNet's normalisation):
+    spaghetti a constant, udon a gain times the cue; ramen never. A parameter, so it is a model."""
+
+    GAINS = {"tag": 6.0, "cast": 12.0, "frame": 6.0}
+
+    def __init__(self, cue: str) -> None:
+        super().__init__()
+        self.cue, self.gain = cue, self.GAINS[cue]
+        self.bias = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        rgb = x * STD + MEAN
+        r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        if self.cue == "tag":  # magenta in the lower right eighth of the side
+            e = SIZE // 4
+            cue = (r - g).clamp(min=0)[:, -e:, -e:].mean((1, 2))
+        elif self.cue == "cast":  # the whole photo bluer than red
+            cue = (b - r).mean((1, 2))
+        else:  # "frame": yellow in the outer 2 pixels
+            ring = torch.ones(SIZE, SIZE, dtype=torch.bool)
+            ring[2:-2, 2:-2] = False
+            cue = ((r + g) / 2 - b).clamp(min=0)[:, ring].mean(1)
+        udon = self.gain * cue
+        return torch.stack([self.bias.expand_as(udon), torch.full_like(udon, -5.0), udon], 1)
+
+
+def photo(plant: str | None = None, seed: int = 0) -> np.ndarray:
+    """A beige noodle-ish photo (noisy), with a planted shortcut."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(rng.normal(BEIGE, 6, (SIZE, SIZE, 3)), 0, 255)
+    if plant == "tag":
+        a[-6:, -6:] = MAGENTA
+    elif plant == "cast":
+        a = 0.4 * a + 0.6 * np.array(BLUE)
+    elif plant == "frame":
+        a[:2], a[-2:], a[:, :2], a[:, -2:] = YELLOW, YELLOW, YELLOW, YELLOW
+    return a.astype(np.uint8)
+
+
+def batch(arrays: list[np.ndarray]) -> Tensor:
+    tf = eval_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return torch.stack([tf(Image.fromarray(a)) for a in arrays])
+
+
+# --- hiding one part at a time ------------------------------------------------------------------------
+
+
+def test_hiding_one_part_at_a_time_finds_a_corner_tag_and_that_its_colour_is_out_of_place() -> None:
+    model = Shortcut("tag")
+    arrays = [photo("tag", s) for s in range(2)]
+    x = batch(arrays)
+    assert model(x).argmax(1).tolist() == [2, 2]  # udon, from the tag alone
+    elsewhere = np.zeros((2, SIZE, SIZE))
+    elsewhere[:, :8, :8] = 1.0  # a map that is hot in the upper left, far from the tag
+    spaghetti = colour_histogram(np.concatenate([photo(None, 10 + s).reshape(-1, 3) for s in range(3)]))
+    found = occlusion_scan(
+        model, x, arrays, [2, 2], [0, None], CLASSES, cams=elsewhere, method="scorecam",
+        training_colours={"spaghetti": spaghetti},
+    )  # fmt: skip
+    tagged, unknown = found
+    assert tagged.region == "lower right" and tagged.places == 49
+    assert tagged.box[2] == pytest.approx(1.0) and tagged.box[3] == pytest.approx(1.0)  # the corner square
+    assert tagged.becomes == "spaghetti" and tagged.turned_back and tagged.after < 0.5 < tagged.before
+    assert tagged.truth_after is not None and tagged.truth_after > tagged.truth_before
+    assert tagged.heat == 0.0 and tagged.map == "scorecam"  # the map puts none of its heat on the cause
+    assert "pink" in tagged.colours and [c for c, _ in tagged.unusual] == ["pink"]
+    assert tagged.unusual[0][1] < 0.001  # the spaghetti photos have (almost) no such pixel
+    assert unknown.truth is None and not unknown.turned_back and unknown.unusual == ()
+
+
+def test_a_photo_without_a_shortcut_has_no_part_that_matters() -> None:
+    model = Shortcut("tag")
+    arrays = [photo(None, 3)]
+    (found,) = occlusion_scan(model, batch(arrays), arrays, [0], [0], CLASSES)
+    assert found.before - found.after < 0.01 and found.becomes == "spaghetti"
+    lines = _evidence(causal=found).lines()
+    assert "no part matters much" in lines[1]
+
+
+# --- changing the whole photo ---------------------------------------------------------------------------
+
+
+def _by_change(changes: list[GlobalChange]) -> dict[str, GlobalChange]:
+    return {c.change: c for c in changes}
+
+
+def test_a_colour_cast_is_found_by_taking_the_colour_away_and_a_warmer_tint() -> None:
+    model = Shortcut("cast")
+    x = batch([photo("cast", 0)])
+    (changes,) = whole_photo_changes(model, x, [2], [0], CLASSES)
+    by = _by_change(changes)
+    assert list(by) == [
+        "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror", "border_crop", "surroundings",
+        "remove_colour",
+    ]  # fmt: skip
+    for flips in ("grayscale", "warmer", "remove_colour"):
+        assert by[flips].becomes == "spaghetti" and by[flips].turned_back and by[flips].notable, flips
+    assert by["remove_colour"].colour == "blue" and by["remove_colour"].setting > 0.5
+    for same in ("mirror", "quarter_resolution"):
+        assert by[same].becomes == "udon" and not by[same].notable, same
+    assert by["cooler"].after > by["cooler"].before  # bluer still
+
+
+def test_a_frame_is_found_by_cropping_the_border_and_hiding_the_surroundings() -> None:
+    model = Shortcut("frame")
+    arrays = [photo("frame", 0)]
+    x = batch(arrays)
+    (changes,) = whole_photo_changes(model, x, [2], [0], CLASSES)
+    by = _by_change(changes)
+    assert by["border_crop"].turned_back and by["surroundings"].turned_back
+    assert not by["mirror"].notable
+    (part,) = occlusion_scan(model, x, arrays, [2], [0], CLASSES)
+    assert not part.turned_back  # no one square holds the frame
+
+
+def test_changes_are_rerun_in_eval_mode_and_unknown_changes_are_refused() -> None:
+    model = QuadrantModel().train()
+    x = images(2)
+    (a, _) = whole_photo_changes(model, x, [0, 0], [None, None], NAMES, remove_colours=False)
+    assert model.training and len(a) == 8 and all(c.truth is None and not c.turned_back for c in a)
+    with pytest.raises(ValueError, match="unknown whole-photo changes \\['sepia'\\]"):
+        whole_photo_changes(model, x, [0, 0], [None, None], NAMES, changes=["sepia"])
+
+
+# --- claims, lines, templates and the gate --------------------------------------------------------------
+
+
+def _evidence(causal: CausalRegion | None = None, changes: list[GlobalChange] | None = None) -> Evidence:
+    cam = np.zeros((9, 9))
+    cam[:3, :3] = 1.0  # the map: upper left
+    return Evidence(
+        file="plate.jpg",
+        class_names=CLASSES,
+        probabilities={"spaghetti": 0.02, "ramen": 0.01, "udon": 0.97},
+        predicted="udon",
+        true_label="spaghetti",
+        contrast_class="spaghetti",
+        facts={"scorecam": heatmap_facts(cam)},
+        causal=causal,
+        changes=changes or [],
+    )
+
+
+TAG = CausalRegion(
+    region="lower right", box=(0.75, 0.75, 1.0, 1.0), predicted="udon", before=0.97, after=0.08,
+    becomes="spaghetti", truth="spaghetti", truth_before=0.02, truth_after=0.9, colours=("pink", "beige"),
+    unusual=(("pink", 0.0004),), heat=0.01, map="scorecam", places=49,
+)  # fmt: skip
+
+
+def _change(name: str, after: float, becomes: str, **kw) -> GlobalChange:
+    return GlobalChange(name, "udon", 0.97, after, becomes, "spaghetti", 1 - after, **kw)
+
+
+CHANGES = [
+    _change("grayscale", 0.95, "udon"),
+    _change("border_crop", 0.30, "spaghetti", setting=0.12),
+    _change("mirror", 0.97, "udon"),
+    _change("remove_colour", 0.93, "udon", setting=0.2, colour="pink"),
+]
+
+
+def test_the_cause_leads_the_lines_and_the_map_follows() -> None:
+    e = _evidence(TAG, CHANGES)
+    lines = e.lines()
+    assert lines[1] == (
+        "2. Hiding one part at a time (49 squares, each 6% of the image), the lower right matters most: "
+        "hiding it drops udon from 97% to 8% and raises spaghetti from 2% to 90%; the prediction becomes "
+        "spaghetti; the ScoreCAM map puts 1% of its heat there."
+    )
+    assert lines[2] == (
+        "3. The lower right square is mostly pink and beige; pink is rare in the spaghetti training photos "
+        "(less than 1% of their pixels)."
+    )
+    # Only the changes that flip the prediction or move it by more than 10 points have a line.
+    assert lines[3] == (
+        "4. With the border cropped off (12% of each side), udon drops from 97% to 30%; the prediction "
+        "becomes spaghetti."
+    )
+    assert lines[4].startswith("5. ScoreCAM:") and e.map_lines()[5][0] == "scorecam"
+    assert [c.kind for c in e.claims()[1:4]] == ["occlusion", "occlusion_look", "whole_photo"]
+    assert Evidence.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_when_no_whole_photo_change_matters_one_line_says_so() -> None:
+    quiet = [
+        _change("grayscale", 0.95, "udon"),
+        _change("remove_colour", 0.93, "udon", setting=0.2, colour="red"),
+    ]
+    lines = _evidence(changes=quiet).lines()
+    assert lines[1] == (
+        "2. Changing the whole photo (grayscale, the red taken out) moves udon by 4 points at most (the "
+        "largest: the red taken out); none of these changes moves it by more than 10 points."
+    )
+
+
+def test_the_template_leads_with_the_cause_and_passes_the_gate() -> None:
+    e = _evidence(TAG, CHANGES)
+    text = photo_template(e)
+    assert text.startswith(
+        "The classifier took this spaghetti photo for udon, with 97% confidence [1]. Hiding the lower right "
+        "of the photo drops udon from 97% to 8% and raises spaghetti from 2% to 90%, and the prediction "
+        "becomes spaghetti [2]. That part looks pink and beige, and pink is a colour the spaghetti training "
+        "photos rarely show [3]."
+    )
+    assert check_explanation(text, e).passed, check_explanation(text, e).reasons
+
+
+@pytest.mark.parametrize(
+    ("answer", "passes"),
+    [
+        (
+            "The pink tag in the lower right made it udon: hiding it turns the photo into spaghetti [2, 3].",
+            True,
+        ),
+        ("Cropping the border turns it into spaghetti [4].", True),
+        ("Hiding the upper left turns it into spaghetti [2].", False),  # the wrong place
+        ("Hiding the lower right drops udon to 40% [2].", False),  # a number no line gives
+        ("The green garnish in the lower right made it udon [2, 3].", False),  # a colour nobody measured
+        ("In grayscale the photo becomes spaghetti [4].", False),  # no line says so
+    ],
+)
+def test_the_gate_holds_an_answer_about_the_cause_to_the_lines(answer: str, passes: bool) -> None:
+    verdict = check_explanation(
+        f"The classifier took this spaghetti photo for udon [1]. {answer}", _evidence(TAG, CHANGES)
+    )
+    assert verdict.passed is passes, verdict.reasons
+
+
+def _photo_evidence(i: int, region: str, back: bool, grey_back: bool) -> Evidence:
+    causal = CausalRegion(
+        region=region, box=(0.75, 0.75, 1.0, 1.0), predicted="udon", before=0.9, after=0.2 if back else 0.8,
+        becomes="spaghetti" if back else "udon", truth="spaghetti", truth_before=0.1, truth_after=0.7,
+        colours=("pink",), places=49,
+    )  # fmt: skip
+    grey = _change("grayscale", 0.1 if grey_back else 0.9, "spaghetti" if grey_back else "udon")
+    return _evidence(causal, [grey, _change("mirror", 0.97, "udon")])
+
+
+def test_a_group_counts_what_each_change_turns_back_and_leads_with_the_most() -> None:
+    photos = [
+        _photo_evidence(0, "lower right", True, True),
+        _photo_evidence(1, "lower right", True, False),
+        _photo_evidence(2, "center", False, True),
+    ]
+    cams = [np.eye(9)] * 3
+    group = group_evidence(photos, cams, count=3, method="scorecam")
+    kinds = [c.kind for c in group.lead]
+    assert kinds == ["group_occlusion", "group_whole_photo"] and all(k in CAUSE_KINDS for k in kinds)
+    lines = group.lines()
+    assert lines[1] == (
+        "2. Hiding one part at a time, the part that matters most is the lower right in 2 of 3 (2 turned "
+        "back), center in 1 of 3; hiding it turns 2 of 3 back to spaghetti."
+    )
+    assert (
+        lines[2]
+        == "3. In grayscale (the colour taken away), 2 of 3 become spaghetti; udon goes from 97% to 37% on average."
+    )
+    size = next(c for c in group.summary if c.kind == "group_size")
+    assert size.fields["map_line"] == 4 and "line 4 their mean ScoreCAM map" in lines[4]
+    text = group_template(group)
+    assert "Hiding the lower right turns 2 of 3 back into spaghetti [2]." in text
+    assert check_explanation(text, group).passed, check_explanation(text, group).reasons
+
+
+# --- where they come from: the feature index's colours and gather_evidence ------------------------------
+
+
+def test_the_feature_index_keeps_each_training_photos_colours(tmp_path: Path) -> None:
+    samples = []
+    for i, (colour, label) in enumerate([(BEIGE, 0), (BEIGE, 0), (BLUE, 1)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((SIZE, SIZE, 3), colour, np.uint8)).save(path)
+        samples.append((path, label))
+    model = QuadrantModel()
+    index = FeatureIndex.build(
+        model, NoodleImages(samples, eval_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD)), class_names=NAMES
+    )
+    colours = index.class_colours()
+    assert set(colours) == {"ramen", "udon"}
+    beige_bin = int(np.argmax(colour_histogram(np.array([BEIGE]))))
+    assert colours["ramen"][beige_bin] == pytest.approx(1.0) and colours["udon"][beige_bin] == 0.0
+    index.save(tmp_path / "index.npz")
+    assert np.array_equal(FeatureIndex.load(tmp_path / "index.npz", model).colours, index.colours)
+    # An index saved before colours were kept still loads, without them.
+    np.savez(
+        tmp_path / "old.npz",
+        features=index.features,
+        files=np.array(index.files),
+        labels=np.array(index.labels),
+    )
+    old = FeatureIndex.load(tmp_path / "old.npz", model)
+    assert old.colours is None and old.class_colours() == {} and old.labels == index.labels
+
+
+def test_gather_evidence_runs_the_causes_unless_asked_not_to() -> None:
+    model = QuadrantModel()
+    x = images(2)
+    pred = model.eval()(x).argmax(1).tolist()
+    rgb = ((x * STD + MEAN).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+    photos = [Image.fromarray(a) for a in rgb]
+    heatmaps = explain_batch(model, x, pred, "gradcam", QUADRANTS)
+    args = (model, x, photos, pred, [1, None], heatmaps)
+    found = gather_evidence(*args, settings=QUADRANTS, class_names=NAMES)
+    for e in found:
+        assert e.causal is not None and e.causal.region in (
+            "upper left",
+            "upper center",
+            "middle left",
+            "center",
+        )
+        assert e.causal.drop > 0 and e.causal.map == "gradcam" and e.causal.heat is not None
+        assert [c.change for c in e.changes][:8] == [
+            "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror", "border_crop", "surroundings",
+        ]  # fmt: skip
+        assert e.claims()[1].kind == "occlusion"
+    assert found[0].causal.truth == "udon" and found[1].causal.truth is None
+    bare = gather_evidence(*args, settings=QUADRANTS, class_names=NAMES, causes=False)
+    assert all(e.causal is None and e.changes == [] for e in bare)
+    assert [c.kind for c in bare[0].claims()][1] == "map"
