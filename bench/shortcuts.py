@@ -46,8 +46,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from noodlenext.explain.appearance import COLOURS, colour_names
+from noodlenext.explain.gather import gather_evidence
+from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.photo import PhotoExplainer
 from noodlenext.explain.templates import photo_template
+from noodlenext.explain.wording import line
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "udon"  # the class whose every training photo carries the shortcut
@@ -323,9 +326,11 @@ def score(kind: Kind, every: dict[str, Kind], work: Path, clean: Path, photos: i
                 "named_evidence": names_cause(" ".join(lines), kind, every),
                 "named_paragraph": names_cause(photo_template(ev), kind, every),
                 "scorecam_informative": ev.trust["scorecam"].informative if "scorecam" in ev.trust else None,
+                "named_cause_lines": names_cause(" ".join(line(c) for c in ev.cause_claims()), kind, every),
             }
         )
     explain_s = (time.perf_counter() - explain_s) / max(1, len(per_photo))
+    cost = evidence_cost(explainer, [m[0] for m in mistakes[:photos]], [m[2] for m in mistakes[:photos]])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "kind": kind.name,
@@ -339,6 +344,36 @@ def score(kind: Kind, every: dict[str, Kind], work: Path, clean: Path, photos: i
         "photos": per_photo,
         "seconds_train": round(trained, 1),
         "seconds_per_photo_evidence": round(explain_s, 2),
+        "evidence_cost": cost,
+    }
+
+
+def evidence_cost(explainer: PhotoExplainer, paths: list[Path], truths: list[str]) -> dict[str, float]:
+    """CPU seconds per photo of `gather_evidence` on the explained photos (their heatmaps computed once),
+    without and with the causes (hiding one part at a time, the whole-photo changes), in this process:
+    the baseline and the ratio."""
+    if not paths:
+        return {}
+    model = explainer.model
+    names = model.class_names
+    x = torch.stack([explainer.transform(Image.open(p).convert("RGB")) for p in paths])
+    photos = [Image.open(p).convert("RGB").resize(x.shape[-2:][::-1]) for p in paths]
+    with torch.no_grad():
+        preds = model(x).argmax(1).tolist()
+    maps = explain_batch(model, x, preds, "both", explainer.settings)
+    truth = [names.index(t) for t in truths]
+    seconds = {}
+    for causes in (False, True, False, True):  # twice each, interleaved: the second of each is kept
+        started = time.process_time()
+        gather_evidence(
+            model, x, photos, preds, truth, maps, index=explainer.index, settings=explainer.settings,
+            class_names=names, causes=causes,
+        )  # fmt: skip
+        seconds[causes] = (time.process_time() - started) / len(paths)
+    return {
+        "without": round(seconds[False], 3),
+        "with": round(seconds[True], 3),
+        "ratio": round(seconds[True] / seconds[False], 2),
     }
 
 
@@ -346,19 +381,25 @@ def _share(rows: list[dict], key: str) -> str:
     return f"{sum(bool(r[key]) for r in rows)}/{len(rows)}" if rows else "-"
 
 
+def _cost(r: dict) -> str:
+    c = r.get("evidence_cost") or {}
+    return f"{c['with']:.2f} ({c['without']:.2f}, x{c['ratio']:.2f})" if c else "-"
+
+
 def table(results: list[dict]) -> str:
     head = (
         "| kind | shortcut | test acc | planted mistakes | fixed by removing it | group first | group any "
-        "| photo evidence | photo paragraph |"
+        "| photo evidence | photo cause lines | photo paragraph | evidence CPU s/photo (without causes) |"
     )
-    rows = [head, "|" + " --- |" * 9]
+    rows = [head, "|" + " --- |" * 11]
     for r in results:
         rows.append(
             f"| {r['kind']} | {r['what']} | {100 * (r['test_acc'] or 0):.0f}% "
             f"| {r['planted_mistakes']}/{r['planted']} "
             f"| {r['fixed_by_removal']}/{r['planted_mistakes']} | {_share(r['groups'], 'named_first')} "
             f"| {_share(r['groups'], 'named_any')} | {_share(r['photos'], 'named_evidence')} "
-            f"| {_share(r['photos'], 'named_paragraph')} |"
+            f"| {_share(r['photos'], 'named_cause_lines')} | {_share(r['photos'], 'named_paragraph')} "
+            f"| {_cost(r)} |"
         )
     return "\n".join(rows)
 

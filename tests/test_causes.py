@@ -128,7 +128,8 @@ def test_a_colour_cast_is_found_by_taking_the_colour_away_and_a_warmer_tint() ->
     (changes,) = whole_photo_changes(model, x, [2], [0], CLASSES)
     by = _by_change(changes)
     assert list(by) == [
-        "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror", "border_crop", "surroundings",
+        "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror",
+        "border_crop", "surroundings",
         "remove_colour",
     ]  # fmt: skip
     for flips in ("grayscale", "warmer", "remove_colour"):
@@ -292,7 +293,8 @@ def test_a_group_counts_what_each_change_turns_back_and_leads_with_the_most() ->
     )
     assert (
         lines[2]
-        == "3. In grayscale (the colour taken away), 2 of 3 become spaghetti; udon goes from 97% to 37% on average."
+        == "3. In grayscale (the colour taken away), 2 of 3 become spaghetti; udon goes from 97% to 37% on "
+        "average."
     )
     size = next(c for c in group.summary if c.kind == "group_size")
     assert size.fields["map_line"] == 4 and "line 4 their mean ScoreCAM map" in lines[4]
@@ -349,7 +351,8 @@ def test_gather_evidence_runs_the_causes_unless_asked_not_to() -> None:
         )
         assert e.causal.drop > 0 and e.causal.map == "gradcam" and e.causal.heat is not None
         assert [c.change for c in e.changes][:8] == [
-            "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror", "border_crop", "surroundings",
+            "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror",
+        "border_crop", "surroundings",
         ]  # fmt: skip
         assert e.claims()[1].kind == "occlusion"
     assert found[0].causal.truth == "udon" and found[1].causal.truth is None

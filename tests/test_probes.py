@@ -106,6 +106,21 @@ def test_how_sure_reruns_the_mirrored_photo() -> None:
     assert f.data["mirrored"]["ramen"] < 0.5
 
 
+def test_whole_photo_changes_the_whole_photo_and_says_which_change_matters() -> None:
+    """The model reads the top-left quadrant's energy: mirrored, ramen's evidence moves away; no change
+    of colour alone decides; the data keeps every change."""
+    f = probe_for().run("whole_photo").finding
+    changes = {c["change"].split(":")[0]: c for c in f.data["changes"]}
+    assert list(changes)[:8] == [
+        "grayscale", "quarter_resolution", "jpeg", "warmer", "cooler", "mirror",
+        "border_crop", "surroundings",
+    ]  # fmt: skip
+    assert changes["mirror"]["becomes"] == "udon"
+    mirrored = [line for line in f.lines if line.startswith("Mirrored left to right")]
+    assert mirrored and "the prediction becomes udon" in mirrored[0]
+    assert all(c.kind in ("whole_photo", "whole_photo_none") for c in f.claims)
+
+
 def test_looks_like_and_similar(tmp_path: Path) -> None:
     probe = probe_for(tmp_path)
     look = probe.run("looks_like").finding

@@ -43,6 +43,10 @@ def evidence() -> Evidence:
         ("Which part mattered?", ToolCall("which_part")),
         ("Why did you decide that?", ToolCall("which_part")),
         ("Where did it look?", ToolCall("which_part")),
+        ("What if the photo were black and white?", ToolCall("whole_photo")),
+        ("Is it the background or the border?", ToolCall("whole_photo")),
+        ("Would a lower resolution change it?", ToolCall("whole_photo")),
+        ("Did it learn a shortcut?", ToolCall("whole_photo")),
         ("Thanks!", None),
     ],
 )

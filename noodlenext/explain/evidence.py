@@ -133,8 +133,10 @@ class GlobalChange:
         return self.truth is not None and self.becomes == self.truth != self.predicted
 
 
-# A change of the whole photo is reported when it flips the prediction or moves it by more than this.
+# A change of the whole photo is reported when it flips the prediction or moves it by more than this; at
+# most MAX_CHANGE_LINES of them, those that matter most.
 NOTABLE_MOVE = 0.10
+MAX_CHANGE_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -758,10 +760,10 @@ def causal_look_claim(c: CausalRegion) -> Claim:
     )
 
 
-def whole_photo_claims(changes: list[GlobalChange]) -> list[Claim]:
+def whole_photo_claims(changes: list[GlobalChange], limit: int = MAX_CHANGE_LINES) -> list[Claim]:
     """A claim for each whole-photo change that flips the prediction or moves it by more than
-    NOTABLE_MOVE (those that turn it to the true class first, then the larger move); one claim that none
-    does, with the largest move, when none does."""
+    NOTABLE_MOVE (those that turn it to the true class first, then the larger move), at most `limit`;
+    one claim that none does, with the largest move, when none does."""
     notable = sorted(
         (c for c in changes if c.notable),
         key=lambda c: (not c.turned_back, c.becomes == c.predicted, -abs(c.before - c.after)),
@@ -789,7 +791,7 @@ def whole_photo_claims(changes: list[GlobalChange]) -> list[Claim]:
             )
         ]
     out = []
-    for c in notable:
+    for c in notable[:limit]:
         out.append(
             Claim(
                 "whole_photo",

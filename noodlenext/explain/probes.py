@@ -11,6 +11,8 @@ an answer to "why not udon?" against what the model did, not against what a lang
 - `which_part()`: each ninth of the photo hidden in turn (occlusion), the parts that move the prediction;
 - `looks_like()`: colour, brightness and texture of the hot region against the rest;
 - `how_sure()`: the probabilities, the margin, and the prediction on the mirrored photo;
+- `whole_photo()`: the prediction with the whole photo changed (grayscale, a lower resolution, JPEG, a
+  tint, a mirror, the border cropped, the surroundings hidden, one colour taken out);
 - `similar()`: the nearest training photos in the classifier's feature space.
 
 `PhotoProbe(...).run(name, **arguments)` runs one by name (what a router or a model's tool call picks);
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
+from noodlenext.explain.causes import whole_photo_changes
 from noodlenext.explain.claims import Claim, Count, Move, decimal, percent
 from noodlenext.explain.counterfactuals import HIDE, contrastive_maps
 from noodlenext.explain.evidence import (
@@ -41,6 +44,7 @@ from noodlenext.explain.evidence import (
     look_licence,
     map_regions,
     primary_method,
+    whole_photo_claims,
 )
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 from noodlenext.explain.faithfulness import removed
@@ -97,6 +101,14 @@ PROBES: dict[str, ProbeSpec] = {
             "how_sure",
             "How sure the classifier is: its probabilities, the margin to the runner-up, and whether the "
             "mirrored photo gets the same answer.",
+            {"type": "object", "properties": {}},
+        ),
+        ProbeSpec(
+            "whole_photo",
+            "What changing the whole photo does to the prediction: in grayscale, at a quarter of the "
+            "resolution, re-compressed as JPEG, with a warmer or cooler tint, mirrored, with the border "
+            "cropped, with the surroundings hidden, with one colour taken out. Finds a shortcut such as a "
+            "colour cast, a frame or a lower resolution.",
             {"type": "object", "properties": {}},
         ),
         ProbeSpec(
@@ -161,6 +173,7 @@ class PhotoProbe:
             "which_part": self.which_part,
             "looks_like": self.looks_like,
             "how_sure": self.how_sure,
+            "whole_photo": self.whole_photo,
             "similar": self.similar,
         }
 
@@ -486,6 +499,26 @@ class PhotoProbe:
             )
         )
         finding = Finding("how_sure", {}, claims, {"mirrored": mirrored})
+        return ProbeResult(finding)
+
+    def whole_photo(self) -> ProbeResult:
+        """The prediction under each change of the whole photo (`explain.causes`): a line for each that
+        flips it or moves it by more than 10 points, or one line that none does; the data keeps all."""
+        names, truth = self.names, self.evidence.true_label
+        (changes,) = whole_photo_changes(
+            self.model,
+            self.image,
+            [names.index(self.predicted)],
+            [names.index(truth) if truth in names else None],
+            names,
+            temperature=float(getattr(self.model, "applied_temperature", 1.0)),
+        )
+        finding = Finding(
+            "whole_photo",
+            {},
+            whole_photo_claims(changes, limit=2),
+            {"changes": [{"change": c.key, "after": c.after, "becomes": c.becomes} for c in changes]},
+        )
         return ProbeResult(finding)
 
     def similar(self) -> ProbeResult:

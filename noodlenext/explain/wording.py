@@ -385,7 +385,7 @@ CHANGE_PHRASES = {
     "mirror": ("Mirrored left to right", "a mirror"),
     "border_crop": ("With the border cropped off ({border} of each side)", "the border cropped"),
     "surroundings": (
-        "With the surroundings hidden (all but a central circle: the background, the table, the corners)",
+        "With the surroundings hidden (the outer part of the photo, where the background and table are)",
         "the surroundings hidden",
     ),
     "remove_colour": (

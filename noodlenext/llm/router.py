@@ -60,6 +60,16 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
         ),
     ),
     (
+        "whole_photo",
+        re.compile(
+            r"\bgr[ae]y\s*-?scale\b|\bblack[\s-]+and[\s-]+white\b|\bmonochrome\b|\bresolution\b|\bblur\w*|"
+            r"\bsharp\w*|\bjpe?g\b|\bcompress\w*|\btint\w*|\bwhite\s+balance\b|\bwarmer\b|\bcooler\b|"
+            r"\bcrop\w*|\bborders?\b|\bframe[sd]?\b|\bbackground\b|\bsurroundings\b|\bwhole\s+(?:photo|"
+            r"image|picture)\b|\bwithout\s+(?:the\s+|its\s+)?colou?rs?\b|\bshortcut\w*|\bwatermark\w*",
+            re.I,
+        ),
+    ),
+    (
         "looks_like",
         re.compile(
             r"\blooks?\s+like\b|\bcolou?rs?\b|\btexture\b|\bbright\w*|\bappearance\b|\bwhat\s+(?:did|does|do)"
