@@ -21,7 +21,7 @@ from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
 from noodlenext.explain.evidence import CAUSE_KINDS, CausalRegion, Evidence, GlobalChange
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gather import gather_evidence
-from noodlenext.explain.groups import group_evidence
+from noodlenext.explain.groups import Reference, group_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.templates import group_template, photo_template
@@ -39,7 +39,7 @@ class Shortcut(nn.Module):
     """Logits from one planted cue of the photo (RGB 0..1, undone from ImageNet's normalisation):
     spaghetti a constant, udon a gain times the cue; ramen never. A parameter, so it is a model."""
 
-    GAINS = {"tag": 6.0, "cast": 12.0, "frame": 6.0}
+    GAINS = {"tag": 6.0, "cast": 12.0, "frame": 6.0, "caption": 12.0}
 
     def __init__(self, cue: str) -> None:
         super().__init__()
@@ -54,6 +54,8 @@ class Shortcut(nn.Module):
             cue = (r - g).clamp(min=0)[:, -e:, -e:].mean((1, 2))
         elif self.cue == "cast":  # the whole photo bluer than red
             cue = (b - r).mean((1, 2))
+        elif self.cue == "caption":  # white along the bottom sixth, the whole width
+            cue = ((r + g + b) / 3)[:, -SIZE // 6 :, :].mean((1, 2)) - 0.5
         else:  # "frame": yellow in the outer 2 pixels
             ring = torch.ones(SIZE, SIZE, dtype=torch.bool)
             ring[2:-2, 2:-2] = False
@@ -70,6 +72,8 @@ def photo(plant: str | None = None, seed: int = 0) -> np.ndarray:
         a[-6:, -6:] = MAGENTA
     elif plant == "cast":
         a = 0.4 * a + 0.6 * np.array(BLUE)
+    elif plant == "caption":
+        a[-5:] = (250, 250, 250)
     elif plant == "frame":
         a[:2], a[-2:], a[:, :2], a[:, -2:] = YELLOW, YELLOW, YELLOW, YELLOW
     return a.astype(np.uint8)
@@ -104,6 +108,23 @@ def test_hiding_one_part_at_a_time_finds_a_corner_tag_and_that_its_colour_is_out
     assert "pink" in tagged.colours and [c for c, _ in tagged.unusual] == ["pink"]
     assert tagged.unusual[0][1] < 0.001  # the spaghetti photos have (almost) no such pixel
     assert unknown.truth is None and not unknown.turned_back and unknown.unusual == ()
+
+
+def test_a_caption_along_the_bottom_is_found_by_hiding_the_bottom_strip() -> None:
+    model = Shortcut("caption")
+    arrays = [photo("caption", 0)]
+    x = batch(arrays)
+    assert model(x).argmax(1).tolist() == [2]
+    (found,) = occlusion_scan(model, x, arrays, [2], [0], CLASSES)
+    # No square of a quarter of the side holds enough of the caption to change the prediction; the
+    # bottom strip does, and it is named with the three regions it covers.
+    assert found.region == "bottom strip" and found.turned_back and found.strips == 4
+    assert found.regions == ("lower left", "lower center", "lower right") and found.area == pytest.approx(
+        0.25
+    )
+    line = _evidence(causal=found).lines()[1]
+    assert "the bottom strip (lower left, lower center and lower right) matters most" in line
+    assert "hiding it (25% of the image)" in line
 
 
 def test_a_photo_without_a_shortcut_has_no_part_that_matters() -> None:
@@ -183,7 +204,7 @@ def _evidence(causal: CausalRegion | None = None, changes: list[GlobalChange] | 
 TAG = CausalRegion(
     region="lower right", box=(0.75, 0.75, 1.0, 1.0), predicted="udon", before=0.97, after=0.08,
     becomes="spaghetti", truth="spaghetti", truth_before=0.02, truth_after=0.9, colours=("pink", "beige"),
-    unusual=(("pink", 0.0004),), heat=0.01, map="scorecam", places=49,
+    unusual=(("pink", 0.0004),), heat=0.01, map="scorecam", places=49, strips=4,
 )  # fmt: skip
 
 
@@ -203,9 +224,9 @@ def test_the_cause_leads_the_lines_and_the_map_follows() -> None:
     e = _evidence(TAG, CHANGES)
     lines = e.lines()
     assert lines[1] == (
-        "2. Hiding one part at a time (49 squares, each 6% of the image), the lower right matters most: "
-        "hiding it drops udon from 97% to 8% and raises spaghetti from 2% to 90%; the prediction becomes "
-        "spaghetti; the ScoreCAM map puts 1% of its heat there."
+        "2. Hiding one part at a time (49 squares and 4 edge strips), the lower right square matters most: "
+        "hiding it (6% of the image) drops udon from 97% to 8% and raises spaghetti from 2% to 90%; the "
+        "prediction becomes spaghetti; the ScoreCAM map puts 1% of its heat there."
     )
     assert lines[2] == (
         "3. The lower right square is mostly pink and beige; pink is rare in the spaghetti training photos "
@@ -300,6 +321,33 @@ def test_a_group_counts_what_each_change_turns_back_and_leads_with_the_most() ->
     assert size.fields["map_line"] == 4 and "line 4 their mean ScoreCAM map" in lines[4]
     text = group_template(group)
     assert "Hiding the lower right turns 2 of 3 back into spaghetti [2]." in text
+    assert check_explanation(text, group).passed, check_explanation(text, group).reasons
+
+
+def test_a_change_that_turns_the_photos_it_got_right_as_often_is_no_cause() -> None:
+    """Grayscale turns 2 of 3 mistakes back, but also every udon photo the classifier got right into
+    spaghetti: the model reads colour everywhere, not a shortcut of these mistakes. Hiding the lower right
+    turns 2 of 3 back and none of the right ones: it leads."""
+    photos = [
+        _photo_evidence(0, "lower right", True, True),
+        _photo_evidence(1, "lower right", True, False),
+        _photo_evidence(2, "center", False, True),
+    ]
+    kept = CausalRegion("center", (0.4, 0.4, 0.6, 0.6), "udon", 0.9, 0.85, "udon", "spaghetti", 0.1, 0.12)
+    grey = _change("grayscale", 0.1, "spaghetti")
+    reference = Reference([kept] * 3, [[grey, _change("mirror", 0.97, "udon")]] * 3)
+    group = group_evidence(photos, [np.eye(9)] * 3, count=3, method="scorecam", reference=reference)
+    assert [c.kind for c in group.lead] == ["group_occlusion", "group_whole_photo"]
+    lines = group.lines()
+    assert lines[1].endswith(
+        "hiding it turns 2 of 3 back to spaghetti (it turns none of the 3 udon photos it got right into "
+        "spaghetti)."
+    )
+    assert "2 of 3 become spaghetti (it turns all 3 udon photos it got right into spaghetti)" in lines[2]
+    # Without the reference, grayscale and the occlusion tie at 2 of 3; the smaller edit leads.
+    alone = group_evidence(photos, [np.eye(9)] * 3, count=3, method="scorecam")
+    assert [c.kind for c in alone.lead] == ["group_occlusion", "group_whole_photo"]
+    text = group_template(group)
     assert check_explanation(text, group).passed, check_explanation(text, group).reasons
 
 

@@ -22,9 +22,10 @@ from torch import nn
 from noodlenext.callbacks.guarded import step_error
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.images import load_rgb
+from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
 from noodlenext.explain.evidence import Evidence, primary_method
 from noodlenext.explain.gather import gather_evidence
-from noodlenext.explain.groups import group_evidence, summary_claim
+from noodlenext.explain.groups import Reference, group_evidence, summary_claim
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.neighbours import FeatureIndex
 from noodlenext.explain.overlays import overlay
@@ -90,6 +91,8 @@ class MistakeGroup:
     messages: list[Message] = field(default_factory=list)
     mean_map: str | None = None  # the mean map over the mean photo, a file
     errors: list[dict[str, str]] = field(default_factory=list)
+    # Photos of `predicted` it got right, on which the causes are tried too (explain.groups.Reference).
+    references: list[Sample] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -143,9 +146,13 @@ def confusion_groups(
     samples: Sequence[Sample], class_names: Sequence[str], max_groups: int = 6, max_per_group: int = 8
 ) -> list[MistakeGroup]:
     """The misclassified samples grouped by (true, predicted): the `max_groups` largest groups (ties: the
-    larger mean loss first), each with its `max_per_group` samples of largest loss to examine."""
+    larger mean loss first), each with its `max_per_group` samples of largest loss to examine, and as
+    many photos of the predicted class that it got right (the first in the test set) as references."""
     pairs: dict[tuple[int, int], list[Sample]] = {}
+    right: dict[int, list[Sample]] = {}
     for s in samples:
+        if s.target >= 0 and s.pred == s.target:
+            right.setdefault(s.pred, []).append(s)
         if s.target >= 0 and s.pred != s.target:  # a negative target is an unlabelled photo
             pairs.setdefault((s.target, s.pred), []).append(s)
     ranked = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), -float(np.mean([s.loss for s in kv[1]]))))
@@ -159,6 +166,7 @@ def confusion_groups(
                 len(members),
                 [Photo(s) for s in worst],
                 float(np.mean([s.loss for s in members])),
+                references=right.get(p, [])[: max(0, max_per_group)],
             )
         )
     return groups
@@ -210,6 +218,12 @@ def examine(
                             photo.fail("evidence", one)
         if not group.examined:
             continue
+        reference = None
+        if group.references:
+            try:
+                reference = _reference(group, dataset, model, class_names)
+            except Exception as err:  # noqa: BLE001 - the causes are then ranked without one
+                group.fail("reference", err)
         try:
             examined = group.examined
             group.evidence = group_evidence(
@@ -220,9 +234,28 @@ def examine(
                 method=primary_method(parse_methods(methods)),
                 mistakes=mistakes,
                 largest=bool(groups) and group.count == groups[0].count,
+                reference=reference,
             )
         except Exception as err:  # noqa: BLE001
             group.fail("summary", err)
+
+
+def _reference(group: MistakeGroup, dataset: Any, model: nn.Module, class_names: Sequence[str]) -> Reference:
+    """The causes tried on the group's reference photos (predicted class, got right), with the group's
+    true class as their truth, and the colours its mistakes had taken out."""
+    names = list(class_names)
+    samples = group.references
+    batch = torch.stack([dataset[s.index][0] for s in samples])
+    size = batch.shape[-1], batch.shape[-2]
+    photos = [np.asarray(load_rgb(str(dataset.samples[s.index][0]), size).resize(size)) for s in samples]
+    preds = [s.pred for s in samples]
+    truth = [names.index(group.true)] * len(samples)
+    temperature = float(getattr(model, "applied_temperature", 1.0))
+    colours = sorted({c.colour for p in group.examined for c in p.evidence.changes if c.colour})
+    return Reference(
+        occlusion_scan(model, batch, photos, preds, truth, names, temperature=temperature),
+        whole_photo_changes(model, batch, preds, truth, names, temperature=temperature, colours=colours),
+    )
 
 
 def _gather(

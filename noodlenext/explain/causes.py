@@ -14,12 +14,14 @@ the photo can: a tag in a corner is found by hiding the corner, a colour cast by
   a warmer and a cooler tint, a mirror, the border cropped, the surroundings (outside a central circle)
   hidden.
 
-Both are plain forward passes in eval mode without gradients: 49 + 8 per photo.
+Both are plain forward passes in eval mode without gradients: 49 squares and 4 edge strips, 8 changes
+and one per colour on at least 15% of the photo.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -119,6 +121,9 @@ def _surroundings(rgb: Tensor) -> Tensor:
     return torch.where(outside, fill, rgb)
 
 
+# The share of the photo's pixels each change touches (GlobalChange.area; a removed colour: its share).
+AREAS = {"border_crop": 1 - (1 - 2 * BORDER) ** 2, "surroundings": 1 - math.pi * CENTRE**2}
+
 # The one number of a change that has one, as GlobalChange.setting.
 SETTINGS = {"jpeg": float(JPEG_QUALITY), "border_crop": BORDER, "quarter_resolution": 1 / SCALE}
 
@@ -158,6 +163,18 @@ def _boxes(h: int, w: int) -> list[tuple[int, int, int, int]]:
         (int(t), int(lf), int(t) + sh, int(lf) + sw)
         for t in dict.fromkeys(tops)
         for lf in dict.fromkeys(lefts)
+    ]
+
+
+def _strips(h: int, w: int) -> list[tuple[tuple[int, int, int, int], str]]:
+    """The four edge strips (WINDOW of the side deep, the whole width or height), in pixels, with their
+    names: where a caption, a watermark or a border runs along the photo."""
+    sh, sw = max(1, round(WINDOW * h)), max(1, round(WINDOW * w))
+    return [
+        ((0, 0, sh, w), "top strip"),
+        ((h - sh, 0, h, w), "bottom strip"),
+        ((0, 0, h, sw), "left strip"),
+        ((0, w - sw, h, w), "right strip"),
     ]
 
 
@@ -207,8 +224,11 @@ def occlusion_scan(
     training_colours: dict[str, np.ndarray] | None = None,
     temperature: float = 1.0,
 ) -> list[CausalRegion]:
-    """Per image, the square whose hiding (mean colour: zero in normalised space) moves the predicted
-    class's probability most (ties: the earlier place, top left first).
+    """Per image, the part whose hiding (mean colour: zero in normalised space) matters most: the square
+    that moves the predicted class's probability most (ties: the earlier place, top left first), unless
+    it leaves the prediction as it was and hiding one of the four edge strips (a quarter of the photo
+    deep, along a whole side) changes it: then the strip that does (the one that moves it most). The
+    smallest part that changes the prediction is the one named.
 
     images: (B, 3, H, W) as the model takes them; photos: the same as (H, W, 3) uint8 RGB; predicted and
     truths: class indices (None: not known); cams: (B, H, W) maps of the predicted class (of `method`),
@@ -220,7 +240,9 @@ def occlusion_scan(
     device = _device(net, images.device)
     x = images.to(device, torch.float32)
     b, _, h, w = x.shape
-    boxes = _boxes(h, w)
+    squares = _boxes(h, w)
+    strips = _strips(h, w)
+    boxes = squares + [box for box, _ in strips]
     out = []
     for i in range(b):
         edited = x[i : i + 1].repeat(len(boxes) + 1, 1, 1, 1)
@@ -229,9 +251,14 @@ def occlusion_scan(
         probs = _probabilities(net, edited, temperature)
         p, truth = int(predicted[i]), truths[i]
         drops = probs[0, p] - probs[1:, p]
-        j = int(np.argmax(drops))
+        flips = probs[1:].argmax(1) != p
+        j = int(np.argmax(drops[: len(squares)]))  # the square that matters most
+        if not flips[j] and flips[len(squares) :].any():  # no square flips it, but an edge strip does
+            k = np.flatnonzero(flips[len(squares) :])
+            j = len(squares) + int(k[np.argmax(drops[len(squares) + k])])
         t, lf, bt, rt = boxes[j]
         after = probs[1 + j]
+        strip = strips[j - len(squares)][1] if j >= len(squares) else None
         heat = None
         if cams is not None:
             cam = np.clip(np.nan_to_num(np.asarray(cams[i], dtype=np.float64)), 0, None)
@@ -242,7 +269,7 @@ def occlusion_scan(
         colours, unusual = _unusual(np.asarray(photos[i])[t:bt, lf:rt, :3], training)
         out.append(
             CausalRegion(
-                region=_region(boxes[j], h, w),
+                region=_region(boxes[j], h, w) if strip is None else strip,
                 box=(t / h, lf / w, bt / h, rt / w),
                 predicted=class_names[p],
                 before=float(probs[0, p]),
@@ -255,7 +282,8 @@ def occlusion_scan(
                 unusual=unusual,
                 heat=heat,
                 map=method if heat is not None else None,
-                places=len(boxes),
+                places=len(squares),
+                strips=len(strips),
             )
         )
     return out
@@ -281,6 +309,7 @@ def _change(
         truth_after=float(after[truth]) if truth is not None else None,
         setting=setting,
         colour=colour,
+        area=setting if name == "remove_colour" and setting is not None else AREAS.get(name, 1.0),
     )
 
 
@@ -294,11 +323,14 @@ def whole_photo_changes(
     temperature: float = 1.0,
     changes: Sequence[str] = tuple(WHOLE_PHOTO_CHANGES),
     remove_colours: bool = True,
+    colours: Sequence[str] | None = None,
 ) -> list[list[GlobalChange]]:
     """Per image, the prediction under each change of the whole photo (`WHOLE_PHOTO_CHANGES`, in order),
     then, with remove_colours, the colour whose removal (its pixels turned grey) moves the predicted class
     most, of those on at least MIN_COLOUR_SHARE of the photo (change "remove_colour"; its colour, and its
-    share of the photo as the setting): one forward pass per change and per such colour.
+    share of the photo as the setting): one forward pass per change and per such colour. colours: take
+    out exactly these colour names instead, each reported (a group's reference photos get the colours
+    its mistakes named).
 
     images: (B, 3, H, W) as the model takes them (normalised with `normalisation(model)`); predicted and
     truths: class indices (None: not known); temperature: the model's calibration.
@@ -316,17 +348,21 @@ def whole_photo_changes(
         edited.append((torch.stack([WHOLE_PHOTO_CHANGES[name](im) for im in rgb]) - mean) / std)
     # One colour at a time taken out (its pixels turned grey): each colour name on at least
     # MIN_COLOUR_SHARE of the photo's pixels (appearance.colour_names, on the photo as the model takes it).
-    colours: list[list[tuple[str, float]]] = []
+    names = list(COLOURS)
+    unnamed = [c for c in colours or () if c not in names]
+    if unnamed:
+        raise ValueError(f"unknown colours {unnamed}: choose from {names}")
+    taken: list[list[tuple[str, float]]] = []
     for im in rgb if remove_colours else []:
         pixels = (im * 255).round().byte().permute(1, 2, 0).reshape(-1, 3).cpu().numpy()
         index = torch.from_numpy(colour_names(pixels)).to(device).reshape(im.shape[-2:])
         present = []
-        for c in range(len(COLOURS)):
+        for c in [names.index(n) for n in colours] if colours is not None else range(len(names)):
             share = float((index == c).float().mean())
-            if share >= MIN_COLOUR_SHARE:
+            if colours is not None or share >= MIN_COLOUR_SHARE:
                 edited.append(((_grayscale(im) * (index == c) + im * (index != c))[None] - mean) / std)
-                present.append((list(COLOURS)[c], share))
-        colours.append(present)
+                present.append((names[c], share))
+        taken.append(present)
     probs = _probabilities(net, torch.cat(edited), temperature)
     b = len(x)
     out = []
@@ -338,11 +374,15 @@ def whole_photo_changes(
             _change(name, before, probs[k * b + i], p, truth, class_names, SETTINGS.get(name))
             for k, name in enumerate(changes, 1)
         ]
-        if remove_colours and colours[i]:
-            removals = probs[row_of : row_of + len(colours[i])]
-            row_of += len(colours[i])
-            j = int(np.argmax(before[p] - removals[:, p]))  # the colour whose removal matters most
-            name, share = colours[i][j]
-            row.append(_change("remove_colour", before, removals[j], p, truth, class_names, share, name))
+        if remove_colours and taken[i]:
+            removals = probs[row_of : row_of + len(taken[i])]
+            row_of += len(taken[i])
+            # Every colour asked for, else the one whose removal matters most.
+            chosen = (
+                range(len(taken[i])) if colours is not None else [int(np.argmax(before[p] - removals[:, p]))]
+            )
+            for j in chosen:
+                name, share = taken[i][j]
+                row.append(_change("remove_colour", before, removals[j], p, truth, class_names, share, name))
         out.append(row)
     return out

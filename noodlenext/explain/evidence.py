@@ -65,7 +65,8 @@ class CausalRegion:
     names, most first; unusual: those of them the true class's training photos rarely show, with the share
     of those photos' pixels that have the colour (empty without a training index). heat: the share of the
     heat of the map `map` inside the square (None without a map), to compare the map with the cause.
-    places: how many squares were tried.
+    places: how many squares were tried; strips: how many edge strips (region "bottom strip" and so on
+    when one of them is the part).
     """
 
     region: str
@@ -82,6 +83,12 @@ class CausalRegion:
     heat: float | None = None
     map: str | None = None
     places: int = 0
+    strips: int = 0
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The 3x3 regions the part covers: the square's centre's, or an edge strip's row or column."""
+        return STRIP_REGIONS.get(self.region, (self.region,))
 
     @property
     def area(self) -> float:
@@ -106,7 +113,7 @@ class GlobalChange:
     probability; becomes: the prediction after; truth_after: the true class's probability after (None
     when not known); setting: the change's one number, where it has one (the JPEG quality; the share of
     each side the border crop takes; the share of the photo a removed colour covers); colour: the colour
-    taken out (change "remove_colour")."""
+    taken out (change "remove_colour"); area: the share of the photo's pixels the change touches."""
 
     change: str
     predicted: str
@@ -117,6 +124,7 @@ class GlobalChange:
     truth_after: float | None = None
     setting: float | None = None
     colour: str | None = None
+    area: float = 1.0
 
     @property
     def key(self) -> str:
@@ -132,6 +140,17 @@ class GlobalChange:
     def turned_back(self) -> bool:
         return self.truth is not None and self.becomes == self.truth != self.predicted
 
+
+# The 3x3 regions of each edge strip the occlusion hides (explain.causes).
+STRIP_REGIONS = {
+    "top strip": ("upper left", "upper center", "upper right"),
+    "bottom strip": ("lower left", "lower center", "lower right"),
+    "left strip": ("upper left", "middle left", "lower left"),
+    "right strip": ("upper right", "middle right", "lower right"),
+}
+
+# The vocabulary words (noodlenext/llm/vocabulary.yaml) the name of an edge strip uses.
+PART_WORDS = ("strip",)
 
 # A change of the whole photo is reported when it flips the prediction or moves it by more than this; at
 # most MAX_CHANGE_LINES of them, those that matter most.
@@ -710,18 +729,21 @@ def causal_claim(c: CausalRegion) -> Claim:
         moves.append(Move(c.truth, c.truth_before, c.truth_after))
     quantities = [percent(c.area, "area"), percent(c.before, c.predicted), percent(c.after, c.predicted)]
     quantities.append(Quantity(float(c.places), "decimal", "places"))
+    if c.strips:
+        quantities.append(Quantity(float(c.strips), "decimal", "strips"))
     quantities += [percent(m.after, m.cls) for m in moves[1:]] + [percent(m.before, m.cls) for m in moves[1:]]
     if c.heat is not None:
         quantities.append(percent(c.heat, "heat"))
     return Claim(
         "occlusion",
         _cause_classes(c.predicted, c.becomes, c.truth),
-        (c.region,),
+        c.regions,
         quantities=tuple(quantities),
         counts=(Count(c.places, c.places, "", "places"),) if c.places else (),
         moves=tuple(moves),
         becomes=(c.becomes,),
         verdict="barely" if barely else "turned_back" if c.turned_back else None,
+        looks=PART_WORDS if c.region in STRIP_REGIONS else (),
         fields={
             "region": c.region,
             "area": c.area,
@@ -735,6 +757,8 @@ def causal_claim(c: CausalRegion) -> Claim:
             "heat": c.heat,
             "map": c.map,
             "places": c.places,
+            "strips": c.strips,
+            "regions": list(c.regions),
             "barely": barely,
         },
     )
@@ -748,11 +772,12 @@ def causal_look_claim(c: CausalRegion) -> Claim:
     return Claim(
         "occlusion_look",
         _cause_classes(c.truth) if rare else (),
-        (c.region,),
+        c.regions,
         quantities=tuple(percent(max(share, 0.01), f"training:{name}") for name, share in c.unusual),
-        looks=tuple(colours),
+        looks=(*colours, *(PART_WORDS if c.region in STRIP_REGIONS else ())),
         fields={
             "region": c.region,
+            "regions": list(c.regions),
             "colours": colours,
             "unusual": [[n, s] for n, s in c.unusual],
             "truth": c.truth,
@@ -766,7 +791,13 @@ def whole_photo_claims(changes: list[GlobalChange], limit: int = MAX_CHANGE_LINE
     one claim that none does, with the largest move, when none does."""
     notable = sorted(
         (c for c in changes if c.notable),
-        key=lambda c: (not c.turned_back, c.becomes == c.predicted, -abs(c.before - c.after)),
+        # What turns it back first, then what flips it, the smaller edit first (the more specific cause).
+        key=lambda c: (
+            not c.turned_back,
+            c.becomes == c.predicted,
+            round(c.area, 6),
+            -abs(c.before - c.after),
+        ),
     )
     if not notable:
         largest = max(changes, key=lambda c: abs(c.before - c.after))

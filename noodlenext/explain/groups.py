@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,11 @@ from noodlenext.explain.claims import Claim, Count, Move, percent
 from noodlenext.explain.evidence import (
     BARELY,
     NOTABLE_MOVE,
+    PART_WORDS,
+    STRIP_REGIONS,
+    CausalRegion,
     Evidence,
+    GlobalChange,
     change_words,
     setting_fields,
     settings_quantities,
@@ -28,7 +33,7 @@ from noodlenext.explain.evidence import (
 )
 from noodlenext.explain.facts import REGIONS, heatmap_facts
 
-__all__ = ["DOMINANT_SHARE", "cause_claims", "group_evidence", "summary_claim"]
+__all__ = ["DOMINANT_SHARE", "Reference", "cause_claims", "group_evidence", "summary_claim"]
 
 # A pair with at least this share of the test mistakes, and no pair larger, dominates them: the group's
 # suggestion is to collect photos of that pair.
@@ -51,12 +56,14 @@ def group_evidence(
     method: str = "gradcam",
     mistakes: int | None = None,
     largest: bool = False,
+    reference: Reference | None = None,
 ) -> Evidence:
     """A group of mistakes of one pair as one Evidence: the mean probabilities, the facts of the mean map
     (`cams`, each photo's `method` map of the predicted class) and of the mean contrastive map, and the
     claims of what the photos' evidence shares as its `summary`. count: the group's size (default: the
     photos given); mistakes: all test mistakes, and largest: whether no pair has more (for the
-    suggestion to collect photos of a dominant pair)."""
+    suggestion to collect photos of a dominant pair); reference: the same changes on photos of the
+    predicted class it got right (`Reference`), against which the causes are ranked."""
     if not evidences:
         raise ValueError("a group needs the evidence of at least one photo")
     first = evidences[0]
@@ -73,7 +80,7 @@ def group_evidence(
     mean_cam = np.mean(np.stack([np.asarray(c, dtype=np.float64) for c in cams]), axis=0)
     contrast = [c for c in contrastive if c is not None]
     mean_contrast = heatmap_facts(np.mean(np.stack(contrast), axis=0)) if len(contrast) == k else None
-    lead = cause_claims(evidences)
+    lead = cause_claims(evidences, reference)
     summary = _summary(
         evidences, method, count, has_contrast=mean_contrast is not None, map_line=2 + len(lead)
     )
@@ -291,54 +298,92 @@ def _summary(
     return out
 
 
-def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
+@dataclass(frozen=True)
+class Reference:
+    """The same changes on photos of the predicted class that the classifier got right, with the group's
+    true class as their "truth": how often a change turns a photo into the true class when there is no
+    mistake to undo. A change that does so as often is no cause of these mistakes (a tint that makes any
+    udon look like spaghetti); what it does more often to the mistakes is. causal: each photo's
+    `occlusion_scan`; changes: each photo's `whole_photo_changes` (with the group's removed colours)."""
+
+    causal: list[CausalRegion]
+    changes: list[list[GlobalChange]]
+
+    def rate(self, key: str) -> tuple[int, int] | None:
+        """(photos turned into the true class, photos) for the change `key` (`GlobalChange.key`, or
+        "occlusion"); None when no reference photo has it."""
+        if key == "occlusion":
+            return (sum(c.turned_back for c in self.causal), len(self.causal)) if self.causal else None
+        found = [g for gs in self.changes for g in gs if g.key == key]
+        return (sum(g.turned_back for g in found), len(found)) if found else None
+
+
+def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = None) -> list[Claim]:
     """What changing the photos did, over a group of mistakes, the claims that lead its evidence: where
     hiding one part at a time matters most, and how many photos hiding it turns back to the true class
     (`group_occlusion`); each whole-photo change that changes a prediction or moves the predicted class
-    by more than NOTABLE_MOVE on average (`group_whole_photo`), or one claim that none does. The claim
-    that turns the most photos back to the true class comes first (ties: the one that changes more)."""
+    by more than NOTABLE_MOVE on average (`group_whole_photo`, at most MAX_WHOLE_PHOTO), or one claim that
+    none does. Each says how often it turns the `reference` photos into the true class, when there are
+    some. First the claim whose share of photos turned back exceeds the reference's by the most (ties:
+    the smaller edit, then the more photos changed)."""
     first = evidences[0]
     pred, true, names = first.predicted, first.true_label, list(first.class_names)
-    scored: list[tuple[int, int, Claim]] = []
+    truth = str(true)
+    scored: list[tuple[float, float, int, Claim]] = []
+
+    def against(key: str, n_back: int, k: int) -> tuple[float, dict[str, Any], tuple[Count, ...]]:
+        rate = reference.rate(key) if reference is not None else None
+        if rate is None:
+            return n_back / k, {}, ()
+        m, of = rate
+        return n_back / k - m / of, {"reference": [m, of]}, (Count(m, of, truth, "reference"),)
+
     causal = [e.causal for e in evidences if e.causal is not None]
     if causal:
         k = len(causal)
         where = Counter(c.region for c in causal)
         back = Counter(c.region for c in causal if c.turned_back)
-        ranked = sorted(where, key=lambda r: (-back[r], -where[r], REGIONS.index(r)))[:3]
+        order = list(REGIONS) + [r for r in where if r not in REGIONS]
+        ranked = sorted(where, key=lambda r: (-back[r], -where[r], order.index(r)))[:3]
         n_back = sum(back.values())
         changed = sum(c.becomes != c.predicted for c in causal)
+        score, ref, ref_count = against("occlusion", n_back, k)
+        regions = tuple(dict.fromkeys(x for c in causal if c.region in ranked for x in c.regions))
         scored.append(
             (
-                n_back,
+                score,
+                float(np.mean([c.area for c in causal])),
                 changed,
                 Claim(
                     "group_occlusion",
-                    (pred, str(true)),
-                    tuple(ranked),
+                    (pred, truth),
+                    regions,
                     counts=(
                         *(Count(where[r], k, r, "matters most") for r in ranked),
                         *(Count(back[r], k, r, "turned back") for r in ranked if back[r]),
-                        Count(n_back, k, str(true), "turned back"),
+                        Count(n_back, k, truth, "turned back"),
+                        *ref_count,
                     ),
-                    becomes=(str(true),) if n_back else (),
+                    becomes=(truth,) if n_back else (),
                     verdict="turned_back" if n_back else None,
+                    looks=PART_WORDS if any(r in STRIP_REGIONS for r in ranked) else (),
                     fields={
                         "k": k,
                         "truth": true,
                         "predicted": pred,
                         "back": n_back,
                         "regions": [[r, where[r], back[r]] for r in ranked],
+                        **ref,
                     },
                 ),
             )
         )
-    by_change: dict[str, list] = {}
+    by_change: dict[str, list[GlobalChange]] = {}
     for e in evidences:
         for g in e.changes:
             by_change.setdefault(g.key, []).append(g)
     notable = []
-    for gs in by_change.values():
+    for key, gs in by_change.items():
         k = len(gs)
         to = Counter(g.becomes for g in gs if g.becomes != g.predicted)
         before = float(np.mean([g.before for g in gs]))
@@ -346,18 +391,20 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
         n_back = sum(g.turned_back for g in gs)
         if not to and abs(before - after) <= NOTABLE_MOVE:
             continue
-        ranked_to = _ranked(to, [str(true), *names])
+        ranked_to = _ranked(to, [truth, *names])
         # The settings every photo shares (a removed colour's share of the photo differs per photo).
         fixed = [replace(gs[0], setting=None) if gs[0].change == "remove_colour" else gs[0]]
+        score, ref, ref_count = against(key, n_back, k)
         notable.append(
             (
-                n_back,
+                score,
+                float(np.mean([g.area for g in gs])),
                 sum(to.values()),
                 Claim(
                     "group_whole_photo",
-                    tuple(dict.fromkeys([pred, *to])),
+                    tuple(dict.fromkeys([pred, *to, *([truth] if ref else [])])),
                     quantities=(percent(before, pred), percent(after, pred), *settings_quantities(fixed)),
-                    counts=tuple(Count(n, k, name, "becomes") for name, n in ranked_to),
+                    counts=(*(Count(n, k, name, "becomes") for name, n in ranked_to), *ref_count),
                     moves=(Move(pred, before, after),),
                     becomes=tuple(dict.fromkeys([*to, *([pred] if sum(to.values()) < k else [])])),
                     verdict="turned_back" if n_back else None,
@@ -365,11 +412,13 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
                     fields={
                         "change": gs[0].change,
                         "predicted": pred,
+                        "truth": truth,
                         "k": k,
                         "to": [list(t) for t in ranked_to],
                         "before": before,
                         "after": after,
                         **setting_fields(fixed),
+                        **ref,
                     },
                 ),
             )
@@ -383,8 +432,9 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
         every = [gs[0] for gs in by_change.values() if gs[0].change != "remove_colour"]
         scored.append(
             (
-                -1,
-                -1,
+                -2.0,
+                1.0,
+                0,
                 Claim(
                     "group_whole_photo_none",
                     (pred,),
@@ -399,9 +449,10 @@ def cause_claims(evidences: Sequence[Evidence]) -> list[Claim]:
                 ),
             )
         )
-    scored += sorted(notable, key=lambda t: (-t[0], -t[1]))[:MAX_WHOLE_PHOTO]
-    return [claim for *_, claim in sorted(scored, key=lambda t: (-t[0], -t[1]))]
+    rank = lambda t: (-round(t[0], 6), t[1], -t[2])  # noqa: E731
+    scored += sorted(notable, key=rank)[:MAX_WHOLE_PHOTO]
+    return [claim for *_, claim in sorted(scored, key=rank)]
 
 
-# At most this many whole-photo changes lead a group's evidence (those that turn the most photos back).
+# At most this many whole-photo changes lead a group's evidence (those that matter most).
 MAX_WHOLE_PHOTO = 2

@@ -117,16 +117,16 @@ PHRASES: dict[str, dict[str, str]] = {
     },
     # --- what changing the photo does (explain.causes): these lead the evidence
     "occlusion": {
-        "plain": "Hiding one part at a time ({places} squares, each {area} of the image), the {region} "
-        "matters most: hiding it {change}{truth}; {outcome}{heat}.",
-        "plain.barely": "Hiding one part at a time ({places} squares, each {area} of the image), no part "
-        "matters much: the most, the {region}, {change}; {outcome}{heat}.",
+        "plain": "Hiding one part at a time ({tried}), the {where} matters most: hiding it ({area} of the "
+        "image) {change}{truth}; {outcome}{heat}.",
+        "plain.barely": "Hiding one part at a time ({tried}), no part matters much: the most, the {where} "
+        "({area} of the image), {change}; {outcome}{heat}.",
         "lay": "Hiding the {region} of the photo {change}{truth}, and {outcome}.",
         "lay.barely": "Hiding any one small part of the photo barely changes {predicted}, so no small part "
         "alone decides.",
     },
     "occlusion_look": {
-        "plain": "The {region} square is mostly {colours}{unusual}.",
+        "plain": "The {where} is mostly {colours}{unusual}.",
         "lay": "That part looks {two}{rare}.",
     },
     "whole_photo": {
@@ -243,12 +243,12 @@ PHRASES: dict[str, dict[str, str]] = {
     },
     "group_occlusion": {
         "plain": "Hiding one part at a time, the part that matters most is the {counts}; hiding it turns "
-        "{back} back to {truth}.",
+        "{back} back to {truth}{reference}.",
         "lay": "Hiding the {region} turns {region_back} back into {truth}.",
         "lay.none": "Hiding any one small part turns none of them back into {truth}.",
     },
     "group_whole_photo": {
-        "plain": "{how}, {changed}; {predicted} {average}.",
+        "plain": "{how}, {changed}{reference}; {predicted} {average}.",
         "lay": "{how}, {changed}.",
     },
     "group_whole_photo_none": {
@@ -416,8 +416,10 @@ def _occlusion(c: Claim, style: str) -> Values:
     f = c.fields
     pred, truth = f["predicted"], f.get("truth")
     truth_moves = truth not in (None, pred) and f.get("truth_after") is not None
+    strips = f.get("strips", 0)
     values = {
-        "places": f["places"],
+        "tried": f"{f['places']} squares" + (f" and {strips} edge strips" if strips else ""),
+        "where": _where(f),
         "area": _pct(f["area"]),
         "region": f["region"],
         "predicted": pred,
@@ -431,6 +433,14 @@ def _occlusion(c: Claim, style: str) -> Values:
         ),
     }
     return (f"{style}.barely" if f["barely"] else style), values
+
+
+def _where(f: dict[str, Any]) -> str:
+    """The hidden part: "lower right square", "bottom strip (lower left, lower center and lower right)"."""
+    regions = f.get("regions") or [f["region"]]
+    if f["region"].endswith("strip"):
+        return f"{f['region']} ({_and(list(regions))})"
+    return f"{f['region']} square"
 
 
 def _rare_share(share: float) -> str:
@@ -447,7 +457,7 @@ def _occlusion_look(c: Claim, style: str) -> Values:
     )
     names = [name for name, _ in unusual]
     return style, {
-        "region": f["region"],
+        "where": _where(f),
         "colours": _and(f["colours"]),
         "unusual": rare,
         "two": " and ".join(f["colours"][:2]),
@@ -495,10 +505,19 @@ def _group_occlusion(c: Claim, style: str) -> Values:
         "truth": truth,
         "region": region,
         "region_back": _of(m, k),
+        "reference": _reference(f, "turns"),
     }
     if style == "lay" and f["back"] == 0:
         return "lay.none", values
     return style, values
+
+
+def _reference(f: dict[str, Any], verb: str) -> str:
+    """What the same change does to the photos of the predicted class it got right, if it was tried."""
+    if not f.get("reference"):
+        return ""
+    m, of = f["reference"]
+    return f" (it {verb} {_of(m, of)} {f['predicted']} photos it got right into {f['truth']})"
 
 
 def _of(n: int, k: int) -> str:
@@ -520,7 +539,13 @@ def _group_whole_photo(c: Claim, style: str) -> Values:
     before, after = _pct(f["before"]), _pct(f["after"])
     mean = "" if k == 1 else " on average"
     average = f"stays at {before}{mean}" if before == after else f"goes from {before} to {after}{mean}"
-    return style, {"how": change_phrase(f["change"], f), "changed": to, "predicted": pred, "average": average}
+    return style, {
+        "how": change_phrase(f["change"], f),
+        "changed": to,
+        "predicted": pred,
+        "average": average,
+        "reference": _reference(f, "turns"),
+    }
 
 
 def _group_whole_photo_none(c: Claim, style: str) -> Values:
