@@ -124,6 +124,10 @@ def _surroundings(rgb: Tensor) -> Tensor:
 # The share of the photo's pixels each change touches (GlobalChange.area; a removed colour: its share).
 AREAS = {"border_crop": 1 - (1 - 2 * BORDER) ** 2, "surroundings": 1 - math.pi * CENTRE**2}
 
+# The colours a removal takes out, by index in appearance.COLOURS: the chromatic ones (turning white, grey
+# or black to grey changes nothing a reader could name).
+REMOVABLE = [i for i, name in enumerate(COLOURS) if name not in ("white", "grey", "black")]
+
 # The one number of a change that has one, as GlobalChange.setting.
 SETTINGS = {"jpeg": float(JPEG_QUALITY), "border_crop": BORDER, "quarter_resolution": 1 / SCALE}
 
@@ -357,7 +361,8 @@ def whole_photo_changes(
         pixels = (im * 255).round().byte().permute(1, 2, 0).reshape(-1, 3).cpu().numpy()
         index = torch.from_numpy(colour_names(pixels)).to(device).reshape(im.shape[-2:])
         present = []
-        for c in [names.index(n) for n in colours] if colours is not None else range(len(names)):
+        tried = [names.index(n) for n in colours] if colours is not None else REMOVABLE
+        for c in tried:
             share = float((index == c).float().mean())
             if colours is not None or share >= MIN_COLOUR_SHARE:
                 edited.append(((_grayscale(im) * (index == c) + im * (index != c))[None] - mean) / std)
