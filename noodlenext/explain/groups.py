@@ -336,7 +336,7 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
         if rate is None:
             return n_back / k, {}, ()
         m, of = rate
-        return n_back / k - m / of, {"reference": [m, of]}, (Count(m, of, truth, "reference"),)
+        return n_back / k - m / of, {"reference": [m, of]}, (Count(m, of, pred, "reference"),)
 
     causal = [e.causal for e in evidences if e.causal is not None]
     if causal:
@@ -415,6 +415,7 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
                         "truth": truth,
                         "k": k,
                         "to": [list(t) for t in ranked_to],
+                        "back": n_back,
                         "before": before,
                         "after": after,
                         **setting_fields(fixed),

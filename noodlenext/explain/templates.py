@@ -99,14 +99,22 @@ def _causes(claims: list[Claim], say: Callable[[Claim], str]) -> list[str]:
             out.append(say(c))
         elif c.kind == "occlusion_look" and out and f.get("unusual"):
             out.append(say(c))
-        elif c.kind == "group_occlusion" and f["back"]:
+        elif c.kind == "group_occlusion" and _specific(f):
             out.append(say(c))
-        elif (c.kind == "whole_photo" and flips) or (
-            c.kind == "group_whole_photo" and c.verdict == "turned_back"
-        ):
+        elif (c.kind == "whole_photo" and flips) or (c.kind == "group_whole_photo" and _specific(f)):
             out.append(say(c))
             break
     return out
+
+
+def _specific(f: dict) -> bool:
+    """A group's change turns some of its photos back, and more often than it turns the photos of the
+    predicted class it got right into the true class (when it was tried on them)."""
+    back, k = f.get("back", 0), f["k"]
+    if not back:
+        return False
+    m, of = f.get("reference") or (0, 1)
+    return back / k > m / of
 
 
 def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:

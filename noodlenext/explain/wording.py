@@ -244,12 +244,12 @@ PHRASES: dict[str, dict[str, str]] = {
     "group_occlusion": {
         "plain": "Hiding one part at a time, the part that matters most is the {counts}; hiding it turns "
         "{back} back to {truth}{reference}.",
-        "lay": "Hiding the {region} turns {region_back} back into {truth}.",
+        "lay": "Hiding the {region} turns {region_back} back into {truth}{reference}.",
         "lay.none": "Hiding any one small part turns none of them back into {truth}.",
     },
     "group_whole_photo": {
         "plain": "{how}, {changed}{reference}; {predicted} {average}.",
-        "lay": "{how}, {changed}.",
+        "lay": "{how}, {changed}{reference}.",
     },
     "group_whole_photo_none": {
         "plain": "Changing the whole photo ({listed}) changes none of the predictions; {predicted} moves by "
