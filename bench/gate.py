@@ -47,6 +47,13 @@ GOAL = 0.95
 
 
 SETS = ("tuning", "heldout", "final", "fresh")
+# Evidence that leads with what changing the photo did (issue 23: hiding one part at a time, whole-photo
+# changes), on quickstarts trained with a planted shortcut (bench/shortcuts.py): causes (16 records, 144
+# answers, the gate fixed against it after its first measure) and causes_fresh (20 records, 180 answers by
+# another writer). Measured and reported; their goal is precision (what passes is honest), not the
+# recall the four sets above reach: docs/grounding.md.
+CAUSE_SETS = ("causes", "causes_fresh")
+PRECISION_GOAL = 0.95
 
 
 def load(name: str = "tuning", data: Path = DATA) -> list[tuple[dict[str, Any], dict[str, str]]]:
@@ -112,6 +119,15 @@ def rate(kind: str, result: dict[str, Any]) -> float:
     return (passed if kind in FAITHFUL else n - passed) / max(1, n)
 
 
+def precision_recall(results: dict[str, Any]) -> tuple[float, float]:
+    """Of the answers that passed, the share that was faithful (precision); of the faithful answers, the
+    share that passed (recall)."""
+    honest = sum(r["passed"] for k, r in results.items() if k in FAITHFUL)
+    wrong = sum(r["passed"] for k, r in results.items() if k not in FAITHFUL)
+    faithful = sum(r["n"] for k, r in results.items() if k in FAITHFUL)
+    return honest / max(1, honest + wrong), honest / max(1, faithful)
+
+
 def table(results: dict[str, Any]) -> str:
     rows = ["| kind of answer | answers | the gate | CPU per check |", "| --- | ---: | ---: | ---: |"]
     for kind, r in results.items():
@@ -125,7 +141,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
+    p.add_argument("--sets", nargs="*", default=[*SETS, *CAUSE_SETS], choices=[*SETS, *CAUSE_SETS])
     p.add_argument("--out", type=Path, default=None, help="write the per-answer results as JSON")
     p.add_argument("--show", default=None, help="print every answer of this kind with the gate's reasons")
     a = p.parse_args()
@@ -141,7 +157,11 @@ def main() -> None:
                 print(f"[{mark}] {item['id']}: {item['text']}")
                 for reason in item["reasons"]:
                     print(f"    - {reason}")
-        below += [f"{name} {k}" for k, r in results.items() if rate(k, r) < GOAL]
+        if name in SETS:
+            below += [f"{name} {k}" for k, r in results.items() if rate(k, r) < GOAL]
+        else:
+            precision, recall = precision_recall(results)
+            print(f"{name}: precision {precision:.0%} (of what passed, honest), recall {recall:.0%}\n")
     if a.out:
         a.out.write_text(json.dumps(everything, indent=1) + "\n")
     print(f"goal (>= {GOAL:.0%} in every kind): {'met' if not below else 'not met in ' + ', '.join(below)}")

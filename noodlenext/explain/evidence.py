@@ -149,8 +149,9 @@ STRIP_REGIONS = {
     "right strip": ("upper right", "middle right", "lower right"),
 }
 
-# The vocabulary words (noodlenext/llm/vocabulary.yaml) the name of an edge strip uses.
-PART_WORDS = ("strip",)
+# The vocabulary words (noodlenext/llm/vocabulary.yaml) the hidden parts are named with.
+PART_WORDS = ("square", "squares", "strip", "strips")
+
 
 # A change of the whole photo is reported when it flips the prediction or moves it by more than this; at
 # most MAX_CHANGE_LINES of them, those that matter most.
@@ -743,7 +744,7 @@ def causal_claim(c: CausalRegion) -> Claim:
         moves=tuple(moves),
         becomes=(c.becomes,),
         verdict="barely" if barely else "turned_back" if c.turned_back else None,
-        looks=PART_WORDS if c.region in STRIP_REGIONS else (),
+        looks=PART_WORDS,
         fields={
             "region": c.region,
             "area": c.area,
@@ -773,8 +774,9 @@ def causal_look_claim(c: CausalRegion) -> Claim:
         "occlusion_look",
         _cause_classes(c.truth) if rare else (),
         c.regions,
-        quantities=tuple(percent(max(share, 0.01), f"training:{name}") for name, share in c.unusual),
-        looks=(*colours, *(PART_WORDS if c.region in STRIP_REGIONS else ())),
+        # A share of the training photos' pixels: an area, as the gate reads "1% of their pixels".
+        quantities=tuple(percent(max(share, 0.01), "area") for _, share in c.unusual),
+        looks=(*colours, *PART_WORDS),
         fields={
             "region": c.region,
             "regions": list(c.regions),
@@ -806,6 +808,7 @@ def whole_photo_claims(changes: list[GlobalChange], limit: int = MAX_CHANGE_LINE
             Claim(
                 "whole_photo_none",
                 (largest.predicted,),
+                looks=tuple(dict.fromkeys(w for c in changes for w in change_words(c))),
                 quantities=(
                     percent(move, "points"),
                     percent(NOTABLE_MOVE, "points"),
@@ -874,6 +877,8 @@ CHANGE_WORDS: dict[str, tuple[str, ...]] = {
         "grayscale",
         "greyscale",
         "black-and-white",
+        "black",  # "in black and white"
+        "white",
         "monochrome",
         "colour",
         "color",
@@ -914,5 +919,8 @@ def settings_quantities(changes: Iterable[GlobalChange]) -> list[Quantity]:
     for name, value in setting_fields(changes).items():
         if name == "colour":
             continue
-        out.append(Quantity(float(value), "decimal", name) if name == "quality" else percent(value, name))
+        if name == "quality":
+            out.append(Quantity(float(value), "decimal", name))
+        else:  # a share of the photo (a border, a removed colour) or of its side (a lower resolution)
+            out.append(percent(value, "area" if name in ("border", "share") else name))
     return out

@@ -22,7 +22,6 @@ from noodlenext.explain.evidence import (
     BARELY,
     NOTABLE_MOVE,
     PART_WORDS,
-    STRIP_REGIONS,
     CausalRegion,
     Evidence,
     GlobalChange,
@@ -130,7 +129,12 @@ def _summary(
             "group_size",
             (true, pred),
             quantities=(percent(low, pred), percent(high, pred), percent(mean, pred)),
-            counts=(Count(k, count, true, "examined"), Count(count, count, true, "photos")),
+            # "the 5 of them it got most wrong": the examined photos are a count of their own too.
+            counts=(
+                Count(k, count, true, "examined"),
+                Count(count, count, true, "photos"),
+                Count(k, k, true, "examined"),
+            ),
             fields={
                 "true": true,
                 "predicted": pred,
@@ -366,7 +370,7 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
                     ),
                     becomes=(truth,) if n_back else (),
                     verdict="turned_back" if n_back else None,
-                    looks=PART_WORDS if any(r in STRIP_REGIONS for r in ranked) else (),
+                    looks=PART_WORDS,
                     fields={
                         "k": k,
                         "truth": true,
@@ -439,6 +443,7 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
                 Claim(
                     "group_whole_photo_none",
                     (pred,),
+                    looks=tuple(dict.fromkeys(w for gs in by_change.values() for w in change_words(gs[0]))),
                     quantities=(percent(moves[largest], "points"), *settings_quantities(every)),
                     fields={
                         "predicted": pred,

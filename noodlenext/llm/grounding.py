@@ -44,6 +44,7 @@ from noodlenext.explain.wording import method_name
 from noodlenext.llm.base import Backend, LLMError, Message
 from noodlenext.llm.reading import (
     CITATION,
+    EDIT,
     Amount,
     Counted,
     Said,
@@ -174,12 +175,24 @@ _SAYS_RIGHT = re.compile(
 )
 
 
+# "pink is rare in the spaghetti training photos", "a colour the udon photos hardly ever show": which
+# class's training photos a colour is said to be unusual for (a format string: {c}, the class names).
+_RARE_IN = (
+    r"\b(?:rare(?:ly)?|hardly|seldom|never|uncommon|unusual|almost\s+never|barely)\b[^.;]{{0,60}}?"
+    r"\b(?P<c>{c})\s+(?:training\s+)?(?:photos|images|pictures|examples)|"
+    r"\b(?P<d>{c})\s+(?:training\s+)?(?:photos|images|pictures|examples)[^.;]{{0,40}}?"
+    r"\b(?:rarely|hardly|seldom|never|almost\s+never)\b"
+)
+
+
 def _statements(text: str, names: Sequence[str]) -> dict[str, list[Any]]:
     """What `text` says the classifier predicted ("predicted"), what the photo is ("truth"), and the
     (true, predicted) pairs it names as "took X for Y" ("took")."""
     cls = rf"(?P<c>{class_alternation(names)})"
+    # What it says about an edited photo is what the prediction becomes, checked as such (reading).
+    unedited = " ".join(s for s in sentences(text) if not EDIT.search(s))
     predicted = [
-        canonical_class(m.group("c"), names) for m in re.finditer(_PREDICTS + _ARTICLE + cls, text, re.I)
+        canonical_class(m.group("c"), names) for m in re.finditer(_PREDICTS + _ARTICLE + cls, unedited, re.I)
     ]
     truth = []
     for m in re.finditer(_IS + _ARTICLE + cls, text, re.I):
@@ -211,6 +224,13 @@ def _class_reasons(text: str, evidence: Evidence, followup: bool) -> list[str]:
     if evidence.verdict == "unknown" and (_SAYS_WRONG.search(text) or _SAYS_RIGHT.search(text)):
         return ["calls the prediction right or wrong, but the true label is not known"]
     said = _statements(text, names)
+    compared = {str(c.fields.get("truth")) for c in evidence.claims() if c.kind == "occlusion_look"}
+    for m in re.finditer(_RARE_IN.format(c=class_alternation(names)), text, re.I):
+        cls = canonical_class(m.group("c") or m.group("d"), names)
+        if cls not in compared:
+            return [
+                f"says a colour is rare in the {cls} training photos, which no evidence line compares with"
+            ]
     for cls in said["predicted"]:
         if cls != pred:
             return [f"says the classifier predicted {cls}, but it predicted {pred}"]

@@ -35,6 +35,7 @@ from noodlenext.llm.text import sentences
 
 __all__ = [
     "CITATION",
+    "EDIT",
     "Said",
     "SaidSentence",
     "class_mentions",
@@ -336,11 +337,18 @@ _MAP_STATE = {
 }
 
 
-_EDIT = re.compile(
+EDIT = re.compile(
     r"\b(?:hid(?:e|es|ing|den)|cover(?:s|ed|ing)?(?:\s+up)?|mask(?:s|ed|ing)?|block(?:s|ed|ing)?(?:\s+out)?|"
     r"blank(?:s|ed|ing)?(?:\s+out)?|keep(?:s|ing)?\s+(?:only|just)|kept\s+(?:only|just)|"
     r"show(?:s|ed|ing|n)?\s+(?:only|just)|(?:only|just)\s+(?:that|the\s+hot(?:test)?|the\s+highlighted)\s+"
-    r"(?:part|region|area|patch)|on\s+its\s+own|by\s+itself)\b",
+    r"(?:part|region|area|patch)|on\s+its\s+own|by\s+itself|"
+    # the whole photo changed (explain.causes): grey, a tint, a crop, a lower resolution, a colour out
+    r"black[\s-]+and[\s-]+white|gr[ae]y\s*-?scale|monochrome|(?:turn(?:s|ed|ing)?|made|make|making)\s+"
+    r"(?:[\w-]+\s+){0,5}?gr[ae]y|tint(?:s|ed)?|(?:warm|cold|cool)(?:er)?\s+(?:light|tint|colou?rs?)|"
+    r"white\s+balance|trimm(?:ed|ing)|crop(?:s|ped|ping)?|cut(?:s|ting)?\s+off|mirror(?:s|ed|ing)?|"
+    r"flipp(?:ed|ing)\s+(?:it|the\s+photo|left)|(?:lower|reduced|quarter\s+of\s+the)\s+resolution|"
+    r"blurr(?:ed|ing)|re-?compress\w*|(?:took|taking|take|takes)\s+(?:the\s+)?\w+\s+out|"
+    r"remov(?:e|es|ed|ing))\b",
     re.I,
 )
 
@@ -348,7 +356,7 @@ _EDIT = re.compile(
 def _edits(text: str) -> list[Said]:
     """An edit of the photo the sentence speaks of: "hiding the hot region", "covering up the highlighted
     part", "keeping only that region", "that part on its own"."""
-    return [Said("edit", m.group(0), m.start(), m.end(), True) for m in _EDIT.finditer(text)]
+    return [Said("edit", m.group(0), m.start(), m.end(), True) for m in EDIT.finditer(text)]
 
 
 def _map_state(text: str) -> list[Said]:
@@ -515,7 +523,7 @@ _COUNT_PATTERNS = [
         re.I,
     ),
     re.compile(
-        rf"\b(?P<n>{_NUM})\s+(?:of\s+(?:its|the|their)\s+)?(?:(?:nearest|closest|most\s+similar|similar|"
+        rf"\b(?P<n>{_NUM})\s+(?:of\s+(?:its|the|their|these|those)\s+)?(?:(?:nearest|closest|most\s+similar|similar|"
         r"neighbouring|neighboring|training|examined|test)\s+)*(?:photos?|images?|pictures?|neighbou?rs?|"
         r"examples?|mistakes?)\b",
         re.I,
@@ -524,7 +532,12 @@ _COUNT_PATTERNS = [
 # "this one are spaghetti", "each one": "one" with a determiner before it is no count.
 _DETERMINED = re.compile(r"\b(?:this|that|each|every|which|any|no|the)\s+$", re.I)
 # "none of the facts suggests a fix": not a count of photos.
-_NOT_COUNTED = re.compile(r"\s*(?:facts?|lines?|evidence|numbers?|above|these\s+facts)\b", re.I)
+# What "none of the ..." counts when it is not photos: the facts, or the tests and changes tried on the photo.
+_NOT_COUNTED = re.compile(
+    r"\s*(?:facts?|lines?|evidence|numbers?|above|these\s+facts|tests?|changes?|edits?|parts?|squares?|"
+    r"strips?|these\s+(?:tests|changes|edits))\b",
+    re.I,
+)
 _NOT_COUNT_AFTER = re.compile(r"\s*(?:%|percent|per\s+cent|points?\b|\.\d)", re.I)
 
 
@@ -797,14 +810,30 @@ _STAYS = (
 )
 
 
+# In a sentence about an edit of the photo, what the classifier then says is what the prediction becomes:
+# "when we showed it in black and white, it guessed spaghetti".
+_ANSWERED = (
+    r"guess(?:ed|es)?|said|says|answer(?:ed|s)|call(?:ed|s)\s+it|chose|picked|predict(?:ed|s)|"
+    r"(?:went|goes)\s+with|opt(?:ed|s)\s+for"
+)
+
+
 def _becoming(text: str, names: Sequence[str]) -> list[Said]:
     if not names:
         return []
     alt = class_alternation(names)
     art = r"(?:(?:a|an|the)\s+)?(?:prediction\s+(?:of\s+)?)?"
     out = []
-    for kind, verbs in (("becomes", _BECOMES), ("stays", _STAYS)):
-        for m in re.finditer(rf"\b(?:{verbs})\s+{art}(?P<c>{alt})", text, re.I):
+    passes: list[tuple[str, ...]] = [("becomes", _BECOMES), ("stays", _STAYS)]
+    if EDIT.search(text):
+        passes.append(("becomes", rf"(?:{_ANSWERED})\s+(?:(?:it|that\s+it)\s+(?:is|was)\s+)?"))
+    if EDIT.search(text):
+        # "again giving udon": the outcome, not a number ("gives udon 90%" is the probability)
+        passes.append(
+            ("becomes", r"(?:giv(?:es|ing|e)|gave)(?:\s+(?:it|us))?", r"(?![^.;,\[]{0,24}\d|\s+(?:a|an)\s)")
+        )
+    for kind, verbs, *after in passes:
+        for m in re.finditer(rf"\b(?:{verbs})\s+{art}(?P<c>{alt}){''.join(after)}", text, re.I):
             if _NEGATED.search(text[max(0, m.start() - 30) : m.start()]):
                 continue
             out.append(
