@@ -695,6 +695,27 @@ def _cause_reasons(said: SaidSentence) -> list[str]:
     return out
 
 
+# The training as a cause: "its training set had blue backgrounds", "it saw too few spaghetti photos during
+# training". Only the nearest training photos and the colours compared with the training photos measure
+# anything about the training data; a suggestion to add photos to it is advice, not a cause.
+_TRAINING = re.compile(
+    r"\b(?:training\s+(?:set|data)|during\s+(?:its\s+)?training|(?:was|were)\s+trained|learn(?:ed|t)\s+from)\b",
+    re.I,
+)
+_TRAINING_KINDS = ("neighbours", "group_neighbours", "occlusion_look", "similar_counts", "similar_majority")
+
+
+def _training_reasons(said: SaidSentence, claims: list[Claim]) -> list[str]:
+    m = _TRAINING.search(said.plain)
+    if m is None or said.advice is not None:
+        return []
+    cited = [claims[n - 1] for n in said.cited if 0 < n <= len(claims)]
+    if any(c.kind in _TRAINING_KINDS for c in cited):
+        return []
+    what = m.group(0)
+    return [f'{_quote(said)} gives the training ("{what}") as a cause, which no line it cites measures']
+
+
 _BELIEVES = re.compile(
     r"\b(?:sure|confident|certain|thinks?|thought|believ\w*|guess\w*|decided?|call(?:s|ed)?|predict\w*|"
     r"classif(?:y|ies|ied|ying|ication)|label(?:s|ed|led)?)\b",
@@ -807,7 +828,7 @@ def check_explanation(
                 f"{_quote(said)} speaks of a random map without saying whether a map beats it, as the trust "
                 "check does"
             )
-        caused = _cause_reasons(said)
+        caused = _cause_reasons(said) + _training_reasons(said, claims)
         reasons += [r for r in caused if r not in reasons]
         if not caused and not followup and said.advice is None and _says_nothing(said, evidence):
             reasons.append(f"{_quote(said)} says nothing that an evidence line says")
