@@ -47,3 +47,24 @@ def test_each_kind_meets_the_goal(results: dict, name: str, kind: str) -> None:
         (item["id"], item["reasons"]) for item in result["items"] if item["passed"] != (kind in gate.FAITHFUL)
     ]
     assert gate.rate(kind, result) >= gate.GOAL, missed
+
+
+@pytest.fixture(scope="module")
+def cause_results() -> dict[str, dict]:
+    return {name: gate.run(gate.load(name)) for name in gate.CAUSE_SETS}
+
+
+@pytest.mark.parametrize("name", gate.CAUSE_SETS)
+def test_what_passes_about_the_causes_is_honest(cause_results: dict, name: str) -> None:
+    """Evidence that leads with hiding parts and changing the whole photo (issue 23), answered by writers
+    who never read the gate: what passes is honest (precision), and most honest answers pass (recall: the
+    lay answers that name objects nobody measured, "around the bowl", are the ones that do not)."""
+    results = cause_results[name]
+    precision, recall = gate.precision_recall(results)
+    assert precision >= gate.PRECISION_GOAL, [
+        (item["id"], kind) for kind, r in results.items() if kind not in gate.FAITHFUL
+        for item in r["items"] if item["passed"]
+    ]  # fmt: skip
+    assert recall >= 0.75
+    assert gate.rate("faithful_plain", results["faithful_plain"]) >= 0.9
+    assert results["invented_cause"]["passed"] == results["invented_reason"]["passed"] == 0

@@ -794,3 +794,22 @@ def test_the_docs_vocabulary_table_names_every_category_and_only_its_words() -> 
     assert len(left_out) > 10 and not everything & set(left_out)
     words, _ = vocabulary()
     assert set(words) >= everything - {w for w in everything if " " in w}
+
+
+def test_the_training_given_as_a_cause_needs_a_line_that_measures_it() -> None:
+    """ "Its training set had ...": only the nearest training photos measure anything about the training
+    data; a suggestion to add photos to it is advice."""
+    e = advised()
+    n = len(e.claims())
+    neighbours = next(i for i, c in enumerate(e.claims(), 1) if c.kind == "neighbours")
+    for honest in (
+        f"Adding more udon photos to the training set may help [{n}].",
+        f"2 of its 3 nearest photos in the training set are ramen [{neighbours}].",
+    ):
+        assert reasons(f"{GOOD} {honest}", e) == [], honest
+    for invented in (
+        "The mistake comes from its training set, where ramen photos were often shot from above.",
+        "It saw mostly ramen during training [2].",
+    ):
+        (reason,) = reasons(f"{GOOD} {invented}", e)
+        assert "gives the training" in reason, invented

@@ -828,7 +828,7 @@ def check_explanation(
                 f"{_quote(said)} speaks of a random map without saying whether a map beats it, as the trust "
                 "check does"
             )
-        caused = _cause_reasons(said) + _training_reasons(said, claims)
+        caused = _cause_reasons(said) or _training_reasons(said, claims)
         reasons += [r for r in caused if r not in reasons]
         if not caused and not followup and said.advice is None and _says_nothing(said, evidence):
             reasons.append(f"{_quote(said)} says nothing that an evidence line says")
