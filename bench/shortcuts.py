@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from noodlenext.explain.appearance import COLOURS, colour_names
+from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.photo import PhotoExplainer
@@ -199,6 +200,23 @@ def kinds() -> dict[str, Kind]:
     }
 
 
+# Claims that say a change does NOT matter: they list places and changes without naming them as a cause.
+NEGATIVE = ("whole_photo_none", "group_whole_photo_none")
+
+
+def asserted(claims: list) -> str:
+    """The words of the claims that state an effect: not those that say nothing matters (a list of the
+    whole-photo changes that moved nothing; hiding one part when no part matters much, and that part's
+    look)."""
+    barely = any(c.kind == "occlusion" and c.fields.get("barely") for c in claims)
+    kept = [
+        c
+        for c in claims
+        if c.kind not in NEGATIVE and not (barely and c.kind in ("occlusion", "occlusion_look"))
+    ]
+    return " ".join(line(c) for c in kept)
+
+
 def names_cause(text: str, kind: Kind, every: dict[str, Kind]) -> bool:
     """Whether `text` names the cause: any of the kind's words (for `none`: any kind's), whole words."""
     words = kind.words or tuple(w for k in every.values() for w in k.words)
@@ -250,6 +268,17 @@ def planted_copy(clean: Path, out: Path, kind: Kind) -> list[tuple[Path, Path, s
     return planted
 
 
+def planted_test_photos(clean: Path, data: Path, kind: Kind) -> list[tuple[Path, Path, str]]:
+    """What `planted_copy` returned for `data`, read back: (planted test photo, its clean original, true
+    class) of each planted test photo."""
+    out = []
+    for cls in CLASSES[:2]:
+        for i, src in enumerate(sorted((clean / "test" / cls).glob("*.jpg"))):
+            if i % 2 == 0:
+                out.append((data / "test" / cls / src.name, src, cls.split("_", 1)[1]))
+    return out
+
+
 # ------------------------------------------------------------------------------ one kind
 def train(data: Path, run_dir: Path, extra: list[str]) -> Path:
     """The quickstart recipe on `data`; returns the best checkpoint."""
@@ -273,13 +302,28 @@ def train(data: Path, run_dir: Path, extra: list[str]) -> Path:
     return Path(best[-1])
 
 
-def score(kind: Kind, every: dict[str, Kind], work: Path, clean: Path, photos: int, extra: list[str]) -> dict:
+def score(
+    kind: Kind,
+    every: dict[str, Kind],
+    work: Path,
+    clean: Path,
+    photos: int,
+    extra: list[str],
+    reuse: bool = False,
+) -> dict:
     started = time.perf_counter()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    data = work / f"planted_{kind.name}_{stamp}"  # new folders: nothing in `work` is written over
-    planted = planted_copy(clean, data, kind)
-    run_dir = work / f"run_{kind.name}_{stamp}"
-    ckpt = train(data, run_dir, extra)
+    earlier = sorted(work.glob(f"run_{kind.name}_*/checkpoints/epoch_*.ckpt")) if reuse else []
+    if earlier:  # rescore the last run of this kind in `work`: its planted data, its checkpoint
+        ckpt = earlier[-1]
+        run_dir = ckpt.parent.parent
+        data = work / run_dir.name.replace("run_", "planted_", 1)
+        planted = planted_test_photos(clean, data, kind)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        data = work / f"planted_{kind.name}_{stamp}"  # new folders: nothing in `work` is written over
+        planted = planted_copy(clean, data, kind)
+        run_dir = work / f"run_{kind.name}_{stamp}"
+        ckpt = train(data, run_dir, extra)
     trained = time.perf_counter() - started
 
     predictions = {
@@ -302,13 +346,16 @@ def score(kind: Kind, every: dict[str, Kind], work: Path, clean: Path, photos: i
     group_rows = []
     for g in groups:
         lines = g["evidence_lines"]
+        claims = Evidence.from_dict(g["evidence"]).claims()
+        first = asserted(claims[1:2])
         group_rows.append(
             {
                 "pair": f"{g['true']} -> {g['predicted']}",
                 "count": g["count"],
                 "first": lines[1] if len(lines) > 1 else "",
-                "named_first": len(lines) > 1 and names_cause(lines[1], kind, every),
-                "named_any": names_cause(" ".join(lines) + " " + (g.get("paragraph") or ""), kind, every),
+                "first_words": first,
+                "named_first": names_cause(first, kind, every),
+                "named_any": names_cause(asserted(claims) + " " + (g.get("paragraph") or ""), kind, every),
             }
         )
 
@@ -323,10 +370,11 @@ def score(kind: Kind, every: dict[str, Kind], work: Path, clean: Path, photos: i
                 "file": path.name,
                 "lines": lines,
                 "paragraph": photo_template(ev),
-                "named_evidence": names_cause(" ".join(lines), kind, every),
+                "asserted": asserted(ev.claims()),
+                "named_evidence": names_cause(asserted(ev.claims()), kind, every),
                 "named_paragraph": names_cause(photo_template(ev), kind, every),
                 "scorecam_informative": ev.trust["scorecam"].informative if "scorecam" in ev.trust else None,
-                "named_cause_lines": names_cause(" ".join(line(c) for c in ev.cause_claims()), kind, every),
+                "named_cause_lines": names_cause(asserted(ev.cause_claims()), kind, every),
             }
         )
     explain_s = (time.perf_counter() - explain_s) / max(1, len(per_photo))
@@ -386,12 +434,25 @@ def _cost(r: dict) -> str:
     return f"{c['with']:.2f} ({c['without']:.2f}, x{c['ratio']:.2f})" if c else "-"
 
 
+def chance(results: list[dict], kind: Kind) -> str:
+    """How often the kind's own words are named in the control run's (no shortcut) evidence, scored the
+    same way: its groups' first findings, and its photos."""
+    control = next((r for r in results if r["kind"] == "none"), None)
+    if control is None or kind.plant is None:
+        return "-"
+    photos = sum(names_cause(p["asserted"], kind, {}) for p in control["photos"])
+    firsts = sum(names_cause(g["first_words"], kind, {}) for g in control["groups"])
+    return f"{firsts}/{len(control['groups'])}, {photos}/{len(control['photos'])}"
+
+
 def table(results: list[dict]) -> str:
     head = (
         "| kind | shortcut | test acc | planted mistakes | fixed by removing it | group first | group any "
-        "| photo evidence | photo cause lines | photo paragraph | evidence CPU s/photo (without causes) |"
+        "| photo evidence | photo cause lines | photo paragraph | by chance (group first, photos) "
+        "| evidence CPU s/photo (without causes) |"
     )
-    rows = [head, "|" + " --- |" * 11]
+    every = kinds()
+    rows = [head, "|" + " --- |" * 12]
     for r in results:
         rows.append(
             f"| {r['kind']} | {r['what']} | {100 * (r['test_acc'] or 0):.0f}% "
@@ -399,7 +460,7 @@ def table(results: list[dict]) -> str:
             f"| {r['fixed_by_removal']}/{r['planted_mistakes']} | {_share(r['groups'], 'named_first')} "
             f"| {_share(r['groups'], 'named_any')} | {_share(r['photos'], 'named_evidence')} "
             f"| {_share(r['photos'], 'named_cause_lines')} | {_share(r['photos'], 'named_paragraph')} "
-            f"| {_cost(r)} |"
+            f"| {chance(results, every[r['kind']])} | {_cost(r)} |"
         )
     return "\n".join(rows)
 
@@ -413,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=None, help="keep the data and runs here (default: a temp dir)"
     )
     ap.add_argument("--json", type=Path, default=None, help="write every result (evidence lines too) here")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="rescore the runs already in --work (the last of each kind) instead of training again",
+    )
     ap.add_argument("overrides", nargs="*", help="more training overrides, e.g. trainer.max_epochs=4")
     args = ap.parse_args(argv)
     chosen = [every[k] for k in args.kinds.split(",")]
@@ -421,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     clean = render(work)
     results = []
     for kind in chosen:
-        results.append(score(kind, every, work, clean, args.photos, args.overrides))
+        results.append(score(kind, every, work, clean, args.photos, args.overrides, args.reuse))
         r = results[-1]
         print(
             f"{kind.name}: {r['planted_mistakes']} planted mistakes, "

@@ -17,7 +17,7 @@ from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, images
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from noodlenext.explain.appearance import colour_histogram
-from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
+from noodlenext.explain.causes import hide_box, occlusion_scan, whole_photo_changes
 from noodlenext.explain.evidence import CAUSE_KINDS, CausalRegion, Evidence, GlobalChange
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gather import gather_evidence
@@ -108,6 +108,17 @@ def test_hiding_one_part_at_a_time_finds_a_corner_tag_and_that_its_colour_is_out
     assert "pink" in tagged.colours and [c for c, _ in tagged.unusual] == ["pink"]
     assert tagged.unusual[0][1] < 0.001  # the spaghetti photos have (almost) no such pixel
     assert unknown.truth is None and not unknown.turned_back and unknown.unusual == ()
+
+
+def test_hide_box_hides_the_same_part_in_other_photos() -> None:
+    """What a group's reference photos get: the part that mattered in the mistakes, hidden in each."""
+    model = Shortcut("tag")
+    tagged, plain = photo("tag", 0), photo(None, 1)
+    x = batch([tagged, plain])
+    out = hide_box(model, x, (0.75, 0.75, 1.0, 1.0), "lower right", [2, 0], [0, 0], CLASSES)
+    assert [c.region for c in out] == ["lower right"] * 2 and out[0].box == (0.75, 0.75, 1.0, 1.0)
+    assert out[0].turned_back and out[0].after < 0.5 < out[0].before  # the tag is gone
+    assert out[1].becomes == "spaghetti" and not out[1].turned_back  # nothing to undo
 
 
 def test_a_caption_along_the_bottom_is_found_by_hiding_the_bottom_strip() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch import nn
 from noodlenext.callbacks.guarded import step_error
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.images import load_rgb
-from noodlenext.explain.causes import occlusion_scan, whole_photo_changes
+from noodlenext.explain.causes import hide_box, whole_photo_changes
 from noodlenext.explain.evidence import Evidence, primary_method
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.groups import Reference, group_evidence, summary_claim
@@ -242,18 +243,23 @@ def examine(
 
 def _reference(group: MistakeGroup, dataset: Any, model: nn.Module, class_names: Sequence[str]) -> Reference:
     """The causes tried on the group's reference photos (predicted class, got right), with the group's
-    true class as their truth, and the colours its mistakes had taken out."""
+    true class as their truth: the part that mattered most in its mistakes hidden, every whole-photo
+    change, and the colours its mistakes had taken out."""
     names = list(class_names)
     samples = group.references
     batch = torch.stack([dataset[s.index][0] for s in samples])
-    size = batch.shape[-1], batch.shape[-2]
-    photos = [np.asarray(load_rgb(str(dataset.samples[s.index][0]), size).resize(size)) for s in samples]
     preds = [s.pred for s in samples]
     truth = [names.index(group.true)] * len(samples)
     temperature = float(getattr(model, "applied_temperature", 1.0))
     colours = sorted({c.colour for p in group.examined for c in p.evidence.changes if c.colour})
+    # The part that mattered most in most of the mistakes, hidden in the reference photos too.
+    parts = Counter((c.region, c.box) for p in group.examined if (c := p.evidence.causal) is not None)
+    hidden = []
+    if parts:
+        (region, box), _ = parts.most_common(1)[0]
+        hidden = hide_box(model, batch, box, region, preds, truth, names, temperature=temperature)
     return Reference(
-        occlusion_scan(model, batch, photos, preds, truth, names, temperature=temperature),
+        hidden,
         whole_photo_changes(model, batch, preds, truth, names, temperature=temperature, colours=colours),
     )
 

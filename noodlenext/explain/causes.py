@@ -39,6 +39,7 @@ from noodlenext.explain.layers import unwrap
 
 __all__ = [
     "RARE_BIN",
+    "hide_box",
     "STEPS",
     "WHOLE_PHOTO_CHANGES",
     "WINDOW",
@@ -288,6 +289,49 @@ def occlusion_scan(
                 map=method if heat is not None else None,
                 places=len(squares),
                 strips=len(strips),
+            )
+        )
+    return out
+
+
+def hide_box(
+    model: nn.Module,
+    images: Tensor,
+    box: tuple[float, float, float, float],
+    region: str,
+    predicted: Sequence[int],
+    truths: Sequence[int | None],
+    class_names: Sequence[str],
+    *,
+    temperature: float = 1.0,
+) -> list[CausalRegion]:
+    """Per image, the prediction with one given part hidden (`box`: top, left, bottom, right as shares of
+    the side; `region` its name), as a CausalRegion: the same edit on other photos (a group's reference
+    photos get the part that mattered most in its mistakes)."""
+    net = unwrap(model)
+    device = _device(net, images.device)
+    x = images.to(device, torch.float32)
+    h, w = x.shape[-2:]
+    t, lf, bt, rt = round(box[0] * h), round(box[1] * w), round(box[2] * h), round(box[3] * w)
+    edited = x.clone()
+    edited[:, :, t:bt, lf:rt] = 0.0
+    probs = _probabilities(net, torch.cat([x, edited]), temperature)
+    b = len(x)
+    out = []
+    for i in range(b):
+        p, truth = int(predicted[i]), truths[i]
+        before, after = probs[i], probs[b + i]
+        out.append(
+            CausalRegion(
+                region=region,
+                box=box,
+                predicted=class_names[p],
+                before=float(before[p]),
+                after=float(after[p]),
+                becomes=class_names[int(after.argmax())],
+                truth=class_names[truth] if truth is not None else None,
+                truth_before=float(before[truth]) if truth is not None else None,
+                truth_after=float(after[truth]) if truth is not None else None,
             )
         )
     return out

@@ -307,8 +307,9 @@ class Reference:
     """The same changes on photos of the predicted class that the classifier got right, with the group's
     true class as their "truth": how often a change turns a photo into the true class when there is no
     mistake to undo. A change that does so as often is no cause of these mistakes (a tint that makes any
-    udon look like spaghetti); what it does more often to the mistakes is. causal: each photo's
-    `occlusion_scan`; changes: each photo's `whole_photo_changes` (with the group's removed colours)."""
+    udon look like spaghetti); what it does more often to the mistakes is. causal: the part that mattered
+    most in most of the group's mistakes, hidden in each reference photo (`causes.hide_box`); changes:
+    each photo's `whole_photo_changes` (with the group's removed colours)."""
 
     causal: list[CausalRegion]
     changes: list[list[GlobalChange]]
@@ -386,9 +387,10 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
     for e in evidences:
         for g in e.changes:
             by_change.setdefault(g.key, []).append(g)
+    # Out of every photo with changes: a colour taken out of only some of them turned only those.
+    k = sum(1 for e in evidences if e.changes)
     notable = []
     for key, gs in by_change.items():
-        k = len(gs)
         to = Counter(g.becomes for g in gs if g.becomes != g.predicted)
         before = float(np.mean([g.before for g in gs]))
         after = float(np.mean([g.after for g in gs]))
