@@ -418,3 +418,20 @@ def test_gather_evidence_runs_the_causes_unless_asked_not_to() -> None:
     bare = gather_evidence(*args, settings=QUADRANTS, class_names=NAMES, causes=False)
     assert all(e.causal is None and e.changes == [] for e in bare)
     assert [c.kind for c in bare[0].claims()][1] == "map"
+
+
+def test_a_change_barely_more_common_in_the_mistakes_does_not_lead_the_paragraph() -> None:
+    """A change that turns 2 of 3 mistakes back and 1 of 2 right photos over is a line of the evidence,
+    not the cause a paragraph starts with (explain.templates.SPECIFIC_MARGIN)."""
+    photos = [
+        _photo_evidence(0, "center", False, True),
+        _photo_evidence(1, "center", False, True),
+        _photo_evidence(2, "center", False, False),
+    ]
+    kept = CausalRegion("center", (0.4, 0.4, 0.6, 0.6), "udon", 0.9, 0.85, "udon", "spaghetti", 0.1, 0.12)
+    flipped, same = _change("grayscale", 0.1, "spaghetti"), _change("grayscale", 0.9, "udon")
+    reference = Reference([kept] * 2, [[flipped], [same]])
+    group = group_evidence(photos, [np.eye(9)] * 3, count=3, method="scorecam", reference=reference)
+    assert group.lead[0].kind == "group_whole_photo" and "2 of 3 become spaghetti" in group.lines()[1]
+    text = group_template(group)
+    assert "grayscale" not in text.lower() and check_explanation(text, group).passed
