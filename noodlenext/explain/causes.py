@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -276,13 +277,8 @@ def occlusion_scan(
             CausalRegion(
                 region=_region(boxes[j], h, w) if strip is None else strip,
                 box=(t / h, lf / w, bt / h, rt / w),
-                predicted=class_names[p],
-                before=float(probs[0, p]),
-                after=float(after[p]),
-                becomes=class_names[int(after.argmax())],
-                truth=truth_name,
+                **_outcome(probs[0], after, p, truth, class_names),
                 truth_before=float(probs[0, truth]) if truth is not None else None,
-                truth_after=float(after[truth]) if truth is not None else None,
                 colours=colours,
                 unusual=unusual,
                 heat=heat,
@@ -292,6 +288,21 @@ def occlusion_scan(
             )
         )
     return out
+
+
+def _outcome(
+    before: np.ndarray, after: np.ndarray, p: int, truth: int | None, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """What an edit did, from the probabilities before and after (per class): the predicted class's two
+    probabilities, the prediction after, and the true class's probability after (when known)."""
+    return {
+        "predicted": class_names[p],
+        "before": float(before[p]),
+        "after": float(after[p]),
+        "becomes": class_names[int(after.argmax())],
+        "truth": class_names[truth] if truth is not None else None,
+        "truth_after": float(after[truth]) if truth is not None else None,
+    }
 
 
 def hide_box(
@@ -325,13 +336,8 @@ def hide_box(
             CausalRegion(
                 region=region,
                 box=box,
-                predicted=class_names[p],
-                before=float(before[p]),
-                after=float(after[p]),
-                becomes=class_names[int(after.argmax())],
-                truth=class_names[truth] if truth is not None else None,
+                **_outcome(before, after, p, truth, class_names),
                 truth_before=float(before[truth]) if truth is not None else None,
-                truth_after=float(after[truth]) if truth is not None else None,
             )
         )
     return out
@@ -349,12 +355,7 @@ def _change(
 ) -> GlobalChange:
     return GlobalChange(
         change=name,
-        predicted=class_names[p],
-        before=float(before[p]),
-        after=float(after[p]),
-        becomes=class_names[int(after.argmax())],
-        truth=class_names[truth] if truth is not None else None,
-        truth_after=float(after[truth]) if truth is not None else None,
+        **_outcome(before, after, p, truth, class_names),
         setting=setting,
         colour=colour,
         area=setting if name == "remove_colour" and setting is not None else AREAS.get(name, 1.0),
