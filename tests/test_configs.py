@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import hydra
@@ -152,6 +153,17 @@ def test_quickstart_uses_synthetic_data_and_a_tiny_model(compose_cfg) -> None:
     cfg = compose_cfg("train", ["experiment=quickstart"])
     assert cfg.data.synthetic is not None and cfg.model.name.startswith("convnext_atto")
     assert cfg.model.image_size == 64
+
+
+def test_the_synthetic_dishes_option_reaches_the_render(compose_cfg, tmp_path: Path) -> None:
+    overrides = [
+        f"paths.data_dir={tmp_path}",
+        "data.synthetic.images_per_class=3",
+        "data.synthetic.image_size=32",
+    ]
+    cfg = compose_cfg("train", ["data=synthetic", *overrides, "data.synthetic.dishes=any"])
+    hydra.utils.instantiate(cfg.data).prepare_data()
+    assert json.loads((tmp_path / "synthetic_noodles" / "SYNTHETIC.json").read_text())["dishes"] == "any"
 
 
 def test_debug_config_runs_one_batch_without_logger(compose_cfg) -> None:

@@ -8,6 +8,11 @@ outlines, sauce, meat crumbs, basil, toppings), so whatever pokes out of that el
 evidence: the table, the shadow, the plate or bowl, its well and its rim where no food covers them. A
 pixel is evidence when at least half of its supersampled sub-pixels are; the photo's blur, lighting and
 noise do not move the mask.
+
+The dish: `dishes="by_class"` (the default) serves each class as it usually is, spaghetti on a plate, ramen
+and udon in bowls, so the dish tells spaghetti apart too, outside the mask; `dishes="any"` puts every class
+on a plate or in a bowl alike, so that only the food (the mask) carries the class: the truth the explainer
+benchmark (`bench/explainers.py`) scores maps against.
 """
 
 from __future__ import annotations
@@ -279,16 +284,20 @@ CLASS_STYLES: tuple[ClassStyle, ...] = (
         toppings=(_tempura, _tempura, _kamaboko, _green_onions, _green_onions),
     ),
 )  # fmt: skip
+DISHES = ("by_class", "any")  # the dish each class's photos show: see the module docstring
+PLATE_CHANCE = 0.5  # dishes="any": a plate or a bowl with even odds, whatever the class
 PLATE_RGB = ((240, 240, 235), (200, 215, 230))  # white (70 %) or pale blue
 BOWL_RGB = ((235, 235, 230), (30, 30, 32), (150, 40, 35), (40, 60, 110))
 
 
-def _render_image(class_idx: int, index: int, seed: int, size: int) -> Image.Image:
-    """Render one photo (RGB, size x size); depends only on (seed, class, index)."""
-    return _render(class_idx, index, seed, size)[0]
+def _render_image(class_idx: int, index: int, seed: int, size: int, dishes: str = "by_class") -> Image.Image:
+    """Render one photo (RGB, size x size); depends only on (seed, class, index, dishes)."""
+    return _render(class_idx, index, seed, size, dishes)[0]
 
 
-def _render(class_idx: int, index: int, seed: int, size: int) -> tuple[Image.Image, Image.Image]:
+def _render(
+    class_idx: int, index: int, seed: int, size: int, dishes: str = "by_class"
+) -> tuple[Image.Image, Image.Image]:
     """One photo (RGB) and its evidence mask (L, 0 or 255), both size x size; see the module docstring.
 
     Depends only on (seed, class, index) so order/parallelism never matters. Every step draws from the
@@ -301,7 +310,7 @@ def _render(class_idx: int, index: int, seed: int, size: int) -> tuple[Image.Ima
     dish = _place_dish(rng, s)
     img = _draw_table(rng, dish, size)
     canvas = Canvas(ImageDraw.Draw(img), rng, dish, u=s / 256)
-    food = _draw_vessel(canvas, style)
+    food = _draw_vessel(canvas, style, dishes)
     mask = Image.new("L", (s, s), 0)
     mask_draw = ImageDraw.Draw(mask)
     fx, fy = food
@@ -337,9 +346,10 @@ def _draw_table(rng: np.random.Generator, dish: Dish, size: int) -> Image.Image:
     return Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8)).resize((s, s), Image.Resampling.BILINEAR)
 
 
-def _draw_vessel(c: Canvas, style: ClassStyle) -> Pt:
-    """Plate or bowl; returns the radii of the ellipse (around the dish centre) the noodles stay in."""
-    if style.vessel == "plate":
+def _draw_vessel(c: Canvas, style: ClassStyle, dishes: str = "by_class") -> Pt:
+    """Plate or bowl (the class's own, or either with even odds when `dishes="any"`: one more rng draw);
+    returns the radii of the ellipse (around the dish centre) the noodles stay in."""
+    if (style.vessel == "plate") if dishes == "by_class" else (c.rng.random() < PLATE_CHANCE):
         plate = _col(c.rng, PLATE_RGB[0] if c.rng.random() < 0.7 else PLATE_RGB[1], 8)
         c.dish_ellipse(1.0, plate)
         c.dish_ellipse(0.72, tuple(int(v * 0.93) for v in plate))  # the shallow well
@@ -351,7 +361,8 @@ def _draw_vessel(c: Canvas, style: ClassStyle) -> Pt:
 
 
 def _draw_broth(c: Canvas, style: ClassStyle) -> None:
-    """Bowls only: the broth surface, and fat droplets on ramen (tonkotsu/shoyu) broth."""
+    """Ramen and udon (on a plate too, with `dishes="any"`): the broth surface, and fat droplets on ramen
+    (tonkotsu/shoyu) broth."""
     if style.broth_rgb is None:
         return
     c.dish_ellipse(0.84, _col(c.rng, style.broth_rgb, 12), dy=0.02 * c.dish.ry)
@@ -477,11 +488,18 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> dict[str
 
 
 def _metadata(
-    images_per_class: int, image_size: int, seed: int, val_fraction: float, test_fraction: float
+    images_per_class: int,
+    image_size: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    dishes: str = "by_class",
 ) -> dict:
     """The SYNTHETIC.json content for these parameters (validates them)."""
     if seed < 0 or image_size < 16:
         raise ValueError("seed must be >= 0 and image_size >= 16")
+    if dishes not in DISHES:
+        raise ValueError(f"data.synthetic.dishes={dishes!r}: use one of {', '.join(DISHES)}")
     counts = _split_counts(images_per_class, val_fraction, test_fraction)
     return {
         "generator_version": GENERATOR_VERSION,
@@ -491,6 +509,7 @@ def _metadata(
         "image_size": image_size,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        **({} if dishes == "by_class" else {"dishes": dishes}),  # renders from before the option stay valid
         "classes": list(CLASS_NAMES),
         "counts": {split: dict.fromkeys(CLASS_NAMES, k) for split, k in counts.items()},
     }
@@ -628,11 +647,13 @@ def render_dataset(
     val_fraction: float = 0.0,
     test_fraction: float = 0.2,
     overwrite: bool = False,
+    dishes: str = "by_class",
 ) -> Path:
     """Render (or reuse, if already complete with the same parameters) an ImageFolder tree under `root`.
 
     root/<split>/<class>/<stem>_<index>.jpg are the photos (`image_size` px square, JPEG quality 90);
     root/masks/<split>/<class>/<stem>_<index>.png their evidence masks (see `mask_path`, `load_mask`).
+    dishes: "by_class" or "any" (see the module docstring).
 
     A `root` that exists is replaced only when it is empty or carries the marker (SYNTHETIC.json, whole or
     cut short) and holds nothing but what the renderer writes; anything else raises NotSynthetic and is
@@ -640,7 +661,7 @@ def render_dataset(
     process) that is renamed into place when complete; leftovers of killed renders are cleaned first.
     """
     root = Path(root).expanduser()
-    meta = _metadata(images_per_class, image_size, seed, val_fraction, test_fraction)
+    meta = _metadata(images_per_class, image_size, seed, val_fraction, test_fraction, dishes)
     counts = {split: per_class[CLASS_NAMES[0]] for split, per_class in meta["counts"].items()}
     if not overwrite and _read_marker(root) == meta:
         return root
@@ -658,7 +679,7 @@ def render_dataset(
                 (tmp / MASKS / split / cls).mkdir(parents=True)
                 for i in range(start, start + k):  # global index: file names stay unique across splits
                     out = tmp / split / cls / f"{stem}_{i:05d}.jpg"
-                    photo, mask = _render(c, i, seed, image_size)
+                    photo, mask = _render(c, i, seed, image_size, dishes)
                     photo.save(out, quality=90)
                     mask.save(mask_path(tmp, out))
                 start += k
@@ -736,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--dishes", choices=DISHES, default="by_class", help="each class on its own dish, or any")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -743,11 +765,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     params = (a.images_per_class, a.image_size, a.seed, a.val_fraction, a.test_fraction)
-    meta = _metadata(*params)
+    meta = _metadata(*params, a.dishes)
     reused = not a.overwrite and _read_marker(Path(a.root)) == meta
     t0 = time.perf_counter()
     try:
-        root = render_dataset(a.root, *params, overwrite=a.overwrite)
+        root = render_dataset(a.root, *params, overwrite=a.overwrite, dishes=a.dishes)
     except NotSynthetic as e:
         p.exit(2, f"error: {e}\n")
     done = "already complete at" if reused else f"wrote in {time.perf_counter() - t0:.1f}s to"
