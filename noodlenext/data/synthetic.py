@@ -246,7 +246,7 @@ Topping = Callable[[Canvas, float, float, float], None]
 class ClassStyle:
     """How one class is drawn. Ranges are (low, high) for rng.uniform / rng.integers (high exclusive)."""
 
-    vessel: str  # "plate" (flat, light, shallow well) or "bowl" (coloured, rim, broth)
+    vessel: str  # its own dish (dishes="by_class"): "plate" (flat, light, shallow well) or "bowl" (rim)
     noodle_rgb: tuple[float, float, float]
     strand_width: tuple[float, float]  # output px at 128 px
     strand_count: tuple[int, int]
@@ -300,7 +300,7 @@ def _render(
 ) -> tuple[Image.Image, Image.Image]:
     """One photo (RGB) and its evidence mask (L, 0 or 255), both size x size; see the module docstring.
 
-    Depends only on (seed, class, index) so order/parallelism never matters. Every step draws from the
+    Depends only on (seed, class, index, dishes) so order/parallelism never matters. Every step draws from the
     one rng in turn: keep the steps, and the draws inside them, in this order, or the pixels change (then
     bump GENERATOR_VERSION). The mask draws nothing from the rng.
     """
