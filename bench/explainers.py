@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 
 from noodlenext.core.config import CONFIG_DIR
 from noodlenext.data.images import class_folders, display_name, load_rgb
-from noodlenext.data.synthetic import load_mask, mask_path, render_dataset
+from noodlenext.data.synthetic import DISHES, load_mask, mask_path, render_dataset
 from noodlenext.data.transforms import eval_transform
 from noodlenext.explain.layers import target_layer, target_layer_path
 from noodlenext.explain.registry import parse_methods
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--dishes",
         default="any",
-        choices=["any", "by_class"],
+        choices=DISHES,
         help="data.synthetic.dishes: any (default) puts every class on either dish, so that the class is in "
         "the food alone, where the masks say it is; by_class: the quickstart's data, spaghetti on plates",
     )

@@ -346,7 +346,7 @@ def _draw_table(rng: np.random.Generator, dish: Dish, size: int) -> Image.Image:
     return Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8)).resize((s, s), Image.Resampling.BILINEAR)
 
 
-def _draw_vessel(c: Canvas, style: ClassStyle, dishes: str = "by_class") -> Pt:
+def _draw_vessel(c: Canvas, style: ClassStyle, dishes: str) -> Pt:
     """Plate or bowl (the class's own, or either with even odds when `dishes="any"`: one more rng draw);
     returns the radii of the ellipse (around the dish centre) the noodles stay in."""
     if (style.vessel == "plate") if dishes == "by_class" else (c.rng.random() < PLATE_CHANCE):
@@ -493,7 +493,7 @@ def _metadata(
     seed: int,
     val_fraction: float,
     test_fraction: float,
-    dishes: str = "by_class",
+    dishes: str,
 ) -> dict:
     """The SYNTHETIC.json content for these parameters (validates them)."""
     if seed < 0 or image_size < 16:
