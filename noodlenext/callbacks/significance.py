@@ -230,3 +230,40 @@ def compare_configs(
     else:
         p, test = None, f"one seed and no {PREDICTIONS_FILE}"
     return PairComparison(name_a, name_b, pairs, diff, p, test, verdict(name_a, name_b, diff, p, test), notes)
+
+
+# --- a fix against its baseline: the test images resampled ------------------------------------------
+
+
+@dataclass
+class BootstrapDiff:
+    """The mean test accuracy difference A − B over matched seeds (0..1), its 95% bootstrap interval and
+    the bootstrap's two-sided p for "no difference": test images resampled with replacement, the same
+    resample for every seed (each image keeps its pairing across seeds and configurations)."""
+
+    diff: float
+    low: float
+    high: float
+    p: float
+    resamples: int
+
+
+def paired_bootstrap(
+    correct_a: Any, correct_b: Any, resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> BootstrapDiff:
+    """correct_a, correct_b: (seeds, images) arrays of 0/1 (right or wrong), the same images in the same
+    order; rows matched by seed. The p is twice the smaller share of resampled differences on either
+    side of zero (at least 1 / resamples): the percentile bootstrap's test."""
+    import numpy as np
+
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"need two (seeds, images) arrays of one shape, got {a.shape} and {b.shape}")
+    per_image = (a - b).mean(axis=0)  # each image's difference averaged over the seeds
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, per_image.size, size=(resamples, per_image.size))
+    diffs = per_image[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
+    return BootstrapDiff(float(per_image.mean()), float(low), float(high), max(p, 1 / resamples), resamples)

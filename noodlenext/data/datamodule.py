@@ -91,6 +91,9 @@ class NoodleDataModule(LightningDataModule):
         classes: the class names in label order (from a checkpoint); default: train/'s folders.
         allow_leakage: train and test even when test images are byte-identical to train/val ones.
         file_list: root-relative paths of the only images to use (the data doctor's fix=list).
+        relabel: a CSV of `file,label` rows (root-relative path, class name): those train/ or val/ images
+            are trained on as that class, their files untouched (`noodlenext.improve`'s relabel fix). A
+            test/ image is refused: the test labels are the yardstick.
         folds, fold: k-fold cross-validation (experiment=crossval): train/'s images are split into `folds`
             stratified, seeded (split_seed) folds; with `fold` = i, fold i is held out (`heldout_set`,
             never trained on nor validated on) and val comes from the other folds. null: no folds.
@@ -119,6 +122,7 @@ class NoodleDataModule(LightningDataModule):
         synthetic: dict | None = None,
         allow_leakage: bool = False,
         file_list: str | Path | None = None,
+        relabel: str | Path | None = None,
         folds: int = 5,
         fold: int | None = None,
         cache: str | None = None,
@@ -175,6 +179,9 @@ class NoodleDataModule(LightningDataModule):
         self._listed: set[Path] | None = None
         self.file_list_left_out = 0
         self._listed_found = 0
+        self.relabel = Path(relabel).expanduser() if relabel else None
+        self._relabels: dict[Path, int] | None = None
+        self.relabelled = 0
         self.train_set: NoodleImages | None = None
         self.val_set: NoodleImages | None = None
         self.test_set: NoodleImages | None = None
@@ -280,6 +287,8 @@ class NoodleDataModule(LightningDataModule):
                     self.report.empty_folders.append(folder)
                 candidates += [(p, label) for p in images]
         candidates = self._apply_file_list(candidates)
+        if split_dir.name != "test":
+            candidates = self._apply_relabel(candidates)
         kept, checks = [], check_images(p for p, _ in candidates)
         for (path, label), (problem, (w, h)) in zip(candidates, checks, strict=True):
             if problem is None:
@@ -320,6 +329,56 @@ class NoodleDataModule(LightningDataModule):
         self.file_list_left_out += len(candidates) - len(kept)
         self._listed_found += len(kept)
         return kept
+
+    def _read_relabel(self) -> dict[Path, int]:
+        """data.relabel: `file,label` rows (a header row `file,label` is allowed); `#` starts a comment."""
+        if self._relabels is None:
+            import csv
+
+            if not self.relabel.is_file():
+                raise FileNotFoundError(
+                    f"data.relabel={self.relabel} does not exist: give a CSV of file,label rows "
+                    "(e.g. an improve run's relabel.csv) or set data.relabel=null"
+                )
+            root, out = self.root.resolve(), {}
+            with self.relabel.open(newline="") as f:
+                for n, row in enumerate(csv.reader(f), start=1):
+                    if (
+                        not row
+                        or row[0].strip().startswith("#")
+                        or [c.strip() for c in row] == ["file", "label"]
+                    ):
+                        continue
+                    if len(row) != 2:
+                        raise ValueError(
+                            f"data.relabel={self.relabel}, line {n}: expected file,label; got {row}"
+                        )
+                    path, name = (root / row[0].strip()).resolve(), row[1].strip()
+                    if name not in self.class_names:
+                        raise ValueError(
+                            f"data.relabel={self.relabel}, line {n}: '{name}' is not one of the classes "
+                            f"{self.class_names}"
+                        )
+                    if path.is_relative_to(root / "test"):
+                        raise ValueError(
+                            f"data.relabel={self.relabel}, line {n}: {row[0].strip()} is a test image; "
+                            "test labels are never changed (they are what every fix is measured on)"
+                        )
+                    out[path] = self.class_names.index(name)
+            self._relabels = out
+        return self._relabels
+
+    def _apply_relabel(self, candidates: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+        """Train the data.relabel images as their new class (the files stay where they are)."""
+        if self.relabel is None:
+            return candidates
+        new = self._read_relabel()
+        out = []
+        for path, label in candidates:
+            to = new.get(path.resolve(), label)
+            self.relabelled += to != label
+            out.append((path, to))
+        return out
 
     def _check_duplicates(self, splits: dict[str, list[tuple[Path, int]]]) -> None:
         """The cheap part of `noodlenext.data.check`: SHA-256 of every image, judged by the doctor's own
@@ -435,6 +494,8 @@ class NoodleDataModule(LightningDataModule):
                     self.file_list,
                     self.root,
                 )
+        if self.relabel is not None:
+            log.info("data.relabel=%s gave %d image(s) another class", self.relabel, self.relabelled)
         if "train" in scanned:  # prediction (test/ only, classes from a checkpoint) has nothing to leak from
             self._check_duplicates(scanned)
         for dataset in (self.train_set, self.val_set, self.test_set, self.heldout_set):

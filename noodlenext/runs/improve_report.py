@@ -1,0 +1,262 @@
+"""What an improve run found, for people: `improve.md` and `improve.json`, the winner as an experiment
+config (`improve.apply=best`), and the same table in W&B."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from noodlenext.callbacks.significance import ALPHA, format_p
+from noodlenext.core.config import config_dir
+from noodlenext.core.files import write_json_atomic, write_text_atomic
+from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult
+from noodlenext.runs.proposals import RunRecord
+
+__all__ = ["APPLIED", "best", "reproduce_command", "verdict_text", "write_applied", "write_report"]
+
+log = logging.getLogger(__name__)
+
+APPLIED = "improved"  # configs/experiment/improved.yaml
+MAX_PHOTOS = 12  # per direction and fix in improve.md
+
+
+def best(results: Sequence[FixResult]) -> FixResult | None:
+    """The fix that helps most (verdict "helps"), or None."""
+    helping = [r for r in results if r.verdict == "helps" and r.diff_points is not None]
+    return max(helping, key=lambda r: r.diff_points) if helping else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def verdict_text(r: FixResult) -> str:
+    """The verdict in words, with its numbers."""
+    if r.verdict == "baseline":
+        return "the baseline"
+    if r.verdict == "not_run" or r.diff_points is None:
+        return "not run (no finished job beside a baseline job of the same seed)"
+    p = format_p(r.p) if r.p is not None else "no p"
+    seeds = f"{len(r.seeds)} seed{'s' * (len(r.seeds) != 1)}"
+    head = (
+        f"{r.diff_points:+.1f} points (95% CI {r.ci_points[0]:+.1f} to {r.ci_points[1]:+.1f}), {p}, {seeds}"
+    )
+    if r.verdict == "helps":
+        return f"helps: {head}"
+    if r.verdict == "hurts":
+        return f"hurts: {head}"
+    if r.verdict == "honest":
+        leak = r.leaked
+        why = ""
+        if leak.get("test_photos"):
+            why = (
+                f": the baseline trained on copies of {leak['test_photos']} test photos and got "
+                f"{_pct(leak['baseline_on_copies'])} of them right against {_pct(leak['baseline_on_rest'])} "
+                "of the others"
+            )
+        return f"the honest number: {head}; the baseline's score was inflated{why}"
+    spread = "" if len(r.seeds) >= 3 or r.p is None or r.p >= ALPHA else "; the seeds disagree"
+    return f"no evidence it helps: {head}{spread}"
+
+
+def reproduce_command(run: RunRecord, out: Path, fix: str, seed: int | None = None) -> str:
+    """The training command that reproduces a fix (on the run's own recipe)."""
+    parts = [
+        "python -m noodlenext.train",
+        *run.overrides,
+        f"data.root={run.root}",
+        f"hydra.searchpath=[file://{(out / CONFIGS).resolve()}]",
+        f"+{FIX_GROUP}={fix}",
+    ]
+    if seed is not None:
+        parts.append(f"seed={seed}")
+    return " ".join(shlex.quote(p) if p != parts[0] else p for p in parts)
+
+
+def _recall_cell(r: FixResult) -> str:
+    moved = [(c, b, f) for c, (b, f) in r.recall.items() if abs(f - b) >= 0.005]
+    return ", ".join(f"{c} {100 * b:.0f}→{100 * f:.0f}%" for c, b, f in moved) or "–"
+
+
+def _p_cell(r: FixResult) -> str:
+    parts = []
+    if r.p_bootstrap is not None:
+        parts.append(f"bootstrap {format_p(r.p_bootstrap)}")
+    if r.p_t is not None:
+        parts.append(f"t {format_p(r.p_t)}")
+    ps = [p for p in r.p_mcnemar if p is not None]
+    if ps:
+        parts.append("McNemar " + "/".join(f"{p:.2g}" for p in ps))
+    return "; ".join(parts) or "–"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Sequence[int]) -> str:
+    winner = best(results)
+    lines = [
+        f"# Which fix helps? {run.dir}",
+        "",
+        f"Every fix retrained with seeds {', '.join(map(str, seeds))} on the same split as the baseline (the "
+        "run's recipe), tested on the untouched test set. A fix helps when it is better at p < "
+        f"{ALPHA} (with fewer than 3 seeds: a paired bootstrap over test images, and every seed better).",
+        "",
+        "| fix | what | why | accuracy | vs baseline | p | per-class recall | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        acc = _pct(r.accuracy) + (f" ± {100 * r.accuracy_std:.1f}" if r.accuracy_std is not None else "")
+        diff = (
+            "–"
+            if r.diff_points is None
+            else f"{r.diff_points:+.1f} [{r.ci_points[0]:+.1f}, {r.ci_points[1]:+.1f}]"
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in (
+                    r.fix.name,
+                    r.fix.what,
+                    r.fix.why,
+                    acc,
+                    diff,
+                    _p_cell(r),
+                    _recall_cell(r),
+                    r.verdict.replace("_", " "),
+                )
+            )
+            + " |"
+        )
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- **{r.fix.name}**: {verdict_text(r)}" for r in results if r.verdict != "baseline"]
+    lines += ["", "## The winner", ""]
+    if winner is None:
+        lines.append("No fix is better than the baseline at p < 0.05: keep the recipe as it is.")
+    else:
+        lines += [
+            f"**{winner.fix.name}** ({winner.fix.what}): {verdict_text(winner)}.",
+            "",
+            "```bash",
+            reproduce_command(run, out, winner.fix.name),
+            "```",
+            "",
+            f"`improve.apply=best` writes it as `configs/experiment/{APPLIED}.yaml` here.",
+        ]
+    lines += ["", "## Photos each fix changed", ""]
+    for r in results:
+        if r.verdict in ("baseline", "not_run"):
+            continue
+        lines.append(
+            f"- **{r.fix.name}**: wrong → right in most seeds: {len(r.fixed)}"
+            + (
+                f" ({', '.join(r.fixed[:MAX_PHOTOS])}{' …' if len(r.fixed) > MAX_PHOTOS else ''})"
+                if r.fixed
+                else ""
+            )
+            + f"; right → wrong: {len(r.broken)}"
+            + (
+                f" ({', '.join(r.broken[:MAX_PHOTOS])}{' …' if len(r.broken) > MAX_PHOTOS else ''})"
+                if r.broken
+                else ""
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """improve.md and improve.json in `out`; returns the JSON."""
+    winner = best(results)
+    data = {
+        "run": str(run.dir),
+        "seeds": list(seeds),
+        "fixes": [r.to_dict() for r in results],
+        "verdicts": {r.fix.name: verdict_text(r) for r in results},
+        "best": winner.fix.name if winner else None,
+        "reproduce": reproduce_command(run, out, winner.fix.name) if winner else None,
+    }
+    write_json_atomic(out / "improve.json", data)
+    write_text_atomic(out / "improve.md", markdown(run, out, results, seeds))
+    return data
+
+
+def _group_override(key: str) -> bool:
+    return (config_dir() / key.lstrip("+~")).is_dir()
+
+
+def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
+    """The run's recipe with the winning fix, as an experiment config in `<out>/configs/experiment/`:
+    train with `hydra.searchpath=[file://<out>/configs] experiment=improved`."""
+    defaults: list[Any] = []
+    values: list[str] = [f"data.root={run.root}"]
+    for o in run.overrides:
+        key, _, value = o.partition("=")
+        bare = key.lstrip("+~")
+        if bare == "experiment":
+            defaults += [n.strip() for n in value.strip("[]").split(",") if n.strip()]
+        elif _group_override(bare):
+            defaults.append({f"override /{bare}": value})
+        else:
+            values.append(f"{bare}={value}")
+    fix_yaml = out / CONFIGS / FIX_GROUP / f"{winner.fix.name}.yaml"
+    config = OmegaConf.merge(OmegaConf.from_dotlist(values), OmegaConf.load(fix_yaml))
+    body = {"defaults": [*defaults, "_self_"], **OmegaConf.to_container(config)}
+    path = out / CONFIGS / "experiment" / f"{APPLIED}.yaml"
+    search = f"hydra.searchpath=[file://{(out / CONFIGS).resolve()}]"
+    head = (
+        "# @package _global_\n"
+        f"# noodlenext.improve of {run.dir}: {winner.fix.what} ({verdict_text(winner)})\n"
+        f"# python -m noodlenext.train {search} experiment={APPLIED}\n"
+    )
+    write_text_atomic(path, head + OmegaConf.to_yaml(OmegaConf.create(body)))
+    return path
+
+
+def log_wandb(run: RunRecord, out: Path, results: Sequence[FixResult]) -> bool:
+    """The fixes table as one W&B run (job type `improve`) in the run's project, when the run logged to
+    W&B; returns whether it did."""
+    wcfg = OmegaConf.select(run.config, "logger.wandb")
+    if not wcfg:
+        return False
+    import wandb
+
+    columns = ["fix", "what", "why", "accuracy", "diff_points", "ci_low", "ci_high", "p", "verdict", "text"]
+    rows = [
+        [
+            r.fix.name,
+            r.fix.what,
+            r.fix.why,
+            r.accuracy,
+            r.diff_points,
+            r.ci_points[0] if r.ci_points else None,
+            r.ci_points[1] if r.ci_points else None,
+            r.p,
+            r.verdict,
+            verdict_text(r),
+        ]
+        for r in results
+    ]
+    offline = bool(OmegaConf.select(wcfg, "offline", default=False))
+    wb = wandb.init(
+        project=str(OmegaConf.select(wcfg, "project", default="noodlenext")),
+        name=f"improve_{run.dir.name}",
+        job_type="improve",
+        dir=str(out),
+        mode="offline" if offline else None,
+    )
+    try:
+        wb.log({"improve/fixes": wandb.Table(columns=columns, data=rows)})
+        winner = best(results)
+        wb.summary["improve/best"] = winner.fix.name if winner else "none"
+    finally:
+        wb.finish()
+    return True
