@@ -197,7 +197,7 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
     """The run's recipe with the winning fix, as an experiment config in `<out>/configs/experiment/`:
     train with `hydra.searchpath=[file://<out>/configs] experiment=improved`."""
     defaults: list[Any] = []
-    values: list[str] = [f"data.root={run.root}"]
+    values: list[str] = []
     for o in run.overrides:
         key, _, value = o.partition("=")
         bare = key.lstrip("+~")
@@ -207,6 +207,7 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
             defaults.append({f"override /{bare}": value})
         else:
             values.append(f"{bare}={value}")
+    values.append(f"data.root={run.root}")  # absolute: the run's may be relative to where it started
     fix_yaml = out / CONFIGS / FIX_GROUP / f"{winner.fix.name}.yaml"
     config = OmegaConf.merge(OmegaConf.from_dotlist(values), OmegaConf.load(fix_yaml))
     body = {"defaults": [*defaults, "_self_"], **OmegaConf.to_container(config)}

@@ -52,7 +52,7 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
     if icfg.get("data_check"):
         image_size = int(OmegaConf.select(run.config, "data.image_size", default=384) or 384)
         report = check_dataset(run.root, image_size=image_size)
-    extra = OmegaConf.to_container(icfg.get("extra") or {})
+    extra = OmegaConf.to_container(icfg.extra) if icfg.get("extra") else {}
     fixes = propose(run, report, extra)
     only = icfg.get("only")
     if only:

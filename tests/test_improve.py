@@ -1,0 +1,450 @@
+"""Which fix helps? noodlenext.improve: fixes proposed from a real run, their configs through real Hydra into
+the data module, the verdicts on planted predictions, and the command end to end (killed and resumed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, write_image
+from omegaconf import OmegaConf
+from test_label_issues import cross_validate, plant_flips
+from test_train_e2e import run_module
+
+from noodlenext.callbacks.test_predictions import predictions_csv
+from noodlenext.core.config import config_dir
+from noodlenext.data.confident_learning import dataset_images, write_label_issues
+from noodlenext.data.datamodule import NoodleDataModule
+from noodlenext.data.rules import check_dataset
+from noodlenext.runs.improve import CONFIGS, FixResult, compare, write_fixes
+from noodlenext.runs.improve_report import APPLIED, markdown, verdict_text, write_applied
+from noodlenext.runs.proposals import Fix, SuspectLabel, choose_k, propose, read_run
+
+TINY = [
+    "experiment=quickstart",
+    "llm=none",
+    "logger=none",
+    "data.image_size=32",
+    "trainer=cpu",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "trainer.max_epochs=1",
+    "callbacks.heatmap_gallery=null",
+]
+FLIPS = {"0_spaghetti/003.png": "2_udon", "1_ramen/011.png": "0_spaghetti", "2_udon/005.png": "1_ramen"}
+LEAK = "test/0_spaghetti/001.png"  # copied into train/ as train/0_spaghetti/copy.png
+
+
+def hydra_run(run_dir: Path, overrides: list[str], cwd: Path) -> Path:
+    """The `.hydra/` folder a run of `python -m noodlenext.train <overrides>` would start with, composed by
+    real Hydra (what read_run reads; the slow test below trains for real)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides)
+    GlobalHydra.instance().clear()
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"runtime": {"cwd": str(cwd)}}}), run_dir / ".hydra" / "hydra.yaml"
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def improvable(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A user's noodles with 3 flipped labels (cross-validated: label_issues.csv), a test photo copied into
+    train/ and udon under a third of the others (imbalance), and a run's config on them."""
+    work = tmp_path_factory.mktemp("improve")
+    root = work / "noodles"
+    for c, cls in enumerate(CLASSES):
+        for i in range(24 if c < 2 else 7):
+            write_image(root / "train" / cls / f"{i:03d}.png", (40, 32), seed=1000 * c + i)
+        for i in range(4):
+            write_image(root / "test" / cls / f"{i:03d}.png", (40, 32), seed=1000 * c + 600 + i)
+    planted = plant_flips(root, FLIPS)
+    cross_validate(root, work / "crossval")
+    write_label_issues(work / "crossval")
+    shutil.copyfile(root / LEAK, root / "train" / "0_spaghetti" / "copy.png")
+    overrides = [*TINY, "data.root=noodles", "data.allow_leakage=true"]  # relative to the run's cwd
+    run = hydra_run(work / "run", overrides, cwd=work)
+    return {
+        "work": work,
+        "root": root,
+        "run": run,
+        "crossval": work / "crossval",
+        "flips": planted,
+        "overrides": overrides,
+    }
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+# --- proposing -----------------------------------------------------------------------------------------
+
+
+def test_choose_k_counts_the_suspects_surer_than_the_out_of_fold_accuracy() -> None:
+    suspects = [
+        SuspectLabel(f"train/a/{i}.png", "a", "b", 0.1, p) for i, p in enumerate((0.95, 0.9, 0.7, 0.99))
+    ]
+    assert choose_k(suspects, 0.8) == 2  # down the ranked list while p(likely) >= accuracy
+    assert choose_k(suspects, 0.99) == 1  # at least the first
+    assert choose_k([], 0.5) == 0
+
+
+def test_fixes_come_from_the_label_issues_the_doctor_and_never_touch_the_data(improvable) -> None:
+    root, run_dir = improvable["root"], improvable["run"]
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    run = read_run(run_dir, improvable["crossval"])
+    assert run.kind == "train" and run.root == root.resolve() and 0 < run.oof_accuracy <= 1
+    assert "data.allow_leakage=true" in run.overrides and not any(
+        o.startswith("hydra.") for o in run.overrides
+    )
+    fixes = {f.name: f for f in propose(run, check_dataset(root, image_size=32))}
+    assert list(fixes)[0] == "baseline"
+    assert {"drop_labels", "relabel", "remove_copies", "rebalance"} <= set(fixes)
+
+    k = choose_k(run.suspects, run.oof_accuracy)
+    top = run.suspects[:k]
+    drop = fixes["drop_labels"]
+    assert drop.evidence["k"] == k and drop.evidence["files"] == [s.file for s in top]
+    kept = [line for line in drop.files["drop_labels.txt"].splitlines() if not line.startswith("#")]
+    assert set(kept) == set(dataset_images(root)) - {s.file for s in top}
+    assert {f for f in dataset_images(root) if f.startswith("test/")} <= set(kept)  # the yardstick stays
+    relabel = read_rows_text(fixes["relabel"].files["relabel.csv"])
+    assert relabel == [{"file": s.file, "label": s.likely} for s in top]
+
+    copies = fixes["remove_copies"]
+    assert copies.evidence["removed"] == ["train/0_spaghetti/copy.png"] and copies.evidence[
+        "leaked_test"
+    ] == [LEAK]
+    assert LEAK in copies.files["remove_copies.txt"] and "copy.png" not in copies.files["remove_copies.txt"]
+    assert fixes["rebalance"].config == {"data": {"sampler": "weighted"}}
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def read_rows_text(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+def compose_fix(run, out: Path, fix: str):
+    """The run's overrides + the fix, composed by real Hydra as the improve multirun's jobs are."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                *run.overrides,
+                f"data.root={run.root}",
+                f"hydra.searchpath=[file://{out / CONFIGS}]",
+                f"+fix={fix}",
+            ],
+        )
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def data_of(cfg) -> NoodleDataModule:
+    import hydra
+
+    dm = hydra.utils.instantiate(cfg.data, num_workers=0)
+    dm.setup("fit")
+    return dm
+
+
+def labels_of(dm: NoodleDataModule, root: Path) -> dict[str, str]:
+    out = {}
+    for ds in (dm.train_set, dm.val_set, dm.test_set):
+        for path, label in ds.samples:
+            out[Path(path).resolve().relative_to(root.resolve()).as_posix()] = dm.class_names[label]
+    return out
+
+
+def test_each_fix_reaches_the_data_module_through_hydra(improvable, tmp_path: Path) -> None:
+    root = improvable["root"]
+    run = read_run(improvable["run"], improvable["crossval"])
+    fixes = propose(run, check_dataset(root, image_size=32))
+    write_fixes(tmp_path, fixes)
+    base = labels_of(data_of(compose_fix(run, tmp_path, "baseline")), root)
+    by_name = {f.name: f for f in fixes}
+    top = by_name["drop_labels"].evidence["files"]
+
+    relabelled = labels_of(data_of(compose_fix(run, tmp_path, "relabel")), root)
+    likely = {s.file: s.likely for s in run.suspects}
+    assert relabelled == {f: likely[f] if f in top else label for f, label in base.items()}
+
+    dropped = labels_of(data_of(compose_fix(run, tmp_path, "drop_labels")), root)
+    assert dropped == {f: label for f, label in base.items() if f not in top}
+
+    no_copies = labels_of(data_of(compose_fix(run, tmp_path, "remove_copies")), root)
+    assert no_copies == {f: label for f, label in base.items() if f != "train/0_spaghetti/copy.png"}
+    assert data_of(compose_fix(run, tmp_path, "rebalance")).sampler == "weighted"
+    tests = {f for f in base if f.startswith("test/")}
+    for labels in (relabelled, dropped, no_copies):
+        assert {f: labels[f] for f in tests} == {f: base[f] for f in tests}  # the test set as it was
+
+
+def test_relabel_is_checked(make_tree, tmp_path: Path) -> None:
+    root = make_tree({"train": 4, "test": 2})
+    relabel = tmp_path / "relabel.csv"
+
+    def setup() -> NoodleDataModule:
+        dm = NoodleDataModule(
+            root, image_size=16, augment="none", num_workers=0, relabel=relabel, val_fraction=0
+        )
+        dm.setup("fit")
+        return dm
+
+    with pytest.raises(FileNotFoundError, match="data.relabel=.*does not exist"):
+        setup()
+    relabel.write_text("file,label\ntrain/0_spaghetti/000.png,pho\n")
+    with pytest.raises(ValueError, match="'pho' is not one of the classes"):
+        setup()
+    relabel.write_text("test/0_spaghetti/000.png,udon\n")
+    with pytest.raises(ValueError, match="is a test image; test labels are never changed"):
+        setup()
+    relabel.write_text("# ours\nfile,label\ntrain/0_spaghetti/000.png,udon\n")
+    dm = setup()
+    labels = {Path(p).name + Path(p).parent.name: dm.class_names[y] for p, y in dm.train_set.samples}
+    assert labels["000.png0_spaghetti"] == "udon" and labels["001.png0_spaghetti"] == "spaghetti"
+    assert dm.relabelled == 1 and (root / "train" / "0_spaghetti" / "000.png").is_file()
+
+
+def with_mistakes(improvable, tmp_path: Path, claims: list[dict]) -> Path:
+    """A copy of the run whose mistakes.json has one group with these summary claims."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(improvable["run"] / ".hydra", run_dir / ".hydra")
+    group = {"true": "ramen", "predicted": "udon", "count": 6, "evidence": {"summary": claims}}
+    (run_dir / "mistakes.json").write_text(json.dumps({"groups": [group]}))
+    return run_dir
+
+
+def test_augmentations_aim_at_a_cause_only_when_it_is_specific(improvable, tmp_path: Path) -> None:
+    import hydra
+    from PIL import Image
+
+    grey = {
+        "kind": "group_whole_photo",
+        "fields": {"change": "grayscale", "k": 6, "back": 5, "reference": [1, 8]},
+    }
+    corner = {
+        "kind": "group_occlusion",
+        "fields": {"k": 6, "back": 4, "regions": [["upper left", 4, 4]], "reference": [0, 8]},
+    }
+    tint_everywhere = {
+        "kind": "group_whole_photo",
+        "fields": {"change": "warmer", "k": 6, "back": 5, "reference": [7, 8]},
+    }
+    run = read_run(with_mistakes(improvable, tmp_path, [grey, corner]))
+    fixes = {f.name: f for f in propose(run)}
+    assert {"colour", "erase"} <= set(fixes) and "grayscale turns 5 of 6 back" in fixes["colour"].why
+    assert fixes["erase"].evidence["regions"] == ["upper left"]
+    for name in ("colour", "erase"):
+        write_fixes(tmp_path, [fixes[name]])
+        cfg = compose_fix(run, tmp_path, name)
+        stack = hydra.utils.instantiate(cfg.data.augment.train)
+        out = stack(Image.new("RGB", (40, 32), (200, 120, 40)))
+        assert tuple(out.shape) == (3, 32, 32)
+    tf = OmegaConf.create(fixes["colour"].config).data.augment.train.transforms
+    assert [t.p for t in tf if t._target_.endswith("RandomGrayscale")] == [0.2]
+    erase = OmegaConf.create(fixes["erase"].config).data.augment.train.transforms
+    assert [t.p for t in erase if t._target_.endswith("RandomErasing")] == [0.5]
+
+    other = tmp_path / "other"
+    run = read_run(with_mistakes(improvable, other, [tint_everywhere]))  # a tint that turns right photos too
+    assert [f.name for f in propose(run)] == ["baseline"]
+
+
+def test_an_extra_fix_inside_a_list_sets_the_whole_list(improvable) -> None:
+    run = read_run(improvable["run"])
+    fix = {f.name: f for f in propose(run, extra={"hflip": ["data.augment.train.transforms.2.p=0.9"]})}[
+        "hflip"
+    ]
+    tf = fix.config["data"]["augment"]["train"]["transforms"]
+    original = OmegaConf.to_container(run.config.data.augment.train.transforms, resolve=False)
+    assert tf[2]["p"] == 0.9 and tf[:2] == original[:2] and tf[3:] == original[3:]
+    with pytest.raises(ValueError, match="plain identifier"):
+        propose(run, extra={"two words": ["seed=1"]})
+
+
+def test_a_run_folder_that_is_neither_says_what_to_give(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        read_run(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="neither a train run .* nor a finished crossval sweep"):
+        read_run(tmp_path)
+
+
+# --- verdicts on planted predictions -------------------------------------------------------------------
+
+N = 60  # test images, 20 a class
+
+
+def fake_job(jobs: Path, fix: str, seed: int, right: set[int]) -> None:
+    """A finished job whose test predictions are right exactly on the images `right`."""
+    job = jobs / f"{fix}_seed{seed}"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create([f"+fix={fix}", f"seed={seed}"]), job / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"model": {"name": "m"}}), job / ".hydra" / "config.yaml")
+    names = ["spaghetti", "ramen", "udon"]
+    rows = []
+    for i in range(N):
+        label = names[i % 3]
+        pred = label if i in right else names[(i + 1) % 3]
+        rows.append(
+            {
+                "file": f"test/{label}/{i:03d}.png",
+                "path": f"/x/{i}.png",
+                "label": label,
+                "pred": pred,
+                "probs": [1, 0, 0],
+            }
+        )
+    (job / "test_predictions.csv").write_text(predictions_csv(rows, names))
+    (job / "metrics.json").write_text(json.dumps({"test/acc": len(right) / N, "model": "m"}))
+
+
+def results_for(
+    tmp_path: Path, plans: dict[str, dict[int, set[int]]], fixes: list[Fix]
+) -> dict[str, FixResult]:
+    for fix, seeds in plans.items():
+        for seed, right in seeds.items():
+            fake_job(tmp_path / "jobs", fix, seed, right)
+    return {r.fix.name: r for r in compare(tmp_path, fixes)}
+
+
+def test_verdicts_helps_hurts_no_evidence_and_the_honest_number(tmp_path: Path) -> None:
+    base = set(range(0, 36))  # 60% right
+    better = base | set(range(36, 52))  # + 16 images, in both seeds
+    worse = base - set(range(0, 16))
+    noise_a, noise_b = base | {40, 41}, base - {0, 1}  # one seed up, one down
+    leak = Fix("remove_copies", "remove_copies", "w", "y", {"leaked_test": ["test/spaghetti/000.png"]})
+    fixes = [
+        Fix("baseline", "baseline", "", ""),
+        *(Fix(n, "extra", n, "") for n in ("better", "worse", "noise", "same")),
+        leak,
+    ]
+    r = results_for(
+        tmp_path,
+        {
+            "baseline": {0: base, 1: base},
+            "better": {0: better, 1: better},
+            "worse": {0: worse, 1: worse},
+            "noise": {0: noise_a, 1: noise_b},
+            "same": {0: base, 1: base},
+            "remove_copies": {0: base - {0}, 1: base - {0}},
+        },
+        fixes,
+    )
+    assert r["better"].verdict == "helps" and r["better"].diff_points == pytest.approx(100 * 16 / N)
+    assert r["better"].ci_points[0] > 0 and r["better"].p < 0.05 and len(r["better"].fixed) == 16
+    assert r["better"].recall["udon"][1] > r["better"].recall["udon"][0]
+    assert r["worse"].verdict == "hurts" and len(r["worse"].broken) == 16
+    assert r["noise"].verdict == "no_evidence" and r["same"].verdict == "no_evidence" and r["same"].p == 1.0
+    assert verdict_text(r["same"]).startswith("no evidence it helps: +0.0 points")
+    honest = r["remove_copies"]
+    assert honest.verdict == "honest" and honest.leaked["test_photos"] == 1
+    assert "the baseline trained on copies of 1 test photos and got 100.0% of them right" in verdict_text(
+        honest
+    )
+    assert r["baseline"].verdict == "baseline"
+
+
+def test_unfinished_jobs_are_left_out_and_the_report_says_not_run(tmp_path: Path, improvable) -> None:
+    fixes = [Fix("baseline", "baseline", "", ""), Fix("a", "extra", "a", ""), Fix("b", "extra", "b", "")]
+    results = results_for(tmp_path, {"baseline": {0: set(range(30))}, "a": {0: set(range(40))}}, fixes)
+    killed = tmp_path / "jobs" / "b_seed0"
+    (killed / ".hydra").mkdir(parents=True)  # started, killed before testing
+    OmegaConf.save(OmegaConf.create(["+fix=b", "seed=0"]), killed / ".hydra" / "overrides.yaml")
+    results = {r.fix.name: r for r in compare(tmp_path, fixes)}
+    assert results["b"].verdict == "not_run" and results["a"].seeds == [0]
+    text = markdown(read_run(improvable["run"]), tmp_path, list(results.values()), [0])
+    assert "not run (no finished job" in text and "| a |" in text
+
+
+def test_apply_best_writes_an_experiment_that_hydra_composes(improvable, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    run = read_run(improvable["run"])
+    fix = Fix("rebalance", "rebalance", "sample equally", "imbalance", {}, {"data": {"sampler": "weighted"}})
+    write_fixes(tmp_path, [fix])
+    winner = FixResult(fix, seeds=[0, 1], diff_points=5.0, ci_points=(1.0, 9.0), p=0.01, verdict="helps")
+    path = write_applied(run, tmp_path, winner)
+    assert path == tmp_path / CONFIGS / "experiment" / f"{APPLIED}.yaml"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", [f"hydra.searchpath=[file://{tmp_path / CONFIGS}]", f"experiment={APPLIED}"])
+    GlobalHydra.instance().clear()
+    assert cfg.data.sampler == "weighted" and cfg.data.allow_leakage is True  # the fix over the run's recipe
+    assert (
+        cfg.model.name.startswith("convnext_atto")
+        and cfg.data.image_size == 32
+        and cfg.trainer.max_epochs == 1
+    )
+    assert cfg.data.root == str(run.root) and cfg.llm.name == "none"
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_improve_command_killed_and_started_again_finishes_what_was_left(improvable, tmp_path: Path) -> None:
+    """Two fixes x 1 seed (4 tiny trainings). The first run is killed (SIGKILL, its whole process group)
+    once the first job has tested; the same command again trains only what had not finished, leaves the
+    finished job's files as they were, and writes the report over every job."""
+    work = improvable["work"]
+    run_module("noodlenext.train", *improvable["overrides"], f"hydra.run.dir={tmp_path / 'run'}", cwd=work)
+    out = tmp_path / "improve"
+    args = [
+        sys.executable, "-m", "noodlenext.improve", f"run={tmp_path / 'run'}",
+        f"improve.crossval={improvable['crossval']}", "improve.seeds=1", "improve.only=[rebalance,relabel]",
+        f"hydra.run.dir={out}",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    first = None
+    while time.monotonic() < deadline and first is None and proc.poll() is None:
+        done = sorted((out / "jobs").glob("*/test_predictions.csv")) if (out / "jobs").is_dir() else []
+        first = done[0].parent if done else None
+        time.sleep(0.2)
+    assert first is not None, "no job finished"
+    time.sleep(0.5)  # the job's metrics.json follows its predictions
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stamp = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
+    assert (out / "fixes.json").is_file()  # the proposals were written before any training
+
+    done = run_module("noodlenext.improve", *args[3:], cwd=work)
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file() and p.name in stamp} == stamp
+    report = json.loads((out / "improve.json").read_text())
+    assert [f["fix"]["name"] for f in report["fixes"]] == ["baseline", "relabel", "rebalance"]
+    assert all(f["seeds"] == [42] for f in report["fixes"][1:])
+    assert all(f["verdict"] in ("helps", "hurts", "no_evidence") for f in report["fixes"][1:])
+    md = (out / "improve.md").read_text()
+    assert "| relabel |" in md and "| rebalance |" in md and "Which fix helps?" in done.stdout
+    for name in ("baseline", "relabel", "rebalance"):
+        assert (out / "jobs" / f"{name}_seed42" / "test_predictions.csv").is_file()
