@@ -44,8 +44,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # only slow tests load, the llama.cpp bindings, W&B, Playwright, need not be here.)
 WARM_IMPORTS = (
     "gradio", "openai", "noodlenext.train", "noodlenext.eval", "noodlenext.predict", "noodlenext.chat",
-    "noodlenext.app", "noodlenext.sweep", "noodlenext.explain.__main__", "noodlenext.data.check",
-    "noodlenext.data.label_issues",
+    "noodlenext.app", "noodlenext.sweep", "noodlenext.improve", "noodlenext.explain.__main__",
+    "noodlenext.data.check", "noodlenext.data.label_issues",
 )  # fmt: skip
 
 

@@ -15,9 +15,10 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
-HYDRA_COMMANDS = ("train", "eval", "predict", "explain", "chat", "app", "data.check")
+HYDRA_COMMANDS = ("train", "eval", "predict", "explain", "chat", "app", "data.check", "improve")
 SCRIPTS = {
-    f"noodlenext-{name}" for name in ("train", "eval", "predict", "explain", "chat", "app", "check", "sweep")
+    f"noodlenext-{name}"
+    for name in ("train", "eval", "predict", "explain", "chat", "app", "check", "sweep", "improve")
 }
 
 
@@ -56,3 +57,13 @@ def test_every_python_m_command_answers_help(name: str, monkeypatch: pytest.Monk
 def test_the_sweep_command_says_how_to_call_it(monkeypatch: pytest.MonkeyPatch) -> None:
     status, out = python_m("noodlenext.sweep", monkeypatch=monkeypatch)
     assert status != 0 and "usage: python -m noodlenext.sweep <sweep dir>" in out
+
+
+def test_the_improve_command_names_a_run_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, out = python_m("noodlenext.improve", f"run={tmp_path / 'nope'}", monkeypatch=monkeypatch)
+    assert status != 0 and f"run={tmp_path / 'nope'} is not a folder" in out
+    status, out = python_m("noodlenext.improve", monkeypatch=monkeypatch)
+    assert status != 0 and "run" in out and "Missing mandatory value" in out
