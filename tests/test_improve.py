@@ -359,9 +359,9 @@ def test_verdicts_helps_hurts_no_evidence_and_the_honest_number(tmp_path: Path) 
     assert verdict_text(r["same"]).startswith("no evidence it helps: +0.0 points")
     honest = r["remove_copies"]
     assert honest.verdict == "honest" and honest.leaked["test_photos"] == 1
-    assert "the baseline trained on copies of 1 test photos and got 100.0% of them right" in verdict_text(
-        honest
-    )
+    text = verdict_text(honest)
+    assert "it had trained on copies of 1 test photos and got 100.0% of them right" in text
+    assert "without the copies: 0.0% and" in text and "could be noise" in text
     assert r["baseline"].verdict == "baseline"
 
 

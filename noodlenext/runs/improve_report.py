@@ -55,11 +55,16 @@ def verdict_text(r: FixResult) -> str:
         why = ""
         if leak.get("test_photos"):
             why = (
-                f": the baseline trained on copies of {leak['test_photos']} test photos and got "
+                f": it had trained on copies of {leak['test_photos']} test photos and got "
                 f"{_pct(leak['baseline_on_copies'])} of them right against {_pct(leak['baseline_on_rest'])} "
-                "of the others"
+                f"of the others (without the copies: {_pct(leak['fix_on_copies'])} and "
+                f"{_pct(leak['fix_on_rest'])})"
             )
-        return f"the honest number: {head}; the baseline's score was inflated{why}"
+        size = "" if r.p is not None and r.p < ALPHA else " (a drop this small could be noise)"
+        return (
+            f"the honest number: {head}{size}; a score measured on photos the model trained on counts "
+            f"memory, not skill{why}"
+        )
     spread = "" if len(r.seeds) >= 3 or r.p is None or r.p >= ALPHA else "; the seeds disagree"
     return f"no evidence it helps: {head}{spread}"
 
