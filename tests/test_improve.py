@@ -448,3 +448,23 @@ def test_improve_command_killed_and_started_again_finishes_what_was_left(improva
     assert "| relabel |" in md and "| rebalance |" in md and "Which fix helps?" in done.stdout
     for name in ("baseline", "relabel", "rebalance"):
         assert (out / "jobs" / f"{name}_seed42" / "test_predictions.csv").is_file()
+
+
+def test_seed_noise_keeps_a_lucky_fix_from_helping(tmp_path: Path) -> None:
+    """Both seeds of the fix beat their baseline seed by 8 images of 60, which the test photos alone call
+    significant; but a configuration's accuracy moves by 20 images from one seed to the next, so it is
+    no evidence. With the baselines as steady as the fix, the same gain helps."""
+    fixes = [Fix("baseline", "baseline", "", ""), Fix("lucky", "extra", "lucky", "")]
+    noisy = results_for(
+        tmp_path / "noisy",
+        {"baseline": {0: set(range(20)), 1: set(range(40))}, "lucky": {0: set(range(28)), 1: set(range(48))}},
+        fixes,
+    )["lucky"]
+    assert noisy.p_bootstrap < 0.05 and noisy.verdict == "no_evidence" and noisy.seed_sd_points > 20
+    assert noisy.ci_points[0] < 0 < noisy.ci_points[1]
+    steady = results_for(
+        tmp_path / "steady",
+        {"baseline": {0: set(range(30)), 1: set(range(30))}, "lucky": {0: set(range(38)), 1: set(range(38))}},
+        fixes,
+    )["lucky"]
+    assert steady.verdict == "helps" and steady.seed_sd_points == 0 and steady.df == 59  # the photos' df

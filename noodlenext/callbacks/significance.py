@@ -246,6 +246,7 @@ class BootstrapDiff:
     high: float
     p: float
     resamples: int
+    se: float = 0.0  # the resampled differences' standard deviation
 
 
 def paired_bootstrap(
@@ -266,4 +267,56 @@ def paired_bootstrap(
     tail = (1 - level) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
     p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
-    return BootstrapDiff(float(per_image.mean()), float(low), float(high), max(p, 1 / resamples), resamples)
+    return BootstrapDiff(
+        float(per_image.mean()), float(low), float(high), max(p, 1 / resamples), resamples, float(diffs.std())
+    )
+
+
+def pooled_seed_variance(accuracies: Sequence[Sequence[float]]) -> tuple[float, int] | None:
+    """How much test accuracy moves from one training seed to the next on the same test set: the pooled
+    within-configuration variance of the per-seed accuracies (each configuration's seeds around its own
+    mean), and its degrees of freedom; None when no configuration has 2 seeds."""
+    ss, df = 0.0, 0
+    for accs in accuracies:
+        if len(accs) >= 2:
+            mean = statistics.fmean(accs)
+            ss += sum((a - mean) ** 2 for a in accs)
+            df += len(accs) - 1
+    return (ss / df, df) if df else None
+
+
+@dataclass
+class SeedAwareDiff:
+    """A − B over n matched seeds with both kinds of noise in its standard error: the test set's (the
+    paired bootstrap over images) and the training seed's (2 x the pooled seed variance / n, as each side
+    is a mean of n trainings); a t-test on the pooled degrees of freedom, and its 95% interval."""
+
+    diff: float
+    se: float
+    low: float
+    high: float
+    p: float
+    df: int
+    seed_sd: float
+
+
+def seed_aware_test(
+    boot: BootstrapDiff, n: int, seed_variance: tuple[float, int], images: int
+) -> SeedAwareDiff:
+    """The t-test's degrees of freedom are Welch-Satterthwaite's for the two variance terms (the test
+    set's with images - 1, the seed's with the pooled df): the seed's few df weigh only as much as its
+    share of the variance."""
+    from scipy.stats import t as student_t
+
+    var, seed_df = seed_variance
+    v_test, v_seed = boot.se**2, 2 * var / n
+    se = math.sqrt(v_test + v_seed)
+    parts = [(v, d) for v, d in ((v_test, max(1, images - 1)), (v_seed, seed_df)) if v > 0]
+    df = round((v_test + v_seed) ** 2 / sum(v**2 / d for v, d in parts)) if parts else seed_df
+    df = max(1, df)
+    if se == 0:
+        p = 1.0 if boot.diff == 0 else 0.0
+        return SeedAwareDiff(boot.diff, 0.0, boot.diff, boot.diff, p, df, 0.0)
+    p = float(2 * student_t.sf(abs(boot.diff) / se, df))
+    half = float(student_t.ppf(0.975, df)) * se
+    return SeedAwareDiff(boot.diff, se, boot.diff - half, boot.diff + half, p, df, math.sqrt(var))

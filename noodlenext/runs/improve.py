@@ -11,10 +11,15 @@ fix's test predictions against the baseline's (McNemar per seed, the paired t-te
 bootstrap over test images of the seed-averaged difference), the per-class recall, and the photos the
 fix turned from wrong to right and back.
 
-The verdict: "helps" when the fix is better with p < 0.05 (with fewer than 3 seeds the bootstrap's p, and
-every seed better; with 3 or more the larger of the bootstrap's and the t-test's p), "hurts" the same the
-other way, else "no evidence it helps". Taking copies of test photos out of training lowers an inflated
-score: that is the honest number, and it says so ("honest").
+The verdict's p counts both kinds of noise: the test set's (the bootstrap's standard error) and the
+training seed's, which on a small recipe is the larger (the quickstart's test accuracy moves by 5 points
+and more from one seed to the next, whatever the fix): 2 x the pooled within-configuration variance of
+the per-seed accuracies (every configuration of the improve run, each around its own mean) / the number
+of seeds, in a t-test on the pooled degrees of freedom (`significance.seed_aware_test`). "helps" when
+the fix is better with p < 0.05, "hurts" when worse, else "no evidence it helps". With one seed per
+configuration the seed's noise cannot be measured: the bootstrap's p alone, and the report says so.
+Taking copies of test photos out of training lowers an inflated score: that is the honest number, and it
+says so ("honest").
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from noodlenext.callbacks.significance import (
     JobPredictions,
     compare_configs,
     paired_bootstrap,
+    pooled_seed_variance,
     read_predictions,
+    seed_aware_test,
 )
 from noodlenext.callbacks.sweep_comparison import Job, read_jobs
 from noodlenext.core.files import write_text_atomic
@@ -151,6 +158,8 @@ class FixResult:
     leaked: dict[str, Any] = field(default_factory=dict)  # remove_copies: the score without the copies
     verdict: str = "not_run"  # helps | hurts | no_evidence | honest | not_run
     p: float | None = None  # the verdict's p
+    seed_sd_points: float | None = None  # the pooled seed-to-seed standard deviation of test accuracy
+    df: int | None = None  # the test's degrees of freedom (None: one seed each, the bootstrap alone)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "fix"}
@@ -177,16 +186,18 @@ def _recall(preds: Sequence[JobPredictions], files: Sequence[str]) -> dict[str, 
     return {c: statistics.fmean(v) for c, v in out.items()}
 
 
-def _decide(r: FixResult, boot: BootstrapDiff) -> None:
-    n = len(r.seeds)
-    r.p = boot.p if n < 3 or r.p_t is None else max(boot.p, r.p_t)
-    every_up = n >= 3 or all(d > 0 for d in r.seed_diffs)
-    every_down = n >= 3 or all(d < 0 for d in r.seed_diffs)
+def _decide(r: FixResult, boot: BootstrapDiff, seed_variance: tuple[float, int] | None, images: int) -> None:
+    if seed_variance is None:
+        r.p = boot.p
+    else:
+        test = seed_aware_test(boot, len(r.seeds), seed_variance, images)
+        r.p, r.df, r.seed_sd_points = test.p, test.df, 100 * test.seed_sd
+        r.ci_points = (100 * test.low, 100 * test.high)
     if r.fix.kind == "remove_copies" and r.fix.evidence.get("leaked_test") and (r.diff_points or 0) <= 0:
         r.verdict = "honest"
-    elif r.p < ALPHA and boot.diff > 0 and every_up:
+    elif r.p < ALPHA and boot.diff > 0:
         r.verdict = "helps"
-    elif r.p < ALPHA and boot.diff < 0 and every_down:
+    elif r.p < ALPHA and boot.diff < 0:
         r.verdict = "hurts"
     else:
         r.verdict = "no_evidence"
@@ -204,6 +215,12 @@ def compare(out: Path, fixes: Sequence[Fix]) -> list[FixResult]:
         if fix is not None and seed is not None:
             by_fix.setdefault(fix, {})[seed] = job
     base = by_fix.get("baseline", {})
+    seed_variance = pooled_seed_variance(
+        [
+            [float(j.metrics["test/acc"]) for j in jobs.values() if "test/acc" in j.metrics]
+            for jobs in by_fix.values()
+        ]
+    )
     results = []
     for fix in fixes:
         mine = by_fix.get(fix.name, {})
@@ -260,6 +277,6 @@ def compare(out: Path, fixes: Sequence[Fix]) -> list[FixResult]:
                 "fix_on_copies": acc(right_fix, seen),
                 "fix_on_rest": acc(right_fix, clean),
             }
-        _decide(r, boot)
+        _decide(r, boot, seed_variance, len(files))
         results.append(r)
     return results
