@@ -448,6 +448,9 @@ def test_improve_command_killed_and_started_again_finishes_what_was_left(improva
     assert "| relabel |" in md and "| rebalance |" in md and "Which fix helps?" in done.stdout
     for name in ("baseline", "relabel", "rebalance"):
         assert (out / "jobs" / f"{name}_seed42" / "test_predictions.csv").is_file()
+    tested = json.loads((tmp_path / "run" / "tested_fixes.json").read_text())["tested"]
+    assert [t["name"] for t in tested] == ["relabel", "rebalance"]  # what explanations of the run cite
+    assert "## Fixes tested by retraining" in (tmp_path / "run" / "mistakes.md").read_text()
 
 
 def test_seed_noise_keeps_a_lucky_fix_from_helping(tmp_path: Path) -> None:
@@ -468,3 +471,40 @@ def test_seed_noise_keeps_a_lucky_fix_from_helping(tmp_path: Path) -> None:
         fixes,
     )["lucky"]
     assert steady.verdict == "helps" and steady.seed_sd_points == 0 and steady.df == 59  # the photos' df
+
+
+def test_results_reach_the_runs_folder_beside_its_suggestions(improvable, tmp_path: Path) -> None:
+    from noodlenext.core.ownership import NotOurs
+    from noodlenext.explain.tested import TESTED_FILE, read_tested
+    from noodlenext.runs.improve_report import SECTION_START, link_mistakes, write_tested
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(improvable["run"] / ".hydra", run_dir / ".hydra")
+    (run_dir / "mistakes.md").write_text("# Test mistakes\n\nudon taken for ramen: 3 photos\n")
+    run = read_run(run_dir)
+    fixes = [Fix("baseline", "baseline", "", ""), Fix("better", "extra", "train better", "")]
+    plans = {
+        "baseline": {0: set(range(30)), 1: set(range(30))},
+        "better": {0: set(range(40)), 1: set(range(40))},
+    }
+    first, second = tmp_path / "first", tmp_path / "second"
+    results = {out: list(results_for(out, plans, fixes).values()) for out in (first, second)}
+    for out in (first, second, first):  # the first improve run again: its entry and section are replaced
+        results_out = results[out]
+        write_tested(run, out, results_out)
+        link_mistakes(run, out, results_out)
+    tested = read_tested(run_dir)
+    assert [(t.name, t.verdict, t.improve_dir) for t in tested] == [
+        ("better", "helps", str(first.resolve())),
+        ("better", "helps", str(second.resolve())),
+    ]
+    assert tested[0].recall["udon"][1] > tested[0].recall["udon"][0]
+    md = (run_dir / "mistakes.md").read_text()
+    assert (
+        md.startswith("# Test mistakes\n\nudon taken for ramen: 3 photos\n") and md.count(SECTION_START) == 1
+    )
+    assert f"{first.resolve()}/improve.md" in md and "- **train better**: helps: +16.7 points" in md
+    (run_dir / TESTED_FILE).write_text("my notes\n")  # not ours: refused, left as it is
+    with pytest.raises(NotOurs):
+        write_tested(run, first, results[first])
+    assert (run_dir / TESTED_FILE).read_text() == "my notes\n"

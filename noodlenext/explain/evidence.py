@@ -18,6 +18,7 @@ from typing import Any
 
 from noodlenext.explain.claims import Claim, Count, Move, Quantity, decimal, percent
 from noodlenext.explain.facts import HeatmapFacts
+from noodlenext.explain.tested import TestedFix, tested_claim
 from noodlenext.explain.wording import line, tone
 
 # A 3x3 region holding at least this share of a map's heat is hot (a uniform map gives each 1/9 = 0.11).
@@ -297,6 +298,7 @@ class Evidence:
     causal: CausalRegion | None = None  # what hiding one part at a time found
     changes: list[GlobalChange] = field(default_factory=list)  # the whole-photo changes, every one tried
     lead: list[Claim] = field(default_factory=list)  # a group's causes: they come right after the prediction
+    tested: list[TestedFix] = field(default_factory=list)  # the run's fixes a retrain tested (improve)
 
     @property
     def confidence(self) -> float:
@@ -428,6 +430,9 @@ class Evidence:
                     fields={"method": primary},
                 )
             )
+        proven = tested_claim(self.tested, [c for c in (self.true_label, self.predicted) if c is not None])
+        if proven is not None:
+            out.append(proven)
         return out
 
     def facts_in_line_order(self) -> list[str]:
@@ -649,6 +654,7 @@ class Evidence:
             causal=_causal_from_dict(d["causal"]) if d.get("causal") else None,
             changes=[GlobalChange(**c) for c in d.get("changes", [])],
             lead=[Claim.from_dict(c) for c in d.get("lead", [])],
+            tested=[TestedFix.from_dict(t) for t in d.get("tested", [])],
         )
 
 

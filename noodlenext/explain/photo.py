@@ -31,6 +31,7 @@ from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.registry import parse_methods
 from noodlenext.explain.scorecam import CAMProgress, ScoreCAM
 from noodlenext.explain.settings import HeatmapSettings
+from noodlenext.explain.tested import read_tested
 from noodlenext.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ class PhotoExplainer:
         self.model = model.use(calibration=calibration).to(resolve_device(device))
         self.with_evidence = evidence
         self.index = _run_feature_index(Path(ckpt_path), self.model) if evidence else None
+        # The fixes noodlenext.improve retrained for the checkpoint's run (its suggestions, proven or not).
+        self.tested = read_tested(Path(ckpt_path).expanduser().resolve().parent.parent) if evidence else []
         self.methods = parse_methods(methods)
         if "scorecam" not in self.methods:
             raise ValueError(f"methods={methods!r}: the LLM's facts need scorecam")
@@ -269,7 +272,9 @@ class PhotoExplainer:
             )
             analysis.contrastive = maps[0]
             # gather_evidence's probabilities are one view's; the analysis's may average TTA's views.
-            analysis.evidence = replace(evidence, probabilities=dict(analysis.probabilities))
+            analysis.evidence = replace(
+                evidence, probabilities=dict(analysis.probabilities), tested=list(self.tested)
+            )
             analysis.timings["evidence"] = time.perf_counter() - started
         analysis.timings["done"] = time.perf_counter() - started
         yield Step("done", analysis)

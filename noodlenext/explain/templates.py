@@ -86,6 +86,7 @@ def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     if "neighbours" in kinds and not any(c.advice == "add_photos" for c in advice):  # it says the same
         extras.append(say(kinds["neighbours"]))
     extras += [say(c) for c in advice]
+    extras += [say(c) for c in claims if c.kind == "tested_fix"][:1]
     return _fit(first, extras, max_words)
 
 

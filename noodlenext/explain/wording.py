@@ -178,6 +178,17 @@ PHRASES: dict[str, dict[str, str]] = {
         "lay.collect_pair": "Collecting more {true} and {predicted} photos may help, as this pair is {count} "
         "of the {mistakes} test mistakes.",
     },
+    # --- a suggestion a retrain proved (explain.tested, from noodlenext.improve)
+    "tested_fix": {
+        "plain.class": 'Tested by retraining ({seeds}, noodlenext.improve): the fix "{what}" raised {cls} '
+        "recall from {before} to {after} and test accuracy by {diff} points (p = {p}).",
+        "plain.overall": 'Tested by retraining ({seeds}, noodlenext.improve): the fix "{what}" raised test '
+        "accuracy by {diff} points (p = {p}).",
+        "lay.class": 'A retrain has tested a fix for this: "{what}" raised {cls} recall from {before} to '
+        "{after} (p = {p} over {seeds}).",
+        "lay.overall": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
+        "over {seeds}).",
+    },
     # --- the tests the chat runs on demand (explain.probes)
     "why_not_same": {"plain": "Asked why not {other}: the classifier does predict {predicted}, with {p}."},
     "why_not_scores": {
@@ -627,6 +638,25 @@ def _advice(c: Claim, style: str) -> Values:
     return f"{style}.{c.advice}", f
 
 
+def _tested_fix(c: Claim, style: str) -> Values:
+    f = c.fields
+    p = f["p"]
+    values = {
+        "what": f["what"],
+        "seeds": f"{f['seeds']} seed{'s' if f['seeds'] != 1 else ''}",
+        "diff": f"{f['diff_points']:.1f}",
+        "p": f"{p:.2f}" if p >= 0.01 else f"{p:.3f}",
+    }
+    if f.get("class") is None:
+        return f"{style}.overall", values
+    return f"{style}.class", {
+        **values,
+        "cls": f["class"],
+        "before": _pct(f["before"]),
+        "after": _pct(f["after"]),
+    }
+
+
 def _fields(pct: tuple[str, ...] = ()) -> Callable[[Claim, str], Values]:
     """Values that are the claim's fields, those named in `pct` as percentages."""
 
@@ -877,6 +907,7 @@ _VALUES: dict[str, Callable[[Claim, str], Values]] = {
     "trust": _trust,
     "agreement": _agreement,
     "advice": _advice,
+    "tested_fix": _tested_fix,
     "why_not_same": _fields(("p",)),
     "why_not_scores": _fields(("p", "q")),
     "why_not_none": _fields(),

@@ -3,6 +3,7 @@ config (`improve.apply=best`), and the same table in W&B."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -14,10 +15,23 @@ from omegaconf import OmegaConf
 from noodlenext.callbacks.significance import ALPHA, format_p
 from noodlenext.core.config import config_dir
 from noodlenext.core.files import write_json_atomic, write_text_atomic
+from noodlenext.core.ownership import guard_file
+from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD
 from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult
 from noodlenext.runs.proposals import RunRecord
 
-__all__ = ["APPLIED", "best", "reproduce_command", "verdict_text", "write_applied", "write_report"]
+__all__ = [
+    "APPLIED",
+    "best",
+    "link_mistakes",
+    "log_wandb",
+    "reproduce_command",
+    "tested_records",
+    "verdict_text",
+    "write_applied",
+    "write_report",
+    "write_tested",
+]
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +290,81 @@ def log_wandb(run: RunRecord, out: Path, results: Sequence[FixResult]) -> bool:
     finally:
         wb.finish()
     return True
+
+
+def tested_records(out: Path, results: Sequence[FixResult]) -> list[dict[str, Any]]:
+    """The results as `explain.tested.TestedFix` records (what explanations of the run's model read)."""
+    return [
+        {
+            "name": r.fix.name,
+            "kind": r.fix.kind,
+            "what": r.fix.what,
+            "verdict": r.verdict,
+            "seeds": len(r.seeds),
+            "baseline_accuracy": r.baseline_accuracy,
+            "accuracy": r.accuracy,
+            "diff_points": r.diff_points,
+            "ci_points": list(r.ci_points) if r.ci_points else None,
+            "p": r.p,
+            "recall": {c: list(v) for c, v in r.recall.items()},
+            "improve_dir": str(out.resolve()),
+        }
+        for r in results
+        if r.verdict not in ("baseline", "not_run")
+    ]
+
+
+def write_tested(run: RunRecord, out: Path, results: Sequence[FixResult]) -> Path | None:
+    """`tested_fixes.json` in a train run's folder: this improve run's results first, an earlier improve
+    run's after them (one entry per improve folder). A crossval sweep has no model to explain: None."""
+    if run.kind != "train":
+        return None
+    path = guard_file(run.dir / TESTED_FILE, "run", TESTED_HEAD)
+    mine = tested_records(out, results)
+    earlier = []
+    if path.is_file():
+        try:
+            earlier = [
+                t
+                for t in json.loads(path.read_text())["tested"]
+                if t.get("improve_dir") != str(out.resolve())
+            ]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s could not be read; it is replaced by this improve run's results", path)
+    write_json_atomic(path, {"tested": mine + earlier})
+    return path
+
+
+MISTAKES_MD = "mistakes.md"
+MISTAKES_HEAD = r"# "  # how the run's mistakes.md starts (callbacks/mistake_report.py)
+SECTION_START, SECTION_END = "<!-- noodlenext.improve -->", "<!-- /noodlenext.improve -->"
+
+
+def tested_section(out: Path, results: Sequence[FixResult]) -> str:
+    lines = [
+        SECTION_START,
+        "## Fixes tested by retraining",
+        "",
+        f"`python -m noodlenext.improve` retrained the fixes below with the same seeds as the baseline "
+        f"(`{out.resolve()}/improve.md`):",
+        "",
+    ]
+    lines += [f"- **{r.fix.what}**: {verdict_text(r)}" for r in results if r.verdict not in ("baseline",)]
+    return "\n".join([*lines, SECTION_END]) + "\n"
+
+
+def link_mistakes(run: RunRecord, out: Path, results: Sequence[FixResult]) -> Path | None:
+    """Add (or replace) the run's mistakes.md section on the fixes this improve run tested, so the
+    report's suggestions sit beside what retraining found; the rest of the file is kept as it is."""
+    path = run.dir / MISTAKES_MD
+    if run.kind != "train" or not path.is_file():
+        return None
+    guard_file(path, "run", MISTAKES_HEAD)
+    text = path.read_text()
+    if SECTION_START in text and SECTION_END in text:
+        head, _, rest = text.partition(SECTION_START)
+        _, _, tail = rest.partition(SECTION_END)
+        text = head.rstrip("\n") + "\n\n" + tail.lstrip("\n")
+    text = text.rstrip("\n") + "\n\n" + tested_section(out, results)
+    write_text_atomic(path, text)
+    return path

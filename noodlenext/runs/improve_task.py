@@ -19,7 +19,14 @@ from noodlenext.core.files import write_json_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.data.rules import check_dataset
 from noodlenext.runs.improve import compare, launch, write_fixes
-from noodlenext.runs.improve_report import best, log_wandb, write_applied, write_report
+from noodlenext.runs.improve_report import (
+    best,
+    link_mistakes,
+    log_wandb,
+    write_applied,
+    write_report,
+    write_tested,
+)
 from noodlenext.runs.proposals import propose, read_run
 
 __all__ = ["improve"]
@@ -74,6 +81,9 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
         launch(run, out, fixes, seeds, [str(o) for o in icfg.get("job_overrides") or []])
     results = compare(out, fixes)
     data = write_report(run, out, results, seeds)
+    if any(r.verdict not in ("baseline", "not_run") for r in results):
+        write_tested(run, out, results)  # explanations of the run's model cite what was proven
+        link_mistakes(run, out, results)
     winner = best(results)
     if icfg.get("apply") not in (None, "best"):
         raise ValueError(f"improve.apply={icfg.apply!r}: use best or null")

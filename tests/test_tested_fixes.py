@@ -1,0 +1,83 @@
+"""Suggestions a retrain proved (noodlenext.improve -> tested_fixes.json): the claim, its words, the
+template, the gate, the round trip through JSON, and the explainer reading it from the run's folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import save_tiny_checkpoint
+from PIL import Image
+from test_grounding import GOOD, evidence, reasons
+
+from noodlenext.explain import tested
+from noodlenext.explain.evidence import Evidence
+from noodlenext.explain.photo import PhotoExplainer
+from noodlenext.explain.templates import photo_template
+from noodlenext.explain.wording import line
+
+RELABEL = tested.TestedFix(
+    name="relabel",
+    kind="relabel",
+    what="relabel the 8 most suspect labels to the likely class",
+    verdict="helps",
+    seeds=3,
+    baseline_accuracy=0.8,
+    accuracy=0.84,
+    diff_points=3.9,
+    ci_points=(1.0, 6.8),
+    p=0.03,
+    recall={"udon": (0.8, 0.88), "ramen": (0.9, 0.9)},
+)
+NOTHING = replace(RELABEL, name="erase", kind="erase", what="random erasing", verdict="no_evidence", p=0.4)
+
+
+def test_a_helping_fix_becomes_a_suggestion_line_with_its_numbers() -> None:
+    claim = tested.tested_claim([NOTHING, RELABEL], ["udon", "ramen"])
+    assert claim is not None and claim.classes == ("udon",)
+    assert line(claim) == (
+        'Tested by retraining (3 seeds, noodlenext.improve): the fix "relabel the 8 most suspect labels to '
+        'the likely class" raised udon recall from 80% to 88% and test accuracy by 3.9 points (p = 0.03).'
+    )
+    assert tested.tested_claim([NOTHING], ["udon"]) is None  # no evidence it helps: no proof to cite
+    overall = tested.tested_claim([RELABEL], ["spaghetti"])  # no recall of that class: the accuracy alone
+    assert "raised test accuracy by 3.9 points (p = 0.03)" in line(overall) and overall.classes == ()
+
+
+def test_the_evidence_cites_it_and_the_template_says_it() -> None:
+    e = evidence(tested=[RELABEL, NOTHING])
+    lines = e.lines()
+    assert lines[-1].endswith(
+        "raised udon recall from 80% to 88% and test accuracy by 3.9 points (p = 0.03)."
+    )
+    assert 'A retrain has tested a fix for this: "relabel the 8 most suspect labels' in photo_template(e, 200)
+    assert not any("Tested" in x for x in evidence().lines())
+    back = Evidence.from_dict(json.loads(json.dumps(e.to_dict())))
+    assert back.tested == [RELABEL, NOTHING] and back.lines() == lines
+
+
+def test_the_gate_lets_the_proven_numbers_through_and_no_others() -> None:
+    e = evidence(tested=[RELABEL])
+    n = len(e.claims())
+    ok = f"{GOOD} Retraining with those labels corrected raised udon recall from 80% to 88% [{n}]."
+    assert reasons(ok, e) == []
+    assert reasons(
+        f"{GOOD} Retraining with those labels corrected raised udon recall from 80% to 95% [{n}].", e
+    )
+    assert reasons(ok, evidence())  # the same words without a tested fix: no line has those numbers
+
+
+def test_the_explainer_reads_the_runs_tested_fixes(tmp_path: Path) -> None:
+    ckpt = save_tiny_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_000.ckpt")
+    record = {**RELABEL.__dict__, "ci_points": list(RELABEL.ci_points), "recall": {"udon": [0.8, 0.88]}}
+    (tmp_path / "run" / tested.TESTED_FILE).write_text(json.dumps({"tested": [record]}))
+    assert tested.read_tested(tmp_path / "run")[0].recall == {"udon": (0.8, 0.88)}
+    explainer = PhotoExplainer(ckpt, device="cpu")
+    assert explainer.tested == tested.read_tested(tmp_path / "run")
+    (tmp_path / "run" / tested.TESTED_FILE).write_text("{not json")
+    assert tested.read_tested(tmp_path / "run") == []  # a broken file is ignored (and logged), never fatal
+    photo = Image.new("RGB", (40, 32), (200, 160, 60))
+    assert PhotoExplainer(ckpt, device="cpu", evidence=False).tested == []
+    analysis = explainer(photo, true_label="udon")
+    assert analysis.evidence.tested == explainer.tested
