@@ -3,7 +3,8 @@
 Each case is a copy of the quickstart's synthetic noodles as a user's ImageFolder with one problem planted,
 trained with the quickstart recipe as a user would, then improved (`python -m noodlenext.improve`):
 
-- **flips**: 10% of spaghetti's training photos moved into udon's folder (their label is wrong). A 3-fold
+- **flips** (`flips_ramen`): 10% of spaghetti's training photos moved into udon's (ramen's) folder: their
+  label is wrong; udon is the class the quickstart confuses spaghetti with most. A 3-fold
   `experiment=[quickstart,crossval]` finds label issues; improve proposes dropping and relabelling the
   top-k. Expected: one of them helps, and is chosen. Also label-issue precision@k and recall@k on the flips.
 - **leak**: copies of 20% of the test photos put into train/ (the run needs `data.allow_leakage=true`).
@@ -51,12 +52,14 @@ def user_copy(clean: Path, out: Path) -> Path:
     return out
 
 
-def plant_flips(data: Path, share: float = 0.10) -> list[str]:
-    """Every 10th spaghetti training photo moved into udon's folder: root-relative names of the flips."""
+def plant_flips(data: Path, to: str = "udon", share: float = 0.10) -> list[str]:
+    """Every 10th spaghetti training photo moved into the folder of `to`: root-relative names of the
+    flips."""
     src = sorted((data / "train" / CLASSES[0]).glob("*.jpg"))
+    folder = next(c for c in CLASSES if c.endswith(f"_{to}"))
     moved = []
     for path in src[:: round(1 / share)]:
-        dst = data / "train" / CLASSES[2] / f"flipped_{path.name}"
+        dst = data / "train" / folder / f"flipped_{path.name}"
         path.rename(dst)
         moved.append(dst.relative_to(data).as_posix())
     return moved
@@ -94,14 +97,14 @@ def label_precision(crossval: Path, flips: list[str]) -> dict[str, float]:
     return out
 
 
-def case(name: str, clean: Path, work: Path, seeds: int) -> dict:
+def case(name: str, clean: Path, work: Path, seeds: int, epochs: int | None = None) -> dict:
     data = user_copy(clean, work / "data")
     planted: list[str] = []
     train_extra: list[str] = []
     improve_extra: list[str] = []
     times: dict[str, float] = {}
-    if name == "flips":
-        planted = plant_flips(data)
+    if name.startswith("flips"):
+        planted = plant_flips(data, to=name.partition("_")[2] or "udon")
     elif name == "leak":
         planted = plant_leak(data)
         train_extra = ["data.allow_leakage=true"]
@@ -111,10 +114,12 @@ def case(name: str, clean: Path, work: Path, seeds: int) -> dict:
             'improve.extra={unrelated:["data.augment.train.transforms.3.degrees=12"]}',
             "improve.only=[unrelated]",
         ]
+    if epochs is not None:
+        train_extra.append(f"trainer.max_epochs={epochs}")
     base = ["experiment=quickstart", f"data.root={data}", f"seed={SEED}", *QUIET, *train_extra]
     times["train"] = run("noodlenext.train", *base, f"hydra.run.dir={work / 'run'}")
     result: dict = {"case": name, "planted": len(planted)}
-    if name == "flips":
+    if name.startswith("flips"):
         times["crossval"] = run(
             "noodlenext.train",
             "experiment=[quickstart,crossval]",
@@ -146,7 +151,7 @@ def case(name: str, clean: Path, work: Path, seeds: int) -> dict:
         }
         for f in report["fixes"]
     ]
-    if name == "flips":
+    if name.startswith("flips"):
         drop = next(f for f in report["fixes"] if f["fix"]["name"] == "drop_labels")
         chosen = set(drop["fix"]["evidence"]["files"])
         result["label_issues"]["k"] = len(chosen)
@@ -156,8 +161,11 @@ def case(name: str, clean: Path, work: Path, seeds: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="flips,leak,null")
+    parser.add_argument("--cases", default="flips,flips_ramen,leak,null")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="trainer.max_epochs (default: the quickstart's)"
+    )
     parser.add_argument("--work", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.cases.split(","):
         start = time.perf_counter()
-        r = case(name, clean, work / name, args.seeds)
+        r = case(name, clean, work / name, args.seeds, args.epochs)
         r["wall_s"] = round(time.perf_counter() - start, 1)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)

@@ -508,3 +508,30 @@ def test_results_reach_the_runs_folder_beside_its_suggestions(improvable, tmp_pa
     with pytest.raises(NotOurs):
         write_tested(run, first, results[first])
     assert (run_dir / TESTED_FILE).read_text() == "my notes\n"
+
+
+@pytest.mark.slow
+def test_the_table_goes_to_wandb_when_the_run_logged_there(improvable, tmp_path: Path, monkeypatch) -> None:
+    from wandb_records import history_keys, read_records, run_info
+
+    from noodlenext.runs.improve_report import log_wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_API_KEY", "WANDB_SERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    run = read_run(improvable["run"])
+    assert not log_wandb(run, tmp_path, [])  # logger=none: no W&B run
+    OmegaConf.update(run.config, "logger", {"wandb": {"offline": True, "project": "noodles"}}, force_add=True)
+    fixes = [Fix("baseline", "baseline", "", ""), Fix("better", "extra", "train better", "")]
+    plans = {
+        "baseline": {0: set(range(30)), 1: set(range(30))},
+        "better": {0: set(range(40)), 1: set(range(40))},
+    }
+    assert log_wandb(run, tmp_path, list(results_for(tmp_path, plans, fixes).values()))
+    (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_records(path)
+    info = run_info(records)
+    assert (
+        info.job_type == "improve" and info.project == "noodles"
+    assert "improve/fixes/_type" in history_keys(records)  # a wandb.Table
+    )

@@ -3,8 +3,11 @@
 Everything it writes goes into its own run folder (Hydra's `paths.output_dir`): `fixes.json` (what it
 proposes and why, written before any training, so nothing is lost when a job fails), `configs/fix/*.yaml`
 and `fixes/<name>/` (the fixes), `jobs/` (the multirun), `improve.md` / `improve.json` (the verdicts),
-and with `improve.apply=best` `configs/experiment/improved.yaml`. Started again on the same folder
-(`hydra.run.dir=<that folder>`) it trains only the jobs that have not finished and rebuilds the report.
+and with `improve.apply=best` `configs/experiment/improved.yaml`. Into a train run's own folder it writes
+`tested_fixes.json` (what explanations of that run's model cite: `explain.tested`) and a section of its
+`mistakes.md` ("Fixes tested by retraining", replaced by the next improve run, the rest kept). Started
+again on the same folder (`hydra.run.dir=<that folder>`) it trains only the jobs that have not finished
+and rebuilds the report.
 """
 
 from __future__ import annotations
