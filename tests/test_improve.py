@@ -531,7 +531,5 @@ def test_the_table_goes_to_wandb_when_the_run_logged_there(improvable, tmp_path:
     (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = read_records(path)
     info = run_info(records)
-    assert (
-        info.job_type == "improve" and info.project == "noodles"
+    assert info.job_type == "improve" and info.project == "noodles"
     assert "improve/fixes/_type" in history_keys(records)  # a wandb.Table
-    )
