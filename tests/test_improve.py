@@ -98,10 +98,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_choose_k_counts_the_suspects_surer_than_the_out_of_fold_accuracy() -> None:
     suspects = [
-        SuspectLabel(f"train/a/{i}.png", "a", "b", 0.1, p) for i, p in enumerate((0.95, 0.9, 0.7, 0.99))
+        SuspectLabel(f"train/a/{i}.png", "a", "b", 0.1, p) for i, p in enumerate((0.95, 0.7, 0.9, 0.99))
     ]
-    assert choose_k(suspects, 0.8) == 2  # down the ranked list while p(likely) >= accuracy
-    assert choose_k(suspects, 0.99) == 1  # at least the first
+    assert choose_k(suspects, 0.8) == 3  # how many have p(likely) >= accuracy, wherever they are ranked
+    assert choose_k(suspects, 0.995) == 1  # at least the first
     assert choose_k([], 0.5) == 0
 
 
@@ -533,3 +533,36 @@ def test_the_table_goes_to_wandb_when_the_run_logged_there(improvable, tmp_path:
     info = run_info(records)
     assert info.job_type == "improve" and info.project == "noodles"
     assert "improve/fixes/_type" in history_keys(records)  # a wandb.Table
+
+
+def test_a_changed_fix_never_reuses_the_jobs_of_the_old_one(tmp_path: Path) -> None:
+    import json as _json
+
+    from noodlenext.runs.improve import check_unchanged, fix_digest
+
+    old = Fix(
+        "drop_labels",
+        "drop_labels",
+        "leave out 2",
+        "",
+        {},
+        {"data": {"file_list": "a.txt"}},
+        {"a.txt": "x\n"},
+    )
+    new = Fix(
+        "drop_labels",
+        "drop_labels",
+        "leave out 12",
+        "",
+        {},
+        {"data": {"file_list": "a.txt"}},
+        {"a.txt": "y\n"},
+    )
+    (tmp_path / "fixes.json").write_text(_json.dumps([{**old.to_dict(), "digest": fix_digest(old)}]))
+    check_unchanged(tmp_path, [new])  # no job yet: the new version simply replaces it
+    (tmp_path / "jobs" / "drop_labels_seed0" / ".hydra").mkdir(parents=True)
+    check_unchanged(tmp_path, [old])  # the same fix again: its jobs continue
+    with pytest.raises(
+        ValueError, match=r"the fixes \['drop_labels'\] are not the ones its jobs were trained"
+    ):
+        check_unchanged(tmp_path, [new])

@@ -24,6 +24,8 @@ says so ("honest").
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shlex
 import statistics
@@ -51,7 +53,17 @@ from noodlenext.callbacks.sweep_comparison import Job, read_jobs
 from noodlenext.core.files import write_text_atomic
 from noodlenext.runs.proposals import Fix, RunRecord
 
-__all__ = ["FixResult", "compare", "finished", "job_name", "launch", "train_command", "write_fixes"]
+__all__ = [
+    "FixResult",
+    "check_unchanged",
+    "compare",
+    "finished",
+    "fix_digest",
+    "job_name",
+    "launch",
+    "train_command",
+    "write_fixes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,38 @@ def job_name(fix: str, seed: int) -> str:
 def finished(job_dir: Path) -> bool:
     """A job that tested: its metrics and per-image predictions are written."""
     return (job_dir / "metrics.json").is_file() and (job_dir / PREDICTIONS_FILE).is_file()
+
+
+def fix_digest(fix: Fix) -> str:
+    """What a fix trains with (its config and its files' contents), as a short hash."""
+    blob = json.dumps({"config": fix.config, "files": fix.files}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_unchanged(out: Path, fixes: Sequence[Fix]) -> None:
+    """An improve folder started again continues its jobs only for the same fixes: a fix proposed anew
+    with another content (new label issues, a changed run) whose jobs already exist is refused, so a
+    result never mixes two versions of one fix."""
+    path = out / "fixes.json"
+    if not path.is_file():
+        return
+    try:
+        before = {f["name"]: f.get("digest") for f in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    changed = [
+        f.name
+        for f in fixes
+        if f.name in before
+        and before[f.name] != fix_digest(f)
+        and any((out / JOBS).glob(f"{f.name}_seed*/.hydra"))
+    ]
+    if changed:
+        raise ValueError(
+            f"hydra.run.dir={out}: the fixes {changed} are not the ones its jobs were trained with (the run, "
+            "its label issues or the data changed since); nothing was changed: start a new improve run "
+            "(leave out hydra.run.dir) to test them"
+        )
 
 
 def write_fixes(out: Path, fixes: Sequence[Fix]) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from noodlenext.core.files import write_json_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.data.rules import check_dataset
-from noodlenext.runs.improve import compare, launch, write_fixes
+from noodlenext.runs.improve import check_unchanged, compare, fix_digest, launch, write_fixes
 from noodlenext.runs.improve_report import (
     best,
     link_mistakes,
@@ -73,8 +73,9 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
                 f"proposed: {[f.name for f in fixes]}"
             )
         fixes = [f for f in fixes if f.name == "baseline" or f.name in only]
+    check_unchanged(out, fixes)
     write_fixes(out, fixes)
-    write_json_atomic(out / "fixes.json", [f.to_dict() for f in fixes])
+    write_json_atomic(out / "fixes.json", [{**f.to_dict(), "digest": fix_digest(f)} for f in fixes])
     for fix in fixes:
         log.info("improve: %-14s %s (%s)", fix.name, fix.what, fix.why)
     seeds = _seeds(icfg, run.seed)
