@@ -189,7 +189,7 @@ def choose_k(suspects: Sequence[SuspectLabel], oof_accuracy: float) -> int:
     out-of-fold prediction of another class is at least as sure as the out-of-fold model is accurate
     (p(likely) >= accuracy: a weak model must be surer); those acted on are the top k of the list as
     cleanlab ranks it (at least the first, when there is one). Measured on 10% of spaghetti's labels
-    flipped to ramen (docs/improve.md): k = 12, 9 of them flips, where stopping at the first label below
+    flipped to ramen (docs/improve.md): k = 13, 10 of them flips, where stopping at the first label below
     the bar took 2 and every flagged label 133 (21 flips)."""
     k = sum(1 for s in suspects if s.prob_likely >= oof_accuracy)
     return max(k, 1) if suspects else 0
