@@ -18,7 +18,7 @@ from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD
 from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult
-from noodlenext.runs.proposals import RunRecord
+from noodlenext.runs.proposals import Looked, RunRecord
 
 __all__ = [
     "APPLIED",
@@ -121,9 +121,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Sequence[int]) -> str:
+def markdown(
+    run: RunRecord,
+    out: Path,
+    results: Sequence[FixResult],
+    seeds: Sequence[int],
+    looked: Sequence[Looked] = (),
+) -> str:
     winner = best(results)
     seed_sd = next((r.seed_sd_points for r in results if r.seed_sd_points is not None), None)
+    if len(results) <= 1:  # the baseline alone: nothing was proposed, nothing trained
+        lines = [
+            f"# Which fix helps? {run.dir}",
+            "",
+            "No fix was proposed, so nothing was trained. Where fixes come from:",
+            "",
+        ]
+        lines += [f"- **{x.source}**: {x.note or 'no fix'}" for x in looked]
+        return "\n".join(lines) + "\n"
     lines = [
         f"# Which fix helps? {run.dir}",
         "",
@@ -137,6 +152,15 @@ def markdown(run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Seq
             else "; with one seed each it cannot be measured, so p counts the test set's noise only."
         ),
         "",
+    ]
+    if looked:
+        lines += ["## Where the fixes come from", ""]
+        lines += [
+            f"- **{x.source}**: {', '.join(x.fixes) or 'no fix'}" + (f" ({x.note})" if x.note else "")
+            for x in looked
+        ]
+        lines.append("")
+    lines += [
         "| fix | what | why | accuracy | vs baseline | p | per-class recall | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -201,20 +225,25 @@ def markdown(run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Seq
 
 
 def write_report(
-    run: RunRecord, out: Path, results: Sequence[FixResult], seeds: Sequence[int]
+    run: RunRecord,
+    out: Path,
+    results: Sequence[FixResult],
+    seeds: Sequence[int],
+    looked: Sequence[Looked] = (),
 ) -> dict[str, Any]:
     """improve.md and improve.json in `out`; returns the JSON."""
     winner = best(results)
     data = {
         "run": str(run.dir),
         "seeds": list(seeds),
+        "looked_at": [{"source": x.source, "fixes": list(x.fixes), "note": x.note} for x in looked],
         "fixes": [r.to_dict() for r in results],
         "verdicts": {r.fix.name: verdict_text(r) for r in results},
         "best": winner.fix.name if winner else None,
         "reproduce": reproduce_command(run, out, winner.fix.name) if winner else None,
     }
     write_json_atomic(out / "improve.json", data)
-    write_text_atomic(out / "improve.md", markdown(run, out, results, seeds))
+    write_text_atomic(out / "improve.md", markdown(run, out, results, seeds, looked))
     return data
 
 

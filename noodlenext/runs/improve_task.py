@@ -30,7 +30,7 @@ from noodlenext.runs.improve_report import (
     write_report,
     write_tested,
 )
-from noodlenext.runs.proposals import propose, read_run
+from noodlenext.runs.proposals import looked_at, propose, read_run
 
 __all__ = ["improve"]
 
@@ -76,15 +76,26 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
     check_unchanged(out, fixes)
     write_fixes(out, fixes)
     write_json_atomic(out / "fixes.json", [{**f.to_dict(), "digest": fix_digest(f)} for f in fixes])
+    looked = looked_at(run, report, fixes)
+    for source in looked:
+        log.info(
+            "improve: %s: %s%s",
+            source.source,
+            ", ".join(source.fixes) or "no fix",
+            f" ({source.note})" * bool(source.note),
+        )
     for fix in fixes:
         log.info("improve: %-14s %s (%s)", fix.name, fix.what, fix.why)
     seeds = _seeds(icfg, run.seed)
     if len(fixes) == 1:
-        log.warning("improve: nothing to try for %s beyond its own recipe", run.dir)
+        log.warning(
+            "improve: no fix proposed for %s: nothing to retrain (improve.md says where fixes come from)",
+            run.dir,
+        )
     if icfg.get("train", True) and len(fixes) > 1:
         launch(run, out, fixes, seeds, [str(o) for o in icfg.get("job_overrides") or []])
     results = compare(out, fixes)
-    data = write_report(run, out, results, seeds)
+    data = write_report(run, out, results, seeds, looked)
     if any(r.verdict not in ("baseline", "not_run") for r in results):
         write_tested(run, out, results)  # explanations of the run's model cite what was proven
         link_mistakes(run, out, results)
@@ -98,7 +109,7 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
             path = write_applied(run, out, winner)
             data["applied"] = str(path)
             write_json_atomic(out / "improve.json", data)
-    if icfg.get("wandb", True):
+    if icfg.get("wandb", True) and len(fixes) > 1:
         try:
             log_wandb(run, out, results)
         except Exception:  # noqa: BLE001 - the files are written; W&B must not fail a finished comparison

@@ -38,7 +38,7 @@ from noodlenext.data.fixes import offending
 from noodlenext.data.rules import CheckReport
 from noodlenext.explain.templates import SPECIFIC_MARGIN
 
-__all__ = ["Fix", "RunRecord", "SuspectLabel", "choose_k", "propose", "read_run"]
+__all__ = ["Fix", "Looked", "RunRecord", "SuspectLabel", "choose_k", "looked_at", "propose", "read_run"]
 
 log = logging.getLogger(__name__)
 
@@ -498,3 +498,61 @@ def _run_file_list(run: RunRecord) -> Path | None:
         return None
     path = Path(str(value)).expanduser()
     return path if path.is_absolute() else Path(str(run.config.paths.root_dir)) / path
+
+
+@dataclass(frozen=True)
+class Looked:
+    """One source of fixes and what it gave: source (label issues, data doctor, mistakes, yours), the
+    names of the fixes it proposed, and when none, why not and how to get some (`hint`)."""
+
+    source: str
+    fixes: tuple[str, ...]
+    note: str
+
+
+def looked_at(run: RunRecord, report: CheckReport | None, fixes: Sequence[Fix]) -> list[Looked]:
+    """What propose() looked at, for the report: each source with its fixes, or why it gave none."""
+    by_kind: dict[str, list[str]] = {}
+    for f in fixes:
+        by_kind.setdefault(f.kind, []).append(f.name)
+    experiment = next((o.partition("=")[2] for o in run.overrides if o.startswith("experiment=")), "")
+    crossval = f"[{experiment.strip('[]')},crossval]" if experiment else "crossval"
+    labels = tuple(by_kind.get("drop_labels", []) + by_kind.get("relabel", []))
+    if run.suspects is None:
+        label_note = (
+            "no cross-validation given: run `python -m noodlenext.train experiment="
+            f"{crossval}` on the same data and pass improve.crossval=<its sweep folder>"
+        )
+    else:
+        label_note = f"{len(run.suspects)} labels flagged, out-of-fold accuracy {run.oof_accuracy:.0%}"
+    doctor = tuple(by_kind.get("remove_copies", []) + by_kind.get("rebalance", []))
+    doctor += tuple(f.name for f in fixes if f.kind == "resolution" and "doctor" in f.why)
+    if report is None:
+        doctor_note = "not run (improve.data_check=false)"
+    else:
+        doctor_note = "found " + (
+            ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in report.kinds().items()) or "nothing to fix"
+        )
+    causes = tuple(
+        f.name for f in fixes if f.kind in ("colour", "erase", "resolution") and "doctor" not in f.why
+    )
+    groups = (run.mistakes or {}).get("groups") or []
+    if not run.mistakes:
+        cause_note = "the run wrote no mistakes.json (callbacks.mistakes was off, or no test mistakes)"
+    elif not causes:
+        cause_note = (
+            f"{len(groups)} confusion pair(s); no change of the photo turns back at least "
+            f"{SPECIFIC_MARGIN:.0%} more of a pair's mistakes than of the photos it got right"
+        )
+    else:
+        cause_note = f"{len(groups)} confusion pair(s)"
+    return [
+        Looked("label issues", labels, label_note),
+        Looked("data doctor", doctor, doctor_note),
+        Looked("mistakes' causes", causes, cause_note),
+        Looked(
+            "yours (improve.extra)",
+            tuple(by_kind.get("extra", [])),
+            "none given" if "extra" not in by_kind else "",
+        ),
+    ]
