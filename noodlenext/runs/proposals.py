@@ -541,8 +541,8 @@ def looked_at(run: RunRecord, report: CheckReport | None, fixes: Sequence[Fix]) 
         cause_note = "the run wrote no mistakes.json (callbacks.mistakes was off, or no test mistakes)"
     elif not causes:
         cause_note = (
-            f"{len(groups)} confusion pair(s); no change of the photo turns back at least "
-            f"{SPECIFIC_MARGIN:.0%} more of a pair's mistakes than of the photos it got right"
+            f"{len(groups)} confusion pair(s); no change of the photo turns back a share of a pair's "
+            f"mistakes {100 * SPECIFIC_MARGIN:.0f} points above its share of the photos it got right"
         )
     else:
         cause_note = f"{len(groups)} confusion pair(s)"
