@@ -205,6 +205,10 @@ def _file_list(root: Path, images: Sequence[str], left_out: Sequence[str], why: 
     return "\n".join(head + keep) + "\n"
 
 
+def _labels(k: int) -> str:
+    return "most suspect label" if k == 1 else f"{k} most suspect labels"
+
+
 def _label_fixes(run: RunRecord, images: Sequence[str]) -> list[Fix]:
     if not run.suspects or run.oof_accuracy is None:
         return []
@@ -222,14 +226,14 @@ def _label_fixes(run: RunRecord, images: Sequence[str]) -> list[Fix]:
     }
     why = (
         f"cross-validation flags {len(run.suspects)} labels, {k} of them predicted as another class with at "
-        f"least the out-of-fold accuracy ({run.oof_accuracy:.0%}) as probability: the {k} most suspect"
+        f"least the out-of-fold accuracy ({run.oof_accuracy:.0%}) as probability"
     )
     relabel = "file,label\n" + "".join(f"{s.file},{s.likely}\n" for s in top)
     return [
         Fix(
             "drop_labels",
             "drop_labels",
-            f"leave out the {k} most suspect labels",
+            f"leave out the {_labels(k)}",
             why,
             evidence,
             {"data": {"file_list": "drop_labels.txt"}},
@@ -238,7 +242,7 @@ def _label_fixes(run: RunRecord, images: Sequence[str]) -> list[Fix]:
         Fix(
             "relabel",
             "relabel",
-            f"relabel the {k} most suspect labels to the likely class",
+            f"relabel the {_labels(k)} to the likely class",
             why,
             evidence,
             {"data": {"relabel": "relabel.csv"}},
