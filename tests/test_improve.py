@@ -566,3 +566,16 @@ def test_a_changed_fix_never_reuses_the_jobs_of_the_old_one(tmp_path: Path) -> N
         ValueError, match=r"the fixes \['drop_labels'\] are not the ones its jobs were trained"
     ):
         check_unchanged(tmp_path, [new])
+
+
+def test_a_crossval_sweep_as_the_run_brings_its_label_issues(improvable, tmp_path: Path) -> None:
+    sweep = tmp_path / "crossval"
+    shutil.copytree(improvable["crossval"], sweep)
+    fold = [*improvable["overrides"], "experiment=[quickstart,crossval]", "data.folds=3", "data.fold=0"]
+    fold = [o for o in fold if o != "experiment=quickstart"]
+    hydra_run(sweep / "0", fold, cwd=improvable["work"])
+    run = read_run(sweep)
+    assert run.kind == "crossval" and run.root == improvable["root"].resolve() and run.suspects
+    assert "experiment=quickstart" in run.overrides  # the crossval experiment and its fold settings left out
+    assert not any(o.startswith(("data.fold", "data.folds")) or "crossval" in o for o in run.overrides)
+    assert {"drop_labels", "relabel"} <= {f.name for f in propose(run)}

@@ -297,11 +297,12 @@ def _doctor_fixes(run: RunRecord, report: CheckReport | None, images: Sequence[s
 
 
 def _transforms(run: RunRecord) -> list[dict[str, Any]] | None:
-    """The run's training transforms (a Compose's list), as plain data, or None when it has no list."""
+    """A copy of the run's training transforms (a Compose's list) as plain data, interpolations kept, or
+    None when its augmentation is not such a list (augment=none, timm's create_transform)."""
     train = OmegaConf.select(run.config, "data.augment.train")
     if train is None or "transforms" not in train:
         return None
-    return OmegaConf.to_container(train.transforms, resolve=False)
+    return copy.deepcopy(OmegaConf.to_container(train.transforms, resolve=False))
 
 
 def _index(transforms: Sequence[dict[str, Any]], name: str) -> int | None:
@@ -316,9 +317,7 @@ def _colour_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix | Non
     tf = _transforms(run)
     if tf is None:
         return None
-    tf = copy.deepcopy(tf)
-    jitter, gray = _index(tf, "ColorJitter"), _index(tf, "RandomGrayscale")
-    at = _index(tf, "ToTensor")
+    jitter, at = _index(tf, "ColorJitter"), _index(tf, "ToTensor")
     if jitter is None:
         jitter = at if at is not None else 0
         tf.insert(jitter, {"_target_": "torchvision.transforms.ColorJitter"})
@@ -342,7 +341,6 @@ def _erase_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix | None
     tf = _transforms(run)
     if tf is None:
         return None
-    tf = copy.deepcopy(tf)
     erasing, crop = _index(tf, "RandomErasing"), _index(tf, "RandomResizedCrop")
     if erasing is None:
         tf.append({"_target_": "torchvision.transforms.RandomErasing"})
@@ -362,7 +360,7 @@ def _erase_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix | None
 
 def _resolution_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix:
     size = int(OmegaConf.select(run.config, "data.image_size", default=64) or 64)
-    tf = copy.deepcopy(_transforms(run) or [])
+    tf = _transforms(run) or []
     low = max(8, size // 4)
     step = {
         "_target_": "torchvision.transforms.RandomApply",
