@@ -58,7 +58,8 @@ def plant_flips(data: Path, to: str = "udon", share: float = 0.10) -> list[str]:
     src = sorted((data / "train" / CLASSES[0]).glob("*.jpg"))
     folder = next(c for c in CLASSES if c.endswith(f"_{to}"))
     moved = []
-    for path in src[:: round(1 / share)]:
+    step = 1 / share
+    for path in (src[int(i * step)] for i in range(round(share * len(src)))):
         dst = data / "train" / folder / f"flipped_{path.name}"
         path.rename(dst)
         moved.append(dst.relative_to(data).as_posix())
@@ -97,14 +98,16 @@ def label_precision(crossval: Path, flips: list[str]) -> dict[str, float]:
     return out
 
 
-def case(name: str, clean: Path, work: Path, seeds: int, epochs: int | None = None) -> dict:
+def case(
+    name: str, clean: Path, work: Path, seeds: int, epochs: int | None = None, flip_share: float = 0.10
+) -> dict:
     data = user_copy(clean, work / "data")
     planted: list[str] = []
     train_extra: list[str] = []
     improve_extra: list[str] = []
     times: dict[str, float] = {}
     if name.startswith("flips"):
-        planted = plant_flips(data, to=name.partition("_")[2] or "udon")
+        planted = plant_flips(data, to=name.partition("_")[2] or "udon", share=flip_share)
     elif name == "leak":
         planted = plant_leak(data)
         train_extra = ["data.allow_leakage=true"]
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.cases.split(","):
         start = time.perf_counter()
-        r = case(name, clean, work / name, args.seeds, args.epochs)
+        r = case(name, clean, work / name, args.seeds, args.epochs, args.flip_share)
         r["wall_s"] = round(time.perf_counter() - start, 1)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
