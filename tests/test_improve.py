@@ -579,3 +579,36 @@ def test_a_crossval_sweep_as_the_run_brings_its_label_issues(improvable, tmp_pat
     assert "experiment=quickstart" in run.overrides  # the crossval experiment and its fold settings left out
     assert not any(o.startswith(("data.fold", "data.folds")) or "crossval" in o for o in run.overrides)
     assert {"drop_labels", "relabel"} <= {f.name for f in propose(run)}
+
+
+def test_classes_that_differ_in_resolution_get_random_downscaling(tmp_path: Path) -> None:
+    """The real photos' shortcut (ramen 150 px, spaghetti 64 px): the doctor's size_by_class finding
+    proposes training half the photos at a quarter of the input size; a stack without a list (augment=none)
+    gets no such fix rather than an empty one."""
+    import hydra
+    from PIL import Image
+
+    root = tmp_path / "noodles"
+    for c, cls in enumerate(CLASSES):
+        size = (96, 80) if c == 1 else (40, 32)
+        for split, n in (("train", 6), ("test", 2)):
+            for i in range(n):
+                write_image(
+                    root / split / cls / f"{i:03d}.png", size, seed=100 * c + i + 50 * (split == "test")
+                )
+    report = check_dataset(root, image_size=32)
+    assert "size_by_class" in report.kinds()
+    run = read_run(hydra_run(tmp_path / "run", [*TINY, f"data.root={root}"], cwd=tmp_path))
+    (fix,) = [f for f in propose(run, report) if f.name == "resolution"]
+    assert (
+        fix.why.startswith("the data doctor: train: classes differ in typical resolution")
+        and fix.evidence["low"] == 8
+    )
+    write_fixes(tmp_path, [fix])
+    stack = hydra.utils.instantiate(compose_fix(run, tmp_path, "resolution").data.augment.train)
+    assert any(type(t).__name__ == "RandomApply" for t in stack.transforms)
+    assert tuple(stack(Image.new("RGB", (96, 80), (10, 200, 30))).shape) == (3, 32, 32)
+    plain = read_run(
+        hydra_run(tmp_path / "plain", [*TINY, f"data.root={root}", "augment=none"], cwd=tmp_path)
+    )
+    assert "resolution" not in {f.name for f in propose(plain, report)}

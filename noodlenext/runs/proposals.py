@@ -289,9 +289,9 @@ def _doctor_fixes(run: RunRecord, report: CheckReport | None, images: Sequence[s
             break
     for finding in report.findings:
         if finding.kind == "size_by_class" and finding.message.startswith("train"):
-            fixes.append(
-                _resolution_fix(run, "the data doctor: " + finding.message.split(";")[0], finding.details)
-            )
+            fix = _resolution_fix(run, "the data doctor: " + finding.message.split(";")[0], finding.details)
+            if fix.config:  # a stack it can add a step to (not augment=none nor timm's create_transform)
+                fixes.append(fix)
             break
     return fixes
 
