@@ -90,11 +90,11 @@ def plant_flips(root: Path, moves: dict[str, str]) -> set[str]:
     return planted
 
 
-def cross_validate(root: Path, sweep: Path, folds: int = 3) -> None:
+def cross_validate(root: Path, sweep: Path, folds: int = 3, split_seed: int = 42) -> None:
     """A real k-fold training: per fold, a softmax regression on each image's mean colour (numpy gradient
     descent), trained on the other folds, writes the held-out fold's probabilities as a crossval job does."""
     for fold in range(folds):
-        dm = datamodule(root, folds=folds, fold=fold, val_fraction=0.0)
+        dm = datamodule(root, folds=folds, fold=fold, val_fraction=0.0, split_seed=split_seed)
 
         def features(dataset: object) -> np.ndarray:
             x = np.stack([dataset[i][0].mean(dim=(1, 2)).numpy() for i in range(len(dataset))])
@@ -232,3 +232,31 @@ def test_crossval_multirun_writes_out_of_fold_predictions_and_label_issues(tmp_p
         assert (sweep / job / OOF_CSV).is_file() and (sweep / job / "metrics.json").is_file()
     assert (sweep / ISSUES_CSV).is_file() and (sweep / CLEAN_LIST).is_file()  # the Hydra callback ran
     assert "| fold |" in (sweep / "comparison.md").read_text()
+
+
+def test_repeated_cross_validations_are_averaged(flipped, tmp_path: Path, capsys) -> None:
+    """A second cross-validation of the same data with other folds: each image's out-of-fold
+    probabilities are the mean of the two (an ensemble of models that never trained on it), and the
+    command writes the list from both; a repeat of other data is refused."""
+    from noodlenext.data.confident_learning import average_out_of_fold
+
+    root, sweep, planted = flipped
+    again = tmp_path / "again"
+    cross_validate(root, again, split_seed=7)
+    a, b = read_out_of_fold(sweep), read_out_of_fold(again)
+    assert sorted(a.files) == sorted(b.files) and not np.array_equal(
+        a.folds_of, b.folds_of[[b.files.index(f) for f in a.files]]
+    )
+    mean = average_out_of_fold([a, b])
+    at = {f: i for i, f in enumerate(b.files)}
+    assert np.allclose(mean.probs, (a.probs + b.probs[[at[f] for f in a.files]]) / 2)
+    assert label_issues_main([str(sweep), str(again)]) == 0
+    head = (sweep / ISSUES_LIST).read_text().splitlines()[0]
+    assert "averaged over 2 cross-validations" in head
+    flagged = {r["file"] for r in csv.DictReader((sweep / ISSUES_CSV).open())}
+    assert planted <= flagged
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    cross_validate(other, tmp_path / "other_cv")
+    with pytest.raises(ValueError, match="only repeats of one cross-validation's data can be averaged"):
+        average_out_of_fold([a, read_out_of_fold(tmp_path / "other_cv")], ["first", "other"])

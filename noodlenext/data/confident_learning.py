@@ -187,6 +187,47 @@ def read_out_of_fold(sweep_dir: str | Path) -> OutOfFold:
     )
 
 
+def average_out_of_fold(oofs: Sequence[OutOfFold], names: Sequence[str] = ()) -> OutOfFold:
+    """Repeated cross-validations of the same images (other `data.split_seed` / `seed`) as one: each
+    image's out-of-fold probabilities averaged over the repeats (an ensemble of models that none of which
+    trained on it), on the images every repeat predicted. Refused when the repeats are of different data
+    (root, classes or an image's label). names: how to call each repeat in an error (its folder)."""
+    if not oofs:
+        raise ValueError("no cross-validation to average")
+    first, names = oofs[0], list(names) or [f"repeat {i}" for i in range(len(oofs))]
+    for name, other in zip(names[1:], oofs[1:], strict=False):
+        for key in ("root", "classes"):
+            if getattr(other, key) != getattr(first, key):
+                raise ValueError(
+                    f"{name}: {key}={getattr(other, key)!r}, but {names[0]} has {getattr(first, key)!r}; "
+                    "only repeats of one cross-validation's data can be averaged"
+                )
+    common = set(first.files).intersection(*(o.files for o in oofs[1:]))
+    keep = [i for i, f in enumerate(first.files) if f in common]
+    probs = np.zeros((len(keep), len(first.classes)))
+    for name, o in zip(names, oofs, strict=True):
+        at = {f: i for i, f in enumerate(o.files)}
+        rows = [at[first.files[i]] for i in keep]
+        if (o.labels[rows] != first.labels[keep]).any():
+            raise ValueError(
+                f"{name} labels some images differently from {names[0]}: not one dataset's repeats"
+            )
+        probs += o.probs[rows]
+    if len(keep) < len(first.files):
+        log.warning("%d image(s) are not predicted by every repeat: left out", len(first.files) - len(keep))
+    return OutOfFold(
+        root=first.root,
+        classes=first.classes,
+        files=[first.files[i] for i in keep],
+        labels=first.labels[keep],
+        folds_of=first.folds_of[keep],
+        probs=probs / len(oofs),
+        folds=first.folds,
+        missing_folds=first.missing_folds,
+        file_list=first.file_list,
+    )
+
+
 @dataclass
 class LabelIssue:
     """A train/ image whose given label the out-of-fold prediction contradicts."""
@@ -259,16 +300,24 @@ def dataset_images(root: Path, file_list: Path | None = None) -> list[str]:
 
 
 def write_label_issues(
-    sweep_dir: str | Path, filter_by: str = "prune_by_noise_rate", out_dir: str | Path | None = None
+    sweep_dir: str | Path,
+    filter_by: str = "prune_by_noise_rate",
+    out_dir: str | Path | None = None,
+    repeats: Sequence[str | Path] = (),
 ) -> LabelIssuesResult:
     """Find the label issues of a crossval sweep and write label_issues.csv, label_issues.txt and
-    clean_files.txt (in out_dir, default the sweep directory)."""
+    clean_files.txt (in out_dir, default the sweep directory). repeats: more crossval sweeps of the same
+    data (another split seed): the out-of-fold probabilities are averaged over all of them first."""
     out = Path(out_dir or sweep_dir).expanduser().resolve()
     option = "--out-dir" if out_dir else "sweep_dir"
     heads = {ISSUES_CSV: ISSUES_CSV_HEAD, ISSUES_LIST: ISSUES_LIST_HEAD, CLEAN_LIST: FILE_LIST_HEAD}
     for name, head in heads.items():
         guard_file(out / name, option, head)  # all three checked before one is written
     oof = read_out_of_fold(sweep_dir)
+    if repeats:
+        oof = average_out_of_fold(
+            [oof, *(read_out_of_fold(r) for r in repeats)], [str(sweep_dir), *map(str, repeats)]
+        )
     issues = find_label_issues(oof, filter_by)
     rows = [["rank", "file", "given_label", "likely_label", "score", "prob_likely", "fold"]]
     rows += [
@@ -276,7 +325,8 @@ def write_label_issues(
         for r, i in enumerate(issues, start=1)
     ]
     write_text_atomic(out / ISSUES_CSV, _csv_text(rows))
-    note = f"# of {len(oof.files)} train/ image(s) of {oof.root} (out-of-fold, cleanlab {filter_by})"
+    how = f"averaged over {1 + len(repeats)} cross-validations, " if repeats else ""
+    note = f"# of {len(oof.files)} train/ image(s) of {oof.root} (out-of-fold, {how}cleanlab {filter_by})"
     if oof.missing_folds:
         note += f"; folds {oof.missing_folds} missing, their images unchecked"
     header = [

@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_dir", help="the sweep directory of experiment=crossval (multirun/crossval/<id>)"
     )
     parser.add_argument(
+        "repeats",
+        nargs="*",
+        help="more crossval sweeps of the same data (another data.split_seed): their out-of-fold "
+        "probabilities are averaged with the first's (an ensemble; the files are written to the first)",
+    )
+    parser.add_argument(
         "--filter-by",
         default="prune_by_noise_rate",
         choices=FILTERS,
@@ -42,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        result = write_label_issues(args.sweep_dir, filter_by=args.filter_by, out_dir=args.out_dir)
+        result = write_label_issues(
+            args.sweep_dir, filter_by=args.filter_by, out_dir=args.out_dir, repeats=args.repeats
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
