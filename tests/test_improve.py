@@ -612,3 +612,26 @@ def test_classes_that_differ_in_resolution_get_random_downscaling(tmp_path: Path
         hydra_run(tmp_path / "plain", [*TINY, f"data.root={root}", "augment=none"], cwd=tmp_path)
     )
     assert "resolution" not in {f.name for f in propose(plain, report)}
+
+
+def test_paths_with_commas_quotes_and_equals_reach_the_jobs_as_they_are(improvable, tmp_path: Path) -> None:
+    from dataclasses import replace as dc_replace
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from noodlenext.runs.improve import train_command
+    from noodlenext.runs.improve_report import reproduce_command
+
+    odd = tmp_path / "it's, a=b [1]"
+    run = dc_replace(read_run(improvable["run"]), root=odd / "noodles")
+    command = train_command(run, odd / "improve", ["baseline", "relabel"], [0, 1], [])
+    parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(command[4:])}
+    assert parsed["data.root"].value() == str(odd / "noodles")
+    assert parsed["hydra.sweep.dir"].value() == str(odd / "improve" / "jobs")
+    assert parsed["hydra.searchpath"].value() == [f"file://{odd / 'improve' / 'configs'}"]
+    assert list(parsed["fix"].sweep_string_iterator()) == ["baseline", "relabel"]
+    import shlex
+
+    shell = shlex.split(reproduce_command(run, odd / "improve", "relabel"))
+    parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(shell[3:])}
+    assert parsed["data.root"].value() == str(odd / "noodles")

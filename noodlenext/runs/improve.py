@@ -61,6 +61,7 @@ __all__ = [
     "fix_digest",
     "job_name",
     "launch",
+    "quoted",
     "train_command",
     "write_fixes",
 ]
@@ -70,6 +71,12 @@ log = logging.getLogger(__name__)
 FIX_GROUP = "fix"
 JOBS = "jobs"
 CONFIGS = "configs"
+
+
+def quoted(value: str | Path) -> str:
+    """A path as a Hydra override value: single-quoted, so commas, quotes, `=` and brackets in it stay
+    part of it."""
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def job_name(fix: str, seed: int) -> str:
@@ -145,14 +152,14 @@ def train_command(
         "noodlenext.train",
         "-m",
         *run.overrides,
-        f"data.root={run.root}",
+        f"data.root={quoted(run.root)}",
         f"data.split_seed={split_seed}",  # one split for every job: the seeds vary the training only
         *job_overrides,
         "resume=auto",
         f"+{FIX_GROUP}={','.join(fixes)}",
         f"seed={','.join(str(s) for s in seeds)}",
-        f"hydra.searchpath=[file://{(out / CONFIGS).resolve()}]",
-        f"hydra.sweep.dir={(out / JOBS).resolve()}",
+        f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]",
+        f"hydra.sweep.dir={quoted((out / JOBS).resolve())}",
         "hydra.sweep.subdir=${hydra:runtime.choices." + FIX_GROUP + "}_seed${seed}",
     ]
 

@@ -17,7 +17,7 @@ from noodlenext.core.config import config_dir
 from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD
-from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult
+from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, quoted
 from noodlenext.runs.proposals import Looked, RunRecord
 
 __all__ = [
@@ -89,8 +89,8 @@ def reproduce_command(run: RunRecord, out: Path, fix: str, seed: int | None = No
     parts = [
         "python -m noodlenext.train",
         *run.overrides,
-        f"data.root={run.root}",
-        f"hydra.searchpath=[file://{(out / CONFIGS).resolve()}]",
+        f"data.root={quoted(run.root)}",
+        f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]",
         f"+{FIX_GROUP}={fix}",
     ]
     if seed is not None:
@@ -265,12 +265,14 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
             defaults.append({f"override /{bare}": value})
         else:
             values.append(f"{bare}={value}")
-    values.append(f"data.root={run.root}")  # absolute: the run's may be relative to where it started
     fix_yaml = out / CONFIGS / FIX_GROUP / f"{winner.fix.name}.yaml"
     config = OmegaConf.merge(OmegaConf.from_dotlist(values), OmegaConf.load(fix_yaml))
+    OmegaConf.update(
+        config, "data.root", str(run.root), force_add=True
+    )  # absolute: the run's may be relative
     body = {"defaults": [*defaults, "_self_"], **OmegaConf.to_container(config)}
     path = out / CONFIGS / "experiment" / f"{APPLIED}.yaml"
-    search = f"hydra.searchpath=[file://{(out / CONFIGS).resolve()}]"
+    search = f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]"
     head = (
         "# @package _global_\n"
         f"# noodlenext.improve of {run.dir}: {winner.fix.what} ({verdict_text(winner)})\n"
