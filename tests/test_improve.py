@@ -635,3 +635,39 @@ def test_paths_with_commas_quotes_and_equals_reach_the_jobs_as_they_are(improvab
     shell = shlex.split(reproduce_command(run, odd / "improve", "relabel"))
     parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(shell[3:])}
     assert parsed["data.root"].value() == str(odd / "noodles")
+
+
+@pytest.mark.slow
+def test_a_planted_leak_is_removed_and_the_lower_score_called_honest(tmp_path: Path) -> None:
+    """Issue 24 (b) on the synthetic noodles, real trainings: every test photo also in train/ (the run
+    needs data.allow_leakage=true). improve finds the copies with the data doctor, retrains without them
+    on 2 seeds, and the score drops: the verdict says the lower number is the honest one, and why."""
+    from noodlenext.data.synthetic import render_dataset
+
+    clean = render_dataset(tmp_path / "render", images_per_class=40, image_size=48)
+    root = tmp_path / "noodles"
+    for split in ("train", "test"):
+        for folder in sorted((clean / split).iterdir()):
+            shutil.copytree(folder, root / split / folder.name)
+    for photo in sorted((root / "test").rglob("*.jpg")):
+        shutil.copyfile(photo, root / "train" / photo.parent.name / f"copy_{photo.name}")
+    overrides = [
+        *TINY, f"data.root={root}", "data.allow_leakage=true", "trainer.max_epochs=6", "data.batch_size=16",
+        "callbacks.mistakes=null",
+    ]  # fmt: skip
+    run_module("noodlenext.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = tmp_path / "improve"
+    args = [
+        f"run={tmp_path / 'run'}",
+        "improve.seeds=2",
+        "improve.only=[remove_copies]",
+        f"hydra.run.dir={out}",
+    ]
+    run_module("noodlenext.improve", *args, cwd=tmp_path)
+    report = json.loads((out / "improve.json").read_text())
+    (fix,) = [f for f in report["fixes"] if f["fix"]["name"] == "remove_copies"]
+    tests = sorted(p.relative_to(root).as_posix() for p in (root / "test").rglob("*.jpg"))
+    assert fix["fix"]["evidence"]["leaked_test"] == tests and fix["verdict"] == "honest"
+    assert fix["diff_points"] < 0 and fix["leaked"]["baseline_on_copies"] > fix["leaked"]["fix_on_copies"]
+    text = report["verdicts"]["remove_copies"]
+    assert text.startswith("the honest number") and f"copies of {len(tests)} test photos" in text

@@ -70,11 +70,19 @@ def verdict_text(r: FixResult) -> str:
         leak = r.leaked
         why = ""
         if leak.get("test_photos"):
+            others = (
+                f" against {_pct(leak['baseline_on_rest'])} of the others"
+                if leak.get("baseline_on_rest") is not None
+                else ""
+            )
+            after = (
+                f"{_pct(leak['fix_on_copies'])} and {_pct(leak['fix_on_rest'])}"
+                if leak.get("fix_on_rest") is not None
+                else _pct(leak["fix_on_copies"])
+            )
             why = (
                 f": it had trained on copies of {leak['test_photos']} test photos and got "
-                f"{_pct(leak['baseline_on_copies'])} of them right against {_pct(leak['baseline_on_rest'])} "
-                f"of the others (without the copies: {_pct(leak['fix_on_copies'])} and "
-                f"{_pct(leak['fix_on_rest'])})"
+                f"{_pct(leak['baseline_on_copies'])} of them right{others} (without the copies: {after})"
             )
         size = "" if r.p is not None and r.p < ALPHA else " (a drop this small could be noise)"
         return (
