@@ -641,7 +641,9 @@ def test_paths_with_commas_quotes_and_equals_reach_the_jobs_as_they_are(improvab
 def test_a_planted_leak_is_removed_and_the_lower_score_called_honest(tmp_path: Path) -> None:
     """Issue 24 (b) on the synthetic noodles, real trainings: every test photo also in train/ (the run
     needs data.allow_leakage=true). improve finds the copies with the data doctor, retrains without them
-    on 2 seeds, and the score drops: the verdict says the lower number is the honest one, and why."""
+    on 2 seeds, and the score drops: the verdict says the lower number is the honest one, and why. And (c)
+    in its plainest form: a fix that sets what the recipe already has trains the same models, "no evidence
+    it helps"."""
     from noodlenext.data.synthetic import render_dataset
 
     clean = render_dataset(tmp_path / "render", images_per_class=40, image_size=48)
@@ -657,13 +659,9 @@ def test_a_planted_leak_is_removed_and_the_lower_score_called_honest(tmp_path: P
     ]  # fmt: skip
     run_module("noodlenext.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     out = tmp_path / "improve"
-    args = [
-        f"run={tmp_path / 'run'}",
-        "improve.seeds=2",
-        "improve.only=[remove_copies]",
-        f"hydra.run.dir={out}",
-    ]
-    run_module("noodlenext.improve", *args, cwd=tmp_path)
+    same = 'improve.extra={same:["data.augment.train.transforms.2.p=0.5"]}'  # the flip it already has
+    args = [f"run={tmp_path / 'run'}", "improve.seeds=2", same, "improve.only=[remove_copies,same]"]
+    run_module("noodlenext.improve", *args, f"hydra.run.dir={out}", cwd=tmp_path)
     report = json.loads((out / "improve.json").read_text())
     (fix,) = [f for f in report["fixes"] if f["fix"]["name"] == "remove_copies"]
     tests = sorted(p.relative_to(root).as_posix() for p in (root / "test").rglob("*.jpg"))
@@ -671,3 +669,5 @@ def test_a_planted_leak_is_removed_and_the_lower_score_called_honest(tmp_path: P
     assert fix["diff_points"] < 0 and fix["leaked"]["baseline_on_copies"] > fix["leaked"]["fix_on_copies"]
     text = report["verdicts"]["remove_copies"]
     assert text.startswith("the honest number") and f"copies of {len(tests)} test photos" in text
+    (nothing,) = [f for f in report["fixes"] if f["fix"]["name"] == "same"]  # (c): a fix that changes nothing
+    assert nothing["verdict"] == "no_evidence" and nothing["diff_points"] == 0 and nothing["p"] == 1
