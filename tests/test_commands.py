@@ -67,3 +67,5 @@ def test_the_improve_command_names_a_run_it_cannot_read(
     assert status != 0 and f"run={tmp_path / 'nope'} is not a folder" in out
     status, out = python_m("noodlenext.improve", monkeypatch=monkeypatch)
     assert status != 0 and "run" in out and "Missing mandatory value" in out
+    status, out = python_m("noodlenext.improve", "run=x", "improve.apply=bset", monkeypatch=monkeypatch)
+    assert status != 0 and "improve.apply='bset': use best or null" in out

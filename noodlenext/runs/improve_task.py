@@ -54,6 +54,8 @@ def _seeds(icfg: DictConfig, first: int) -> list[int]:
 def improve(cfg: DictConfig) -> dict[str, Any]:
     """What the command does (see the module docstring); returns improve.json's content."""
     icfg = cfg.improve
+    if icfg.get("apply") not in (None, "best"):  # before any training: a typo must not cost the retrains
+        raise ValueError(f"improve.apply={icfg.apply!r}: use best or null")
     out = Path(cfg.paths.output_dir)
     for name, head in (("improve.json", REPORT_HEAD), ("fixes.json", FIXES_HEAD)):
         guard_file(out / name, "hydra.run.dir", head)
@@ -100,8 +102,6 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
         write_tested(run, out, results)  # explanations of the run's model cite what was proven
         link_mistakes(run, out, results)
     winner = best(results)
-    if icfg.get("apply") not in (None, "best"):
-        raise ValueError(f"improve.apply={icfg.apply!r}: use best or null")
     if icfg.get("apply") == "best":
         if winner is None:
             log.warning("improve.apply=best: no fix helps at p < 0.05; nothing applied")
