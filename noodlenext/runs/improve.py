@@ -62,6 +62,7 @@ __all__ = [
     "job_name",
     "launch",
     "quoted",
+    "search_path",
     "train_command",
     "write_fixes",
 ]
@@ -77,6 +78,11 @@ def quoted(value: str | Path) -> str:
     """A path as a Hydra override value: single-quoted, so commas, quotes, `=` and brackets in it stay
     part of it."""
     return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def search_path(out: Path) -> str:
+    """The override that lets Hydra find an improve run's configs (`+fix=<name>`, `experiment=improved`)."""
+    return f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]"
 
 
 def job_name(fix: str, seed: int) -> str:
@@ -158,7 +164,7 @@ def train_command(
         "resume=auto",
         f"+{FIX_GROUP}={','.join(fixes)}",
         f"seed={','.join(str(s) for s in seeds)}",
-        f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]",
+        search_path(out),
         f"hydra.sweep.dir={quoted((out / JOBS).resolve())}",
         "hydra.sweep.subdir=${hydra:runtime.choices." + FIX_GROUP + "}_seed${seed}",
     ]

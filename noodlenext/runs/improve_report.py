@@ -3,10 +3,10 @@ config (`improve.apply=best`), and the same table in W&B."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ from noodlenext.callbacks.significance import ALPHA, format_p
 from noodlenext.core.config import config_dir
 from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.core.ownership import guard_file
-from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD
-from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, quoted
-from noodlenext.runs.proposals import Looked, RunRecord
+from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD, TestedFix, read_tested
+from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, quoted, search_path
+from noodlenext.runs.proposals import Looked, RunRecord, experiment_names
 
 __all__ = [
     "APPLIED",
@@ -98,7 +98,7 @@ def reproduce_command(run: RunRecord, out: Path, fix: str, seed: int | None = No
         "python -m noodlenext.train",
         *run.overrides,
         f"data.root={quoted(run.root)}",
-        f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]",
+        search_path(out),
         f"+{FIX_GROUP}={fix}",
     ]
     if seed is not None:
@@ -262,14 +262,14 @@ def _group_override(key: str) -> bool:
 def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
     """The run's recipe with the winning fix, as an experiment config in `<out>/configs/experiment/`:
     train with `hydra.searchpath=[file://<out>/configs] experiment=improved`."""
-    defaults: list[Any] = []
+    defaults: list[Any] = list(experiment_names(run.overrides))
     values: list[str] = []
     for o in run.overrides:
         key, _, value = o.partition("=")
         bare = key.lstrip("+~")
         if bare == "experiment":
-            defaults += [n.strip() for n in value.strip("[]").split(",") if n.strip()]
-        elif _group_override(bare):
+            continue  # already the first defaults, in their order
+        if _group_override(bare):
             defaults.append({f"override /{bare}": value})
         else:
             values.append(f"{bare}={value}")
@@ -280,11 +280,10 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
     )  # absolute: the run's may be relative
     body = {"defaults": [*defaults, "_self_"], **OmegaConf.to_container(config)}
     path = out / CONFIGS / "experiment" / f"{APPLIED}.yaml"
-    search = f"hydra.searchpath=[{quoted('file://' + str((out / CONFIGS).resolve()))}]"
     head = (
         "# @package _global_\n"
         f"# noodlenext.improve of {run.dir}: {winner.fix.what} ({verdict_text(winner)})\n"
-        f"# python -m noodlenext.train {search} experiment={APPLIED}\n"
+        f"# python -m noodlenext.train {search_path(out)} experiment={APPLIED}\n"
     )
     write_text_atomic(path, head + OmegaConf.to_yaml(OmegaConf.create(body)))
     return path
@@ -331,23 +330,23 @@ def log_wandb(run: RunRecord, out: Path, results: Sequence[FixResult]) -> bool:
     return True
 
 
-def tested_records(out: Path, results: Sequence[FixResult]) -> list[dict[str, Any]]:
-    """The results as `explain.tested.TestedFix` records (what explanations of the run's model read)."""
+def tested_records(out: Path, results: Sequence[FixResult]) -> list[TestedFix]:
+    """The results as what explanations of the run's model read (`explain.tested.TestedFix`)."""
     return [
-        {
-            "name": r.fix.name,
-            "kind": r.fix.kind,
-            "what": r.fix.what,
-            "verdict": r.verdict,
-            "seeds": len(r.seeds),
-            "baseline_accuracy": r.baseline_accuracy,
-            "accuracy": r.accuracy,
-            "diff_points": r.diff_points,
-            "ci_points": list(r.ci_points) if r.ci_points else None,
-            "p": r.p,
-            "recall": {c: list(v) for c, v in r.recall.items()},
-            "improve_dir": str(out.resolve()),
-        }
+        TestedFix(
+            name=r.fix.name,
+            kind=r.fix.kind,
+            what=r.fix.what,
+            verdict=r.verdict,
+            seeds=len(r.seeds),
+            baseline_accuracy=r.baseline_accuracy,
+            accuracy=r.accuracy,
+            diff_points=r.diff_points,
+            ci_points=r.ci_points,
+            p=r.p,
+            recall=dict(r.recall),
+            improve_dir=str(out.resolve()),
+        )
         for r in results
         if r.verdict not in ("baseline", "not_run")
     ]
@@ -355,22 +354,14 @@ def tested_records(out: Path, results: Sequence[FixResult]) -> list[dict[str, An
 
 def write_tested(run: RunRecord, out: Path, results: Sequence[FixResult]) -> Path | None:
     """`tested_fixes.json` in a train run's folder: this improve run's results first, an earlier improve
-    run's after them (one entry per improve folder). A crossval sweep has no model to explain: None."""
+    run's after them (one entry per improve folder; an unreadable file is replaced, as read_tested logs).
+    A crossval sweep has no model to explain: None."""
     if run.kind != "train":
         return None
     path = guard_file(run.dir / TESTED_FILE, "run", TESTED_HEAD)
     mine = tested_records(out, results)
-    earlier = []
-    if path.is_file():
-        try:
-            earlier = [
-                t
-                for t in json.loads(path.read_text())["tested"]
-                if t.get("improve_dir") != str(out.resolve())
-            ]
-        except (OSError, ValueError, KeyError, TypeError):
-            log.warning("%s could not be read; it is replaced by this improve run's results", path)
-    write_json_atomic(path, {"tested": mine + earlier})
+    earlier = [t for t in read_tested(run.dir) if t.improve_dir != str(out.resolve())]
+    write_json_atomic(path, {"tested": [asdict(t) for t in mine + earlier]})
     return path
 
 

@@ -38,7 +38,17 @@ from noodlenext.data.fixes import offending
 from noodlenext.data.rules import CheckReport
 from noodlenext.explain.templates import SPECIFIC_MARGIN
 
-__all__ = ["Fix", "Looked", "RunRecord", "SuspectLabel", "choose_k", "looked_at", "propose", "read_run"]
+__all__ = [
+    "Fix",
+    "Looked",
+    "RunRecord",
+    "SuspectLabel",
+    "choose_k",
+    "experiment_names",
+    "looked_at",
+    "propose",
+    "read_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +122,21 @@ def _load_config(job_dir: Path) -> DictConfig:
     return cfg
 
 
+def _listed(value: str) -> list[str]:
+    """The names of a group override's value: `quickstart` or `[quickstart,crossval]`."""
+    return [n.strip() for n in value.strip("[]").split(",") if n.strip()]
+
+
+def experiment_names(overrides: Sequence[str]) -> list[str]:
+    """The experiments a run's overrides choose (`experiment=` or `+experiment=`), in order."""
+    return [
+        n
+        for o in overrides
+        if o.partition("=")[0].lstrip("+~") == "experiment"
+        for n in _listed(o.partition("=")[2])
+    ]
+
+
 def _train_overrides(overrides: Sequence[str]) -> list[str]:
     """A run's command-line overrides for one more training: the crossval experiment, its fold settings
     and what only concerns where that run went or how it resumed taken out."""
@@ -122,7 +147,7 @@ def _train_overrides(overrides: Sequence[str]) -> list[str]:
         if bare in ("data.fold", "data.folds", "seed", "resume", "ckpt_path") or bare.startswith("hydra."):
             continue
         if bare == "experiment":
-            names = [n.strip() for n in value.strip("[]").split(",") if n.strip() and n.strip() != "crossval"]
+            names = [n for n in _listed(value) if n != "crossval"]
             if not names:
                 continue
             o = f"{key}={names[0]}" if len(names) == 1 else f"{key}=[{','.join(names)}]"
@@ -290,7 +315,7 @@ def _doctor_fixes(run: RunRecord, report: CheckReport | None, images: Sequence[s
     for finding in report.findings:
         if finding.kind == "size_by_class" and finding.message.startswith("train"):
             fix = _resolution_fix(run, "the data doctor: " + finding.message.split(";")[0], finding.details)
-            if fix.config:  # a stack it can add a step to (not augment=none nor timm's create_transform)
+            if fix is not None:
                 fixes.append(fix)
             break
     return fixes
@@ -358,9 +383,12 @@ def _erase_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix | None
     )
 
 
-def _resolution_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix:
+def _resolution_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix | None:
+    tf = _transforms(run)
+    at = _index(tf, "ToTensor") if tf else None
+    if at is None:  # no stack to add a step to (augment=none, timm's create_transform)
+        return None
     size = int(OmegaConf.select(run.config, "data.image_size", default=64) or 64)
-    tf = _transforms(run) or []
     low = max(8, size // 4)
     step = {
         "_target_": "torchvision.transforms.RandomApply",
@@ -370,19 +398,14 @@ def _resolution_fix(run: RunRecord, why: str, evidence: dict[str, Any]) -> Fix:
             {"_target_": "torchvision.transforms.Resize", "size": size},
         ],
     }
-    at = _index(tf, "ToTensor")
-    if tf and at is not None:
-        tf.insert(at, step)
-        config = _with_transforms(tf)
-    else:
-        config = {}
+    tf.insert(at, step)
     return Fix(
         "resolution",
         "resolution",
         f"train half the photos at {low} px, scaled back up (resolution stops telling the classes apart)",
         why,
         {**evidence, "low": low},
-        config,
+        _with_transforms(tf),
     )
 
 
@@ -429,7 +452,7 @@ def _evidence_fixes(run: RunRecord) -> list[Fix]:
                 fix = _erase_fix(run, why, {**basis, "regions": regions})
             else:
                 continue
-            if fix is not None and fix.config and fix.name not in found:
+            if fix is not None and fix.name not in found:
                 found[fix.name] = fix
     return list(found.values())
 
@@ -517,8 +540,7 @@ def looked_at(run: RunRecord, report: CheckReport | None, fixes: Sequence[Fix]) 
     by_kind: dict[str, list[str]] = {}
     for f in fixes:
         by_kind.setdefault(f.kind, []).append(f.name)
-    experiment = next((o.partition("=")[2] for o in run.overrides if o.startswith("experiment=")), "")
-    crossval = f"[{experiment.strip('[]')},crossval]" if experiment else "crossval"
+    crossval = f"[{','.join([*experiment_names(run.overrides), 'crossval'])}]"
     labels = tuple(by_kind.get("drop_labels", []) + by_kind.get("relabel", []))
     if run.suspects is None:
         label_note = (
