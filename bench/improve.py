@@ -99,7 +99,13 @@ def label_precision(crossval: Path, flips: list[str]) -> dict[str, float]:
 
 
 def case(
-    name: str, clean: Path, work: Path, seeds: int, epochs: int | None = None, flip_share: float = 0.10
+    name: str,
+    clean: Path,
+    work: Path,
+    seeds: int,
+    epochs: int | None = None,
+    flip_share: float = 0.10,
+    recipe: tuple[str, ...] = (),
 ) -> dict:
     data = user_copy(clean, work / "data")
     planted: list[str] = []
@@ -119,6 +125,7 @@ def case(
         ]
     if epochs is not None:
         train_extra.append(f"trainer.max_epochs={epochs}")
+    train_extra += recipe
     base = ["experiment=quickstart", f"data.root={data}", f"seed={SEED}", *QUIET, *train_extra]
     times["train"] = run("noodlenext.train", *base, f"hydra.run.dir={work / 'run'}")
     result: dict = {"case": name, "planted": len(planted)}
@@ -170,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, default=None, help="trainer.max_epochs (default: the quickstart's)"
     )
+    parser.add_argument(
+        "--recipe",
+        default="",
+        help="overrides added to the run's recipe, space-separated, e.g. 'augment=none data.batch_size=16'",
+    )
     parser.add_argument("--work", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -178,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.cases.split(","):
         start = time.perf_counter()
-        r = case(name, clean, work / name, args.seeds, args.epochs, args.flip_share)
+        r = case(
+            name, clean, work / name, args.seeds, args.epochs, args.flip_share, tuple(args.recipe.split())
+        )
         r["wall_s"] = round(time.perf_counter() - start, 1)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)

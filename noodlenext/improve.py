@@ -22,6 +22,8 @@ def main(cfg: DictConfig) -> None:
     Console().print(table)
     if data.get("best"):
         print(f"best: {data['best']}\n  {data['reproduce']}")
+    elif data.get("detectable"):
+        print(data["detectable"])
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from noodlenext.data.confident_learning import dataset_images, write_label_issue
 from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.data.rules import check_dataset
 from noodlenext.runs.improve import CONFIGS, FixResult, compare, finished, write_fixes
-from noodlenext.runs.improve_report import APPLIED, markdown, verdict_text, write_applied
+from noodlenext.runs.improve_report import APPLIED, detectable_text, markdown, verdict_text, write_applied
 from noodlenext.runs.proposals import Fix, SuspectLabel, choose_k, propose, read_run
 
 TINY = [
@@ -471,6 +471,36 @@ def test_seed_noise_keeps_a_lucky_fix_from_helping(tmp_path: Path) -> None:
         fixes,
     )["lucky"]
     assert steady.verdict == "helps" and steady.seed_sd_points == 0 and steady.df == 59  # the photos' df
+    # What these seeds can tell apart: more than the lucky gain with the noisy baselines, less with twice
+    # the seeds, and the seeds make no difference where the seed's noise is nil.
+    ((n, now), (more, then)) = noisy.detectable_points
+    assert (n, more) == (2, 4) and now > noisy.diff_points and then < now
+    (_, steady_now), (_, steady_then) = steady.detectable_points
+    assert steady_now == pytest.approx(steady_then) and steady_now < now
+    text = detectable_text([noisy])
+    assert f"has to gain about {now:.1f} points" in text and f"improve.seeds=4, about {then:.1f}" in text
+    assert detectable_text([FixResult(fixes[1])]) is None  # one seed a side: nothing measured
+
+
+def test_the_detectable_gain_is_found_in_80_percent_of_repeats() -> None:
+    """significance.detectable_difference: a true gain of that size, measured with both kinds of noise,
+    comes out significant in seed_aware_test in about 80% of repeats (its power); half that gain far
+    less often; more seeds lower it."""
+    import numpy as np
+
+    from noodlenext.callbacks.significance import BootstrapDiff, detectable_difference, seed_aware_test
+
+    test_se, seed_var, n, images = 0.02, (0.0004, 4), 2, 180
+    mde = detectable_difference(test_se, n, seed_var, images)
+    se = seed_aware_test(BootstrapDiff(0.01, 0, 0, 1, 1, test_se), n, seed_var, images).se
+
+    def found(gain: float) -> float:
+        draws = np.random.default_rng(0).normal(gain, se, 4000)
+        tests = (seed_aware_test(BootstrapDiff(d, 0, 0, 1, 1, test_se), n, seed_var, images) for d in draws)
+        return float(np.mean([t.p < 0.05 and t.diff > 0 for t in tests]))
+
+    assert 0.75 < found(mde) < 0.85 and found(mde / 2) < 0.4
+    assert detectable_difference(test_se, 2 * n, seed_var, images) < mde
 
 
 def test_results_reach_the_runs_folder_beside_its_suggestions(improvable, tmp_path: Path) -> None:

@@ -300,23 +300,49 @@ class SeedAwareDiff:
     seed_sd: float
 
 
+def _seed_aware_se(
+    test_se: float, n: int, seed_variance: tuple[float, int], images: int
+) -> tuple[float, int]:
+    """The standard error of a difference of two n-seed means (the test set's part and the seed's) and
+    its Welch-Satterthwaite degrees of freedom (the test set's with images - 1, the seed's with the pooled
+    df): the seed's few df weigh only as much as its share of the variance."""
+    var, seed_df = seed_variance
+    v_test, v_seed = test_se**2, 2 * var / n
+    parts = [(v, d) for v, d in ((v_test, max(1, images - 1)), (v_seed, seed_df)) if v > 0]
+    df = round((v_test + v_seed) ** 2 / sum(v**2 / d for v, d in parts)) if parts else seed_df
+    return math.sqrt(v_test + v_seed), max(1, df)
+
+
 def seed_aware_test(
     boot: BootstrapDiff, n: int, seed_variance: tuple[float, int], images: int
 ) -> SeedAwareDiff:
-    """The t-test's degrees of freedom are Welch-Satterthwaite's for the two variance terms (the test
-    set's with images - 1, the seed's with the pooled df): the seed's few df weigh only as much as its
-    share of the variance."""
+    """A t-test of the bootstrap's difference with both kinds of noise in its standard error
+    (`_seed_aware_se`)."""
     from scipy.stats import t as student_t
 
-    var, seed_df = seed_variance
-    v_test, v_seed = boot.se**2, 2 * var / n
-    se = math.sqrt(v_test + v_seed)
-    parts = [(v, d) for v, d in ((v_test, max(1, images - 1)), (v_seed, seed_df)) if v > 0]
-    df = round((v_test + v_seed) ** 2 / sum(v**2 / d for v, d in parts)) if parts else seed_df
-    df = max(1, df)
+    var = seed_variance[0]
+    se, df = _seed_aware_se(boot.se, n, seed_variance, images)
     if se == 0:
         p = 1.0 if boot.diff == 0 else 0.0
         return SeedAwareDiff(boot.diff, 0.0, boot.diff, boot.diff, p, df, 0.0)
     p = float(2 * student_t.sf(abs(boot.diff) / se, df))
     half = float(student_t.ppf(0.975, df)) * se
     return SeedAwareDiff(boot.diff, se, boot.diff - half, boot.diff + half, p, df, math.sqrt(var))
+
+
+def detectable_difference(
+    test_se: float,
+    n: int,
+    seed_variance: tuple[float, int],
+    images: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
+    """The smallest true difference `seed_aware_test` would call significant at `alpha` in `power` of
+    repeats, with n seeds a side: (t(1 - alpha/2) + t(power)) x its standard error, on its degrees of
+    freedom. The test set's part (`test_se`, as the bootstrap measured it) is kept as it is for any n:
+    more seeds do not shrink it here, so the figure for more seeds errs on the large side."""
+    from scipy.stats import t as student_t
+
+    se, df = _seed_aware_se(test_se, n, seed_variance, images)
+    return float(student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * se

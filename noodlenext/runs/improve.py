@@ -44,6 +44,7 @@ from noodlenext.callbacks.significance import (
     BootstrapDiff,
     JobPredictions,
     compare_configs,
+    detectable_difference,
     paired_bootstrap,
     pooled_seed_variance,
     read_predictions,
@@ -217,6 +218,9 @@ class FixResult:
     p: float | None = None  # the verdict's p
     seed_sd_points: float | None = None  # the pooled seed-to-seed standard deviation of test accuracy
     df: int | None = None  # the test's degrees of freedom (None: one seed each, the bootstrap alone)
+    # (seeds a side, points): the smallest gain the test would call a help 80% of the time, at these
+    # seeds and at twice as many (significance.detectable_difference)
+    detectable_points: list[tuple[int, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "fix"}
@@ -250,6 +254,11 @@ def _decide(r: FixResult, boot: BootstrapDiff, seed_variance: tuple[float, int] 
         test = seed_aware_test(boot, len(r.seeds), seed_variance, images)
         r.p, r.df, r.seed_sd_points = test.p, test.df, 100 * test.seed_sd
         r.ci_points = (100 * test.low, 100 * test.high)
+        n = len(r.seeds)
+        r.detectable_points = [
+            (k, 100 * detectable_difference(boot.se, k, seed_variance, images, alpha=ALPHA))
+            for k in (n, 2 * n)
+        ]
     if r.fix.kind == "remove_copies" and r.fix.evidence.get("leaked_test") and (r.diff_points or 0) <= 0:
         r.verdict = "honest"
     elif r.p < ALPHA and boot.diff > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from noodlenext.runs.proposals import Looked, RunRecord, experiment_names
 __all__ = [
     "APPLIED",
     "best",
+    "detectable_text",
     "link_mistakes",
     "log_wandb",
     "reproduce_command",
@@ -43,6 +45,20 @@ def best(results: Sequence[FixResult]) -> FixResult | None:
     """The fix that helps most (verdict "helps"), or None."""
     helping = [r for r in results if r.verdict == "helps" and r.diff_points is not None]
     return max(helping, key=lambda r: r.diff_points) if helping else None
+
+
+def detectable_text(results: Sequence[FixResult]) -> str | None:
+    """What these seeds can tell apart: the smallest gain the test calls a help in 80% of repeats (the
+    median over the fixes), at these seeds and at twice as many; None with one seed a side."""
+    rows = [r.detectable_points for r in results if len(r.detectable_points) == 2]
+    if not rows:
+        return None
+    (n, now), (more, then) = ((rows[0][i][0], statistics.median(row[i][1] for row in rows)) for i in (0, 1))
+    return (
+        f"With {n} seed{'s' * (n != 1)} a side and this run's noise, a fix has to gain about {now:.1f} "
+        f"points to be called a help (in 80% of repeats); with improve.seeds={more}, about {then:.1f}. "
+        "A fix that gains less may still help; these seeds cannot show it."
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -201,6 +217,8 @@ def markdown(
     lines += ["", "## The winner", ""]
     if winner is None:
         lines.append("No fix is better than the baseline at p < 0.05: keep the recipe as it is.")
+        if detectable := detectable_text(results):
+            lines += ["", detectable]
     else:
         lines += [
             f"**{winner.fix.name}** ({winner.fix.what}): {verdict_text(winner)}.",
@@ -249,6 +267,7 @@ def write_report(
         "verdicts": {r.fix.name: verdict_text(r) for r in results},
         "best": winner.fix.name if winner else None,
         "reproduce": reproduce_command(run, out, winner.fix.name) if winner else None,
+        "detectable": detectable_text(results),
     }
     write_json_atomic(out / "improve.json", data)
     write_text_atomic(out / "improve.md", markdown(run, out, results, seeds, looked))
