@@ -24,7 +24,15 @@ from noodlenext.core.config import config_dir
 from noodlenext.data.confident_learning import dataset_images, write_label_issues
 from noodlenext.data.datamodule import NoodleDataModule
 from noodlenext.data.rules import check_dataset
-from noodlenext.runs.improve import CONFIGS, FixResult, compare, finished, write_fixes
+from noodlenext.runs.improve import (
+    CONFIGS,
+    FixResult,
+    compare,
+    finished,
+    split_overrides,
+    train_command,
+    write_fixes,
+)
 from noodlenext.runs.improve_report import APPLIED, detectable_text, markdown, verdict_text, write_applied
 from noodlenext.runs.proposals import Fix, SuspectLabel, choose_k, propose, read_run
 
@@ -141,21 +149,16 @@ def read_rows_text(text: str) -> list[dict[str, str]]:
 
 
 def compose_fix(run, out: Path, fix: str):
-    """The run's overrides + the fix, composed by real Hydra as the improve multirun's jobs are."""
+    """One job of the improve multirun (`train_command`'s overrides, seed 0), composed by real Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    command = train_command(run, out, [fix], [0], [])
+    assert command[1:4] == ["-m", "noodlenext.train", "-m"]
+    overrides = [o for o in command[4:] if not o.startswith("hydra.sweep.")]
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose(
-            "train",
-            [
-                *run.overrides,
-                f"data.root={run.root}",
-                f"hydra.searchpath=[file://{out / CONFIGS}]",
-                f"+fix={fix}",
-            ],
-        )
+        cfg = compose("train", overrides)
     GlobalHydra.instance().clear()
     return cfg
 
@@ -180,7 +183,7 @@ def test_each_fix_reaches_the_data_module_through_hydra(improvable, tmp_path: Pa
     root = improvable["root"]
     run = read_run(improvable["run"], improvable["crossval"])
     fixes = propose(run, check_dataset(root, image_size=32))
-    write_fixes(tmp_path, fixes)
+    write_fixes(tmp_path, fixes, split_overrides(run)[1])
     base = labels_of(data_of(compose_fix(run, tmp_path, "baseline")), root)
     by_name = {f.name: f for f in fixes}
     top = by_name["drop_labels"].evidence["files"]
@@ -198,6 +201,27 @@ def test_each_fix_reaches_the_data_module_through_hydra(improvable, tmp_path: Pa
     tests = {f for f in base if f.startswith("test/")}
     for labels in (relabelled, dropped, no_copies):
         assert {f: labels[f] for f in tests} == {f: base[f] for f in tests}  # the test set as it was
+
+
+def test_a_fix_of_a_setting_the_run_set_on_its_command_line_is_what_its_jobs_train(
+    improvable, tmp_path: Path
+) -> None:
+    """The run set a learning rate and an item of its augmentation list on its command line. On the jobs'
+    command line those would beat any fix's config, and a fix of that rate would train the baseline
+    again: they reach the jobs inside each fix's config instead, the fix's value over the run's."""
+    overrides = [
+        *improvable["overrides"],
+        "model.optim.head_lr=2e-7",
+        "data.augment.train.transforms.2.p=0.3",
+    ]
+    run = read_run(hydra_run(tmp_path / "run", overrides, cwd=improvable["work"]))
+    fixes = propose(run, extra={"rates": ["model.optim.head_lr=2e-3"]})
+    write_fixes(tmp_path, fixes, split_overrides(run)[1])
+    base, rates = (compose_fix(run, tmp_path, name) for name in ("baseline", "rates"))
+    assert base.model.optim.head_lr == 2e-7 and rates.model.optim.head_lr == 2e-3
+    for cfg in (base, rates):
+        assert cfg.data.augment.train.transforms[2].p == 0.3 and cfg.data.image_size == 32
+        assert cfg.data.root == str(run.root) and cfg.trainer.max_epochs == 1
 
 
 def test_relabel_is_checked(make_tree, tmp_path: Path) -> None:
@@ -256,7 +280,7 @@ def test_augmentations_aim_at_a_cause_only_when_it_is_specific(improvable, tmp_p
     assert {"colour", "erase"} <= set(fixes) and "grayscale turns 5 of 6 back" in fixes["colour"].why
     assert fixes["erase"].evidence["regions"] == ["upper left"]
     for name in ("colour", "erase"):
-        write_fixes(tmp_path, [fixes[name]])
+        write_fixes(tmp_path, [fixes[name]], split_overrides(run)[1])
         cfg = compose_fix(run, tmp_path, name)
         stack = hydra.utils.instantiate(cfg.data.augment.train)
         out = stack(Image.new("RGB", (40, 32), (200, 120, 40)))
@@ -383,7 +407,7 @@ def test_apply_best_writes_an_experiment_that_hydra_composes(improvable, tmp_pat
 
     run = read_run(improvable["run"])
     fix = Fix("rebalance", "rebalance", "sample equally", "imbalance", {}, {"data": {"sampler": "weighted"}})
-    write_fixes(tmp_path, [fix])
+    write_fixes(tmp_path, [fix], split_overrides(run)[1])
     winner = FixResult(fix, seeds=[0, 1], diff_points=5.0, ci_points=(1.0, 9.0), p=0.01, verdict="helps")
     path = write_applied(run, tmp_path, winner)
     assert path == tmp_path / CONFIGS / "experiment" / f"{APPLIED}.yaml"
@@ -634,7 +658,7 @@ def test_classes_that_differ_in_resolution_get_random_downscaling(tmp_path: Path
         fix.why.startswith("the data doctor: train: classes differ in typical resolution")
         and fix.evidence["low"] == 8
     )
-    write_fixes(tmp_path, [fix])
+    write_fixes(tmp_path, [fix], split_overrides(run)[1])
     stack = hydra.utils.instantiate(compose_fix(run, tmp_path, "resolution").data.augment.train)
     assert any(type(t).__name__ == "RandomApply" for t in stack.transforms)
     assert tuple(stack(Image.new("RGB", (96, 80), (10, 200, 30))).shape) == (3, 32, 32)
@@ -701,3 +725,38 @@ def test_a_planted_leak_is_removed_and_the_lower_score_called_honest(tmp_path: P
     assert text.startswith("the honest number") and f"copies of {len(tests)} test photos" in text
     (nothing,) = [f for f in report["fixes"] if f["fix"]["name"] == "same"]  # (c): a fix that changes nothing
     assert nothing["verdict"] == "no_evidence" and nothing["diff_points"] == 0 and nothing["p"] == 1
+
+
+@pytest.mark.slow
+def test_a_fix_that_helps_is_chosen_applied_and_cited_by_the_explanation(tmp_path: Path) -> None:
+    """A planted recipe problem with a known answer, on real trainings: the run trained with learning
+    rates 10^4 times too small (its model stays near chance). The fix asked for (the quickstart's rates)
+    comes out "helps" on 2 seeds with both kinds of noise counted, is chosen, `improve.apply=best` writes
+    it as an experiment, and an explanation of the run's own model cites the retrain that proved it."""
+    from noodlenext.data.images import load_rgb
+    from noodlenext.data.synthetic import render_dataset
+    from noodlenext.explain.photo import PhotoExplainer
+    from noodlenext.explain.tested import TESTED_FILE, read_tested
+
+    clean = render_dataset(tmp_path / "render", images_per_class=40, image_size=48)
+    slow = ["model.optim.head_lr=2e-7", "model.optim.backbone_lr=2e-7"]
+    overrides = [*TINY, f"data.root={clean}", "trainer.max_epochs=4", "data.batch_size=16", *slow]
+    run_module("noodlenext.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = tmp_path / "improve"
+    fix = 'improve.extra={rates:["model.optim.head_lr=2e-3","model.optim.backbone_lr=2e-3"]}'
+    args = [f"run={tmp_path / 'run'}", "improve.seeds=2", fix, "improve.only=[rates]", "improve.apply=best"]
+    done = run_module("noodlenext.improve", *args, f"hydra.run.dir={out}", cwd=tmp_path)
+    report = json.loads((out / "improve.json").read_text())
+    (rates,) = [f for f in report["fixes"] if f["fix"]["name"] == "rates"]
+    assert rates["verdict"] == "helps" and rates["p"] < 0.05 and rates["ci_points"][0] > 0
+    assert report["best"] == "rates" and "best: rates" in done.stdout and report["detectable"]
+    applied = (out / CONFIGS / "experiment" / f"{APPLIED}.yaml").read_text()
+    assert "head_lr: 0.002" in applied and "backbone_lr: 0.002" in applied
+
+    (tested,) = [t for t in read_tested(tmp_path / "run") if t.name == "rates"]
+    assert (tmp_path / "run" / TESTED_FILE).is_file() and tested.verdict == "helps"
+    (ckpt,) = sorted((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    photo = next((clean / "test" / "2_udon").glob("*.jpg"))
+    evidence = PhotoExplainer(ckpt, device="cpu")(load_rgb(photo), true_label="udon").evidence
+    line = next(line for line in evidence.lines() if "Tested by retraining" in line)
+    assert f"{rates['diff_points']:.1f} points" in line and "2 seeds" in line

@@ -2,8 +2,10 @@
 multirun, and compared on the untouched test set.
 
 `write_fixes` writes each fix as a Hydra config, `<out>/configs/fix/<name>.yaml` (the files it names
-beside it, in `<out>/fixes/<name>/`). `launch` trains every job that has not finished, as
-`python -m noodlenext.train -m <the run's overrides> +fix=<names> seed=<seeds>` with
+beside it, in `<out>/fixes/<name>/`), over the run's own `key=value` overrides (`split_overrides`): on
+the command line those would win over any config, so a fix of a setting the run set there would train
+the baseline again. `launch` trains every job that has not finished, as
+`python -m noodlenext.train -m <the run's group choices> +fix=<names> seed=<seeds>` with
 `hydra.searchpath=[file://<out>/configs]`, each job in `<out>/jobs/<fix>_seed<seed>/` with `resume=auto`,
 so a killed improve run, started again on the same folder, continues each unfinished job from its last
 checkpoint and leaves the finished ones alone. `compare` reads what finished: per fix and seed, the
@@ -51,8 +53,9 @@ from noodlenext.callbacks.significance import (
     seed_aware_test,
 )
 from noodlenext.callbacks.sweep_comparison import Job, read_jobs
+from noodlenext.core.config import config_dir
 from noodlenext.core.files import write_text_atomic
-from noodlenext.runs.proposals import Fix, RunRecord
+from noodlenext.runs.proposals import Fix, RunRecord, copy_setting
 
 __all__ = [
     "FixResult",
@@ -63,7 +66,9 @@ __all__ = [
     "job_name",
     "launch",
     "quoted",
+    "is_group",
     "search_path",
+    "split_overrides",
     "train_command",
     "write_fixes",
 ]
@@ -127,12 +132,35 @@ def check_unchanged(out: Path, fixes: Sequence[Fix]) -> None:
         )
 
 
-def write_fixes(out: Path, fixes: Sequence[Fix]) -> None:
-    """Each fix as `configs/fix/<name>.yaml` (a global package), its files in `fixes/<name>/`, named in its
-    config by absolute path."""
+def is_group(key: str) -> bool:
+    """Whether an override's key (`model`, `+augment`) chooses from a config group of conf/."""
+    return (config_dir() / key.lstrip("+~")).is_dir()
+
+
+def split_overrides(run: RunRecord) -> tuple[list[str], dict[str, Any]]:
+    """The run's command-line overrides as (those that stay on the command line: group choices, deletions
+    and sweeps, as given; the `key=value` ones as a config of the values the run composed with them, a
+    key inside a list bringing its whole list)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    line: list[str] = []
+    values = OmegaConf.create({})
+    for text in run.overrides:
+        o = parser.parse_override(text)
+        if o.is_delete() or o.is_sweep_override() or o.package is not None or is_group(o.key_or_group):
+            line.append(text)
+        else:
+            copy_setting(run.config, o.key_or_group, values)
+    return line, OmegaConf.to_container(values, resolve=False)
+
+
+def write_fixes(out: Path, fixes: Sequence[Fix], base: dict[str, Any] | None = None) -> None:
+    """Each fix as `configs/fix/<name>.yaml` (a global package) over `base` (the run's own `key=value`
+    overrides, `split_overrides`), its files in `fixes/<name>/`, named in its config by absolute path."""
     for fix in fixes:
         folder = out / "fixes" / fix.name
-        config = OmegaConf.create(fix.config)
+        config = OmegaConf.merge(OmegaConf.create(base or {}), OmegaConf.create(fix.config))
         for name, text in fix.files.items():
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / name, text)
@@ -140,7 +168,7 @@ def write_fixes(out: Path, fixes: Sequence[Fix]) -> None:
                 if OmegaConf.select(config, key) == name:
                     OmegaConf.update(config, key, str((folder / name).resolve()))
         head = f"# @package _global_\n# noodlenext.improve fix {fix.name}: {fix.what}\n"
-        body = OmegaConf.to_yaml(config) if fix.config else "{}\n"
+        body = OmegaConf.to_yaml(config) if config else "{}\n"
         write_text_atomic(out / CONFIGS / FIX_GROUP / f"{fix.name}.yaml", head + body)
 
 
@@ -158,7 +186,7 @@ def train_command(
         "-m",
         "noodlenext.train",
         "-m",
-        *run.overrides,
+        *split_overrides(run)[0],  # the key=value ones are in every fix's config
         f"data.root={quoted(run.root)}",
         f"data.split_seed={split_seed}",  # one split for every job: the seeds vary the training only
         *job_overrides,

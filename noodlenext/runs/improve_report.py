@@ -14,11 +14,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from noodlenext.callbacks.significance import ALPHA, format_p
-from noodlenext.core.config import config_dir
 from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD, TestedFix, read_tested
-from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, quoted, search_path
+from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, is_group, quoted, search_path
 from noodlenext.runs.proposals import Looked, RunRecord, experiment_names
 
 __all__ = [
@@ -274,10 +273,6 @@ def write_report(
     return data
 
 
-def _group_override(key: str) -> bool:
-    return (config_dir() / key.lstrip("+~")).is_dir()
-
-
 def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
     """The run's recipe with the winning fix, as an experiment config in `<out>/configs/experiment/`:
     train with `hydra.searchpath=[file://<out>/configs] experiment=improved`."""
@@ -288,7 +283,7 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
         bare = key.lstrip("+~")
         if bare == "experiment":
             continue  # already the first defaults, in their order
-        if _group_override(bare):
+        if is_group(bare):
             defaults.append({f"override /{bare}": value})
         else:
             values.append(f"{bare}={value}")

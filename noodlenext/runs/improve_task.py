@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from noodlenext.core.files import write_json_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.data.rules import check_dataset
-from noodlenext.runs.improve import check_unchanged, compare, fix_digest, launch, write_fixes
+from noodlenext.runs.improve import (
+    check_unchanged,
+    compare,
+    fix_digest,
+    launch,
+    split_overrides,
+    write_fixes,
+)
 from noodlenext.runs.improve_report import (
     best,
     link_mistakes,
@@ -76,7 +83,7 @@ def improve(cfg: DictConfig) -> dict[str, Any]:
             )
         fixes = [f for f in fixes if f.name == "baseline" or f.name in only]
     check_unchanged(out, fixes)
-    write_fixes(out, fixes)
+    write_fixes(out, fixes, split_overrides(run)[1])
     write_json_atomic(out / "fixes.json", [{**f.to_dict(), "digest": fix_digest(f)} for f in fixes])
     looked = looked_at(run, report, fixes)
     for source in looked:

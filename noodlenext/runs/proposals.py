@@ -44,6 +44,7 @@ __all__ = [
     "RunRecord",
     "SuspectLabel",
     "choose_k",
+    "copy_setting",
     "experiment_names",
     "looked_at",
     "propose",
@@ -467,19 +468,24 @@ def _extra_config(run: RunRecord, overrides: Sequence[str]) -> dict[str, Any]:
         if not eq or not key:
             raise ValueError(f"improve.extra: {o!r} is not a key=value override")
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
-        parts, emit = key.split("."), key
-        for i in range(1, len(parts)):
-            if isinstance(OmegaConf.select(cfg, ".".join(parts[:i])), ListConfig):
-                emit = ".".join(parts[:i])
-                break
-        node = OmegaConf.select(cfg, emit)
-        plain = (
-            OmegaConf.to_container(node, resolve=False)
-            if isinstance(node, (DictConfig, ListConfig))
-            else node
-        )
-        OmegaConf.update(out, emit, plain, force_add=True)
+        copy_setting(cfg, key, out)
     return OmegaConf.to_container(out, resolve=False)
+
+
+def copy_setting(cfg: DictConfig, key: str, out: DictConfig) -> None:
+    """`cfg`'s value of `key` into `out`, as a config merged over `cfg` would set it: a key inside a list
+    (an index, such as `data.augment.train.transforms.2.p`) brings the whole list, as merging cannot
+    reach into one."""
+    parts, emit = key.split("."), key
+    for i in range(1, len(parts)):
+        if isinstance(OmegaConf.select(cfg, ".".join(parts[:i])), ListConfig):
+            emit = ".".join(parts[:i])
+            break
+    node = OmegaConf.select(cfg, emit)
+    plain = (
+        OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
+    )
+    OmegaConf.update(out, emit, plain, force_add=True)
 
 
 def _extra_fixes(run: RunRecord, extra: dict[str, Sequence[str]] | None) -> list[Fix]:
