@@ -42,7 +42,15 @@ DATA = Path(__file__).resolve().parent / "gate_data"
 FAITHFUL = ("faithful_plain", "faithful_lay", "faithful_advice")
 # invented_reason (a cause not about what the photo shows: the training data, how the model works) is in
 # the fresh set only.
-ERRORS = ("wrong_region", "invented_cause", "invented_reason", "wrong_number", "wrong_class", "misattributed")
+ERRORS = (
+    "wrong_region",
+    "invented_cause",
+    "invented_reason",
+    "wrong_number",
+    "wrong_class",
+    "misattributed",
+    "invented_test",  # the tested set only: a retrain or tested fix the lines do not report
+)
 GOAL = 0.95
 
 
@@ -54,6 +62,13 @@ SETS = ("tuning", "heldout", "final", "fresh")
 # recall the four sets above reach: docs/grounding.md.
 CAUSE_SETS = ("causes", "causes_fresh")
 PRECISION_GOAL = 0.95
+# Suggestions a retrain proved (issue 24: the `tested_fix` line, "Tested by retraining (2 seeds,
+# noodlenext.improve): the fix ... raised test accuracy by 9.7 points (p = 0.005), but lowered udon
+# recall from 96% to 94%"): tested (12 records of a quickstart run whose improve run found a fix that
+# helps, bench/improve.py --cases steady; 96 answers by a writer who saw only the prompt, every answer
+# citing the retrain line, the errors planted in what it says about the retrain). Measured first
+# untouched: precision and recall, like the cause sets.
+TESTED_SETS = ("tested",)
 
 
 def load(name: str = "tuning", data: Path = DATA) -> list[tuple[dict[str, Any], dict[str, str]]]:
@@ -141,7 +156,8 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--sets", nargs="*", default=[*SETS, *CAUSE_SETS], choices=[*SETS, *CAUSE_SETS])
+    every = [*SETS, *CAUSE_SETS, *TESTED_SETS]
+    p.add_argument("--sets", nargs="*", default=every, choices=every)
     p.add_argument("--out", type=Path, default=None, help="write the per-answer results as JSON")
     p.add_argument("--show", default=None, help="print every answer of this kind with the gate's reasons")
     a = p.parse_args()

@@ -26,7 +26,7 @@ def test_the_benchmark_is_as_large_as_the_issue_asks(results: dict) -> None:
     kinds = {rec.split("-")[1] for rec in records}
     assert len(records) >= 24 and {"mistake", "hit", "group"} <= kinds
     assert {"synthetic", "shared"} == {rec.split("-")[0] for rec in records}
-    assert set(tuning) == {*gate.FAITHFUL, *gate.ERRORS} - {"invented_reason"}
+    assert set(tuning) == {*gate.FAITHFUL, *gate.ERRORS} - {"invented_reason", "invented_test"}
     assert all(r["n"] >= 24 for r in tuning.values()) and results["fresh"]["invented_reason"]["n"] == 16
     everywhere = {item["id"] for result in results.values() for r in result.values() for item in r["items"]}
     assert len(everywhere) == len(records) + 22 + 18 + 16  # the held-out sets hold other photos

@@ -81,3 +81,23 @@ def test_the_explainer_reads_the_runs_tested_fixes(tmp_path: Path) -> None:
     assert PhotoExplainer(ckpt, device="cpu", evidence=False).tested == []
     analysis = explainer(photo, true_label="udon")
     assert analysis.evidence.tested == explainer.tested
+
+
+def test_a_class_whose_recall_fell_is_said_to_have_fallen() -> None:
+    """A fix can help overall and still lower the recall of this photo's class: the line says so, never
+    "raised" of a recall that fell or stayed, and the gate holds an answer to the same."""
+    down = replace(RELABEL, recall={"udon": (0.96, 0.94)})
+    said = line(tested.tested_claim([down], ["udon"]))
+    assert said.endswith(
+        "raised test accuracy by 3.9 points (p = 0.03), but lowered udon recall from 96% to 94%."
+    )
+    same = line(tested.tested_claim([RELABEL], ["ramen"]))  # 90% -> 90%
+    assert same.endswith("(p = 0.03); ramen recall stayed at 90%.") and "raised ramen" not in same
+    e = evidence(tested=[down])
+    n = len(e.claims())
+    honest = (
+        f"{GOOD} The retrain raised accuracy by 3.9 points but lowered udon recall from 96% to 94% [{n}]."
+    )
+    assert reasons(honest, e) == []
+    assert reasons(f"{GOOD} The retrain raised udon recall from 96% to 94% [{n}].", e)
+    assert "but lowered udon recall" in photo_template(e, 200)

@@ -81,7 +81,8 @@ def read_tested(run_dir: str | Path) -> list[TestedFix]:
 def tested_claim(fixes: Sequence[TestedFix], classes: Sequence[str]) -> Claim | None:
     """The retrain that proves a suggestion for a photo of `classes` (its true class first, then the
     predicted): the helping fix that raised the recall of the first of them most (else the most accurate
-    helping fix), or None when no fix helped."""
+    helping fix), or None when no fix helped. Its recall of that class is said as it went: a fix that
+    helped overall may have lowered it."""
     helping = [f for f in fixes if f.verdict == "helps" and f.diff_points is not None and f.p is not None]
     if not helping:
         return None
@@ -100,7 +101,8 @@ def tested_claim(fixes: Sequence[TestedFix], classes: Sequence[str]) -> Claim | 
         "tested_fix",
         (target,) if target and before is not None else (),
         quantities=tuple(quantities),
-        # The fix moved the class's recall as an edit moves a probability: "raised udon" may be said.
+        # The fix moved the class's recall as an edit moves a probability: "raised udon" may be said
+        # where it rose, "lowered udon" where it fell.
         moves=(Move(target, before, after),) if before is not None else (),
         verdict="helps",
         fields={

@@ -188,6 +188,15 @@ PHRASES: dict[str, dict[str, str]] = {
         "{after} (p = {p} over {seeds}).",
         "lay.overall": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
         "over {seeds}).",
+        # the fix helped overall but not this photo's class: said, never "raised" of a recall that fell
+        "plain.class_down": 'Tested by retraining ({seeds}, noodlenext.improve): the fix "{what}" raised '
+        "test accuracy by {diff} points (p = {p}), but lowered {cls} recall from {before} to {after}.",
+        "plain.class_same": 'Tested by retraining ({seeds}, noodlenext.improve): the fix "{what}" raised '
+        "test accuracy by {diff} points (p = {p}); {cls} recall stayed at {before}.",
+        "lay.class_down": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
+        "over {seeds}), but lowered {cls} recall from {before} to {after}.",
+        "lay.class_same": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
+        "over {seeds}); {cls} recall stayed at {before}.",
     },
     # --- the tests the chat runs on demand (explain.probes)
     "why_not_same": {"plain": "Asked why not {other}: the classifier does predict {predicted}, with {p}."},
@@ -649,7 +658,9 @@ def _tested_fix(c: Claim, style: str) -> Values:
     }
     if f.get("class") is None:
         return f"{style}.overall", values
-    return f"{style}.class", {
+    before, after = round(100 * f["before"]), round(100 * f["after"])
+    form = "class" if after > before else "class_down" if after < before else "class_same"
+    return f"{style}.{form}", {
         **values,
         "cls": f["class"],
         "before": _pct(f["before"]),
