@@ -101,3 +101,43 @@ def test_a_class_whose_recall_fell_is_said_to_have_fallen() -> None:
     assert reasons(honest, e) == []
     assert reasons(f"{GOOD} The retrain raised udon recall from 96% to 94% [{n}].", e)
     assert "but lowered udon recall" in photo_template(e, 200)
+
+
+def test_what_an_answer_says_of_the_retrain_is_what_its_line_reports() -> None:
+    """The gate on a retrain: its fix may be recommended citing its line, in the fix's own words, with the
+    words its line takes; but not a drop in accuracy, another seed count, more than the line reports
+    after its numbers, what the retrain did to this photo, or a retrain no line reports."""
+    fix = replace(RELABEL, what="data.augment.train=null data.batch_size=16")
+    e = evidence(tested=[fix])
+    n = len(e.claims())
+    said = "Retraining with augmentation off and batch size 16 raised udon recall from 80% to 88%"
+    ok = f"{GOOD} {said} and test accuracy by 3.9 points over 3 seeds (p = 0.03) [{n}]."
+    assert reasons(ok, e) == []
+    assert reasons(f"{GOOD} So adopt that fix, which raised udon recall from 80% to 88% [{n}].", e) == []
+    wrong = {
+        "lowered test accuracy by 3.9 points": ok.replace(
+            "and test accuracy by", "but lowered test accuracy by"
+        ),
+        "ran 5 seeds": ok.replace("3 seeds", "5 seeds"),
+        "more than its line": ok.replace(f"[{n}].", f"[{n}], and it was shown to stop the mistakes."),
+        "this photo": ok.replace(f"[{n}].", f"and corrected this photo [{n}]."),
+        "no line": f"{GOOD} Retraining on more photos fixed it [3].",
+    }
+    for what, text in wrong.items():
+        assert reasons(text, e), what
+    assert reasons(ok, evidence())  # the same words without a tested fix
+
+
+def test_the_retrain_has_words_of_its_own_beyond_the_limit() -> None:
+    """The retrain's sentence closes the template whatever the paragraph's length, and an answer may
+    spend as many words on it beyond the limit (its quoted fix can be long)."""
+    from noodlenext.explain.templates import MAX_WORDS, tested_allowance
+    from noodlenext.llm.grounding import check_explanation
+
+    e = evidence(tested=[RELABEL])
+    allowance = tested_allowance(e.claims())
+    assert allowance > 20 and tested_allowance(evidence().claims()) == 0
+    text = photo_template(e, MAX_WORDS)
+    assert (
+        text.endswith(f"(p = 0.03 over 3 seeds) [{len(e.claims())}].") and check_explanation(text, e).passed
+    )

@@ -18,7 +18,7 @@ from noodlenext.explain.claims import Claim
 from noodlenext.explain.evidence import CAUSE_KINDS, Evidence, Finding
 from noodlenext.explain.wording import line, sentence
 
-__all__ = ["MAX_WORDS", "finding_answer", "group_template", "photo_template"]
+__all__ = ["MAX_WORDS", "finding_answer", "group_template", "photo_template", "tested_allowance"]
 
 MAX_WORDS = 90  # the default longest explanation, in words (citations not counted)
 # Hiding one part that drops the prediction by at least this much names a cause even when it does not flip.
@@ -86,8 +86,16 @@ def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     if "neighbours" in kinds and not any(c.advice == "add_photos" for c in advice):  # it says the same
         extras.append(say(kinds["neighbours"]))
     extras += [say(c) for c in advice]
-    extras += [say(c) for c in claims if c.kind == "tested_fix"][:1]
-    return _fit(first, extras, max_words)
+    tested = [say(c) for c in claims if c.kind == "tested_fix"][:1]
+    # the retrain that proved a fix always closes the paragraph, in words of its own (tested_allowance)
+    return " ".join([_fit(first, extras, max_words), *tested])
+
+
+def tested_allowance(claims: list[Claim]) -> int:
+    """The words an explanation may spend beyond its limit on the retrain that proved a fix (the length of
+    that line's lay sentence; 0 when there is none): its quoted fix can be long, and it must not crowd out
+    why the photo was taken for what it was."""
+    return next((len(_WORD.findall(sentence(c))) for c in claims if c.kind == "tested_fix"), 0)
 
 
 def _causes(claims: list[Claim], say: Callable[[Claim], str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ def tested_claim(fixes: Sequence[TestedFix], classes: Sequence[str]) -> Claim | 
     return Claim(
         "tested_fix",
         (target,) if target and before is not None else (),
+        # the fix's own words ("data.augment.train=null", "relabel the 8 most suspect labels") may be said
+        looks=tuple(dict.fromkeys(w.lower() for w in re.findall(r"[A-Za-z]+", best.what))),
         quantities=tuple(quantities),
         # The fix moved the class's recall as an edit moves a probability: "raised udon" may be said
         # where it rose, "lowered udon" where it fell.

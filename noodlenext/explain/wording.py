@@ -193,10 +193,10 @@ PHRASES: dict[str, dict[str, str]] = {
         "test accuracy by {diff} points (p = {p}), but lowered {cls} recall from {before} to {after}.",
         "plain.class_same": 'Tested by retraining ({seeds}, noodlenext.improve): the fix "{what}" raised '
         "test accuracy by {diff} points (p = {p}); {cls} recall stayed at {before}.",
-        "lay.class_down": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
-        "over {seeds}), but lowered {cls} recall from {before} to {after}.",
-        "lay.class_same": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points (p = {p} '
-        "over {seeds}); {cls} recall stayed at {before}.",
+        "lay.class_down": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points '
+        "(p = {p} over {seeds}), but lowered {cls} recall from {before} to {after}.",
+        "lay.class_same": 'A retrain has tested a fix: "{what}" raised test accuracy by {diff} points '
+        "(p = {p} over {seeds}); {cls} recall stayed at {before}.",
     },
     # --- the tests the chat runs on demand (explain.probes)
     "why_not_same": {"plain": "Asked why not {other}: the classifier does predict {predicted}, with {p}."},

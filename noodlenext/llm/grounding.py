@@ -39,7 +39,7 @@ from typing import Any
 
 from noodlenext.explain.claims import Claim
 from noodlenext.explain.evidence import BARELY, Evidence, Finding
-from noodlenext.explain.templates import MAX_WORDS, photo_template
+from noodlenext.explain.templates import MAX_WORDS, photo_template, tested_allowance
 from noodlenext.explain.wording import method_name
 from noodlenext.llm.base import Backend, LLMError, Message
 from noodlenext.llm.reading import (
@@ -50,6 +50,7 @@ from noodlenext.llm.reading import (
     Said,
     SaidSentence,
     canonical_class,
+    cited,
     class_alternation,
     class_mentions,
     clause_span,
@@ -579,7 +580,60 @@ def _advice_reasons(s: _Sentence, evidence: Evidence, claims: list[Claim]) -> li
                 f"evidence supports adding {targets[0]} photos"
             ]
         return [f"{_quote(s.said)} suggests collecting photos, which no evidence line supports"]
+    if any(c.kind == "tested_fix" for c in s.linked) and s.numbers:
+        return []  # the fix a retrain proved, citing the line that reports it (its numbers checked apart)
     return [f"{_quote(s.said)} gives advice that no evidence line supports"]
+
+
+# ------------------------------------------------------------------------------------------ a tested fix
+_RETRAIN = re.compile(r"\b(?:re-?train\w*|(?:was|were)\s+shown\s+to|proven|proved)\b", re.I)
+_ACCURACY_DOWN = re.compile(
+    r"\b(?:lower\w*|cut\w*|reduc\w*|drop\w*|decreas\w*|worsen\w*|hurt\w*)\s+(?:(?:the|its|overall|test)\s+)*"
+    r"accuracy\b|\baccuracy\s+(?:fell|dropped|decreased|went\s+down)\b",
+    re.I,
+)
+
+
+_SEEDS = re.compile(r"\b(\d+)\s+(?:seeds?|runs|retrains|trainings)\b", re.I)
+# "… and corrected this very photo to udon": the line reports the test set's accuracy and recall, not one
+# photo's fate.
+_THIS_PHOTO = re.compile(
+    r"\b(?:correct\w*|fix\w*|got|gets|turn\w*|classif\w*|call\w*)\s+(?:\w+\s+){0,2}?this\s+(?:very\s+)?"
+    r"(?:photo|image|picture|one)\b",
+    re.I,
+)
+
+
+def _tested_reasons(s: _Sentence, claims: list[Claim]) -> list[str]:
+    """What a sentence says of a retrain is what the tested-fix line reports, no more: it cites that line
+    (or carries its numbers), says nothing more of a retrain after them ("…, and it was shown to reduce the
+    reliance on colour"), and never that the fix lowered test accuracy (a fix is cited only when it raised
+    it)."""
+    text = s.said.plain
+    mentions = list(_RETRAIN.finditer(text))
+    if not mentions:
+        return []
+    lines = [n for n, c in enumerate(claims, 1) if c.kind == "tested_fix"]
+    if not lines or not set(s.said.cited) & set(lines):
+        return [f"{_quote(s.said)} speaks of a retrain, which no evidence line cited reports"]
+    cites = [m.end() for m in CITATION.finditer(s.said.text) if set(cited(m.group(0))) & set(lines)]
+    last = max([*cites, *(m.end() for m in re.finditer(r"\d", text))])
+    out = []
+    if any(m.start() > last for m in mentions):
+        out.append(f"{_quote(s.said)} says more of the retrain than its line reports")
+    if _ACCURACY_DOWN.search(text):
+        out.append(f"{_quote(s.said)} says the fix lowered test accuracy; its line says it raised it")
+    seeds = {c.fields.get("seeds") for c in claims if c.kind == "tested_fix"}
+    for m in _SEEDS.finditer(text):
+        if int(m.group(1)) not in seeds:
+            out.append(
+                f"{_quote(s.said)} says the retrain ran {m.group(0)}; its line says {_join(sorted(seeds))}"
+            )
+    if _THIS_PHOTO.search(text):
+        out.append(
+            f"{_quote(s.said)} says what the retrain did to this photo; its line reports accuracy only"
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------------ trust
@@ -817,6 +871,7 @@ def check_explanation(
             + _change_reasons(s)
             + _visual_reasons(s, evidence, looks)
             + _advice_reasons(s, evidence, claims)
+            + _tested_reasons(s, claims)
             + _trust_reasons(s, truth, legacy)
             + _map_state_reasons(s, claims, legacy)
             + _no_fix_reasons(s, claims)
@@ -846,8 +901,9 @@ def check_explanation(
     if not ends_on_sentence(text):
         reasons.append("stops mid-sentence")
     n_words = len(words(plain))
-    if n_words > max_words:
-        reasons.append(f"is {n_words} words long; the limit is {max_words}")
+    limit = max_words + tested_allowance(claims)
+    if n_words > limit:
+        reasons.append(f"is {n_words} words long; the limit is {limit}")
     bad = sorted({n for s in read for n in s.cited if not 1 <= n <= len(claims)})
     if bad:
         reasons.append(f"cites {_cite(bad)}, but the evidence has lines [1] to [{len(claims)}] only")
