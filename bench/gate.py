@@ -66,9 +66,10 @@ PRECISION_GOAL = 0.95
 # noodlenext.improve): the fix ... raised test accuracy by 9.7 points (p = 0.005), but lowered udon
 # recall from 96% to 94%"): tested (12 records of a quickstart run whose improve run found a fix that
 # helps, bench/improve.py --cases steady; 96 answers by a writer who saw only the prompt, every answer
-# citing the retrain line, the errors planted in what it says about the retrain). Measured first
-# untouched: precision and recall, like the cause sets.
-TESTED_SETS = ("tested",)
+# citing the retrain line, the errors planted in what it says about the retrain), and tested_fresh
+# (12 other photos of that run, 96 answers by another writer, measured untouched once after the fixes the
+# first set led to): precision and recall, like the cause sets (docs/grounding.md).
+TESTED_SETS = ("tested", "tested_fresh")
 
 
 def load(name: str = "tuning", data: Path = DATA) -> list[tuple[dict[str, Any], dict[str, str]]]:

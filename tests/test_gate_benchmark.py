@@ -68,3 +68,15 @@ def test_what_passes_about_the_causes_is_honest(cause_results: dict, name: str) 
     assert recall >= 0.75
     assert gate.rate("faithful_plain", results["faithful_plain"]) >= 0.9
     assert results["invented_cause"]["passed"] == results["invented_reason"]["passed"] == 0
+
+
+@pytest.mark.parametrize("name", gate.TESTED_SETS)
+def test_what_passes_about_a_tested_fix_is_honest(name: str) -> None:
+    """Explanations citing the retrain that proved a fix (issue 24), answered by writers who never read the
+    gate, the errors planted in what they say of the retrain (a wrong number or direction, another class,
+    another line, an invented retrain result): what passes is honest, and most honest answers pass."""
+    results = gate.run(gate.load(name))
+    precision, recall = gate.precision_recall(results)
+    assert precision >= gate.PRECISION_GOAL and recall >= 0.65
+    assert results["wrong_number"]["passed"] == results["wrong_class"]["passed"] == 0
+    assert results["invented_test"]["n"] == 12 and results["faithful_plain"]["passed"] == 12

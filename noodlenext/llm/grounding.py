@@ -586,7 +586,9 @@ def _advice_reasons(s: _Sentence, evidence: Evidence, claims: list[Claim]) -> li
 
 
 # ------------------------------------------------------------------------------------------ a tested fix
-_RETRAIN = re.compile(r"\b(?:re-?train\w*|(?:was|were)\s+shown\s+to|proven|proved)\b", re.I)
+_RETRAIN = re.compile(
+    r"\b(?:re-?train\w*|(?:taught|trained)\s+again|(?:was|were)\s+shown\s+to|proven|proved)\b", re.I
+)
 _ACCURACY_DOWN = re.compile(
     r"\b(?:lower\w*|cut\w*|reduc\w*|drop\w*|decreas\w*|worsen\w*|hurt\w*)\s+(?:(?:the|its|overall|test)\s+)*"
     r"accuracy\b|\baccuracy\s+(?:fell|dropped|decreased|went\s+down)\b",
@@ -598,7 +600,7 @@ _SEEDS = re.compile(r"\b(\d+)\s+(?:seeds?|runs|retrains|trainings)\b", re.I)
 # "… and corrected this very photo to udon": the line reports the test set's accuracy and recall, not one
 # photo's fate.
 _THIS_PHOTO = re.compile(
-    r"\b(?:correct\w*|fix\w*|got|gets|turn\w*|classif\w*|call\w*)\s+(?:\w+\s+){0,2}?this\s+(?:very\s+)?"
+    r"\b(?:correct\w*|fix\w*|got|gets|turn\w*|classif\w*|call\w*|label\w*)\s+(?:\w+\s+){0,2}?this\s+(?:very\s+)?"
     r"(?:photo|image|picture|one)\b",
     re.I,
 )
@@ -616,8 +618,10 @@ def _tested_reasons(s: _Sentence, claims: list[Claim]) -> list[str]:
     lines = [n for n, c in enumerate(claims, 1) if c.kind == "tested_fix"]
     if not lines or not set(s.said.cited) & set(lines):
         return [f"{_quote(s.said)} speaks of a retrain, which no evidence line cited reports"]
+    # after the line's numbers (or, with none, after its citation) a sentence says no more of a retrain
+    digits = [m.end() for m in re.finditer(r"\d", text)]
     cites = [m.end() for m in CITATION.finditer(s.said.text) if set(cited(m.group(0))) & set(lines)]
-    last = max([*cites, *(m.end() for m in re.finditer(r"\d", text))])
+    last = max(digits or cites)
     out = []
     if any(m.start() > last for m in mentions):
         out.append(f"{_quote(s.said)} says more of the retrain than its line reports")
@@ -641,6 +645,10 @@ _VERDICTS = ("informative", "uninformative", "half")
 # A random map enters an answer only as the trust check's yardstick ("beats a random map", "no better than
 # chance"); "the maps are based on a random map" (SmolLM2) is no such statement.
 _RANDOM_MAP = re.compile(r"\b(?:random|chance)\b", re.I)
+# "without the random picture alterations" (a tested fix that turned augmentation off) is no map
+_RANDOM_CHANGES = re.compile(
+    r"\brandom\s+(?:\w+\s+){0,2}?(?:alteration|change|edit|transform|augment|crop|flip|jitter|eras)\w*", re.I
+)
 
 
 def _map_trust(claims: list[Claim]) -> dict[str, set[str]]:
@@ -878,7 +886,7 @@ def check_explanation(
         ):
             if reason not in reasons:
                 reasons.append(reason)
-        if _RANDOM_MAP.search(said.plain) and not said.of("trust"):
+        if _RANDOM_MAP.search(_RANDOM_CHANGES.sub(" ", said.plain)) and not said.of("trust"):
             reasons.append(
                 f"{_quote(said)} speaks of a random map without saying whether a map beats it, as the trust "
                 "check does"
