@@ -35,8 +35,9 @@ SEED = 0
 QUIET = ["llm=none", "logger=none", "callbacks.heatmap_gallery=null"]
 
 
-def render(work: Path) -> Path:
-    """The quickstart's synthetic noodles (its settings, composed from conf/), rendered once into `work`."""
+def render(work: Path, **changes: float) -> Path:
+    """The quickstart's synthetic noodles (its settings, composed from conf/, with `changes`, e.g. a larger
+    test split), rendered once into `work`."""
     from hydra import compose, initialize_config_dir
 
     from noodlenext.core.config import config_dir
@@ -44,7 +45,7 @@ def render(work: Path) -> Path:
 
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("train", ["experiment=quickstart"])
-    return render_dataset(work / "synthetic", **dict(cfg.data.synthetic))
+    return render_dataset(work / "synthetic", **{**dict(cfg.data.synthetic), **changes})
 
 
 def user_copy(clean: Path, out: Path) -> Path:
@@ -189,11 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="overrides added to the run's recipe, space-separated, e.g. 'augment=none data.batch_size=16'",
     )
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=None,
+        help="test photos a class (default: the quickstart's 60); the 240 training photos a class stay",
+    )
     parser.add_argument("--work", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_improve_"))
-    clean = render(work)
+    changes = {}
+    if args.test_per_class:
+        total = 240 + args.test_per_class
+        changes = {"images_per_class": total, "test_fraction": args.test_per_class / total}
+    clean = render(work, **changes)
     results = []
     for name in args.cases.split(","):
         start = time.perf_counter()

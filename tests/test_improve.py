@@ -33,7 +33,14 @@ from noodlenext.runs.improve import (
     train_command,
     write_fixes,
 )
-from noodlenext.runs.improve_report import APPLIED, detectable_text, markdown, verdict_text, write_applied
+from noodlenext.runs.improve_report import (
+    APPLIED,
+    detectable_text,
+    markdown,
+    reproduce_command,
+    verdict_text,
+    write_applied,
+)
 from noodlenext.runs.proposals import Fix, SuspectLabel, choose_k, propose, read_run
 
 TINY = [
@@ -222,6 +229,20 @@ def test_a_fix_of_a_setting_the_run_set_on_its_command_line_is_what_its_jobs_tra
     for cfg in (base, rates):
         assert cfg.data.augment.train.transforms[2].p == 0.3 and cfg.data.image_size == 32
         assert cfg.data.root == str(run.root) and cfg.trainer.max_epochs == 1
+    # and the command the report gives to reproduce the fix trains the fix, on the jobs' split
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    command = shlex.split(reproduce_command(run, tmp_path, "rates"))
+    assert command[:3] == ["python", "-m", "noodlenext.train"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        again = compose("train", command[3:])
+    GlobalHydra.instance().clear()
+    assert again.model.optim.head_lr == 2e-3 and again.data.split_seed == rates.data.split_seed
+    assert again.data.augment.train.transforms[2].p == 0.3
 
 
 def test_relabel_is_checked(make_tree, tmp_path: Path) -> None:

@@ -172,23 +172,28 @@ def write_fixes(out: Path, fixes: Sequence[Fix], base: dict[str, Any] | None = N
         write_text_atomic(out / CONFIGS / FIX_GROUP / f"{fix.name}.yaml", head + body)
 
 
-def train_command(
-    run: RunRecord, out: Path, fixes: Sequence[str], seeds: Sequence[int], job_overrides: Sequence[str]
-) -> list[str]:
-    """The multirun that trains `fixes` x `seeds` into `<out>/jobs/`."""
+def recipe_overrides(run: RunRecord) -> list[str]:
+    """What every job and the reproduce command give on the command line for the run's recipe: its group
+    choices (its `key=value` overrides are in every fix's config, `split_overrides`), its data and its
+    split (one split for every job: the seeds vary the training only)."""
     split_seed = OmegaConf.select(run.config, "data.split_seed", default=None)
     try:
         split_seed = int(split_seed)
     except (TypeError, ValueError):
         split_seed = run.seed
+    return [*split_overrides(run)[0], f"data.root={quoted(run.root)}", f"data.split_seed={split_seed}"]
+
+
+def train_command(
+    run: RunRecord, out: Path, fixes: Sequence[str], seeds: Sequence[int], job_overrides: Sequence[str]
+) -> list[str]:
+    """The multirun that trains `fixes` x `seeds` into `<out>/jobs/`."""
     return [
         sys.executable,
         "-m",
         "noodlenext.train",
         "-m",
-        *split_overrides(run)[0],  # the key=value ones are in every fix's config
-        f"data.root={quoted(run.root)}",
-        f"data.split_seed={split_seed}",  # one split for every job: the seeds vary the training only
+        *recipe_overrides(run),
         *job_overrides,
         "resume=auto",
         f"+{FIX_GROUP}={','.join(fixes)}",

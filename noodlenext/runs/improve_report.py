@@ -17,7 +17,14 @@ from noodlenext.callbacks.significance import ALPHA, format_p
 from noodlenext.core.files import write_json_atomic, write_text_atomic
 from noodlenext.core.ownership import guard_file
 from noodlenext.explain.tested import TESTED_FILE, TESTED_HEAD, TestedFix, read_tested
-from noodlenext.runs.improve import CONFIGS, FIX_GROUP, FixResult, is_group, quoted, search_path
+from noodlenext.runs.improve import (
+    CONFIGS,
+    FIX_GROUP,
+    FixResult,
+    is_group,
+    recipe_overrides,
+    search_path,
+)
 from noodlenext.runs.proposals import Looked, RunRecord, experiment_names
 
 __all__ = [
@@ -111,8 +118,7 @@ def reproduce_command(run: RunRecord, out: Path, fix: str, seed: int | None = No
     """The training command that reproduces a fix (on the run's own recipe)."""
     parts = [
         "python -m noodlenext.train",
-        *run.overrides,
-        f"data.root={quoted(run.root)}",
+        *recipe_overrides(run),
         search_path(out),
         f"+{FIX_GROUP}={fix}",
     ]
