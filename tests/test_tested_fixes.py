@@ -126,6 +126,8 @@ def test_what_an_answer_says_of_the_retrain_is_what_its_line_reports() -> None:
     for what, text in wrong.items():
         assert reasons(text, e), what
     assert reasons(ok, evidence())  # the same words without a tested fix
+    advice = f"{GOOD} Retraining with more udon photos would help."  # advice, checked as advice
+    assert not any("retrain" in r for r in reasons(advice, evidence()))
 
 
 def test_the_retrain_has_words_of_its_own_beyond_the_limit() -> None:

@@ -589,6 +589,11 @@ def _advice_reasons(s: _Sentence, evidence: Evidence, claims: list[Claim]) -> li
 _RETRAIN = re.compile(
     r"\b(?:re-?train\w*|(?:taught|trained)\s+again|(?:was|were)\s+shown\s+to|proven|proved)\b", re.I
 )
+_RETRAIN_RESULT = re.compile(
+    r"\b(?:retrained|raised|improved|lowered|fixed|gave|increased|reduced|lifted|corrected|boosted|helped|"
+    r"(?:was|were)\s+shown\s+to|proven|proved)\b",
+    re.I,
+)
 _ACCURACY_DOWN = re.compile(
     r"\b(?:lower\w*|cut\w*|reduc\w*|drop\w*|decreas\w*|worsen\w*|hurt\w*)\s+(?:(?:the|its|overall|test)\s+)*"
     r"accuracy\b|\baccuracy\s+(?:fell|dropped|decreased|went\s+down)\b",
@@ -617,7 +622,9 @@ def _tested_reasons(s: _Sentence, claims: list[Claim]) -> list[str]:
         return []
     lines = [n for n, c in enumerate(claims, 1) if c.kind == "tested_fix"]
     if not lines or not set(s.said.cited) & set(lines):
-        return [f"{_quote(s.said)} speaks of a retrain, which no evidence line cited reports"]
+        if _RETRAIN_RESULT.search(text):  # advice ("retrain with more udon photos") is checked as advice
+            return [f"{_quote(s.said)} reports a retrain's result, which no evidence line cited reports"]
+        return []
     # after the line's numbers (or, with none, after its citation) a sentence says no more of a retrain
     digits = [m.end() for m in re.finditer(r"\d", text)]
     cites = [m.end() for m in CITATION.finditer(s.said.text) if set(cited(m.group(0))) & set(lines)]
