@@ -179,7 +179,7 @@ def case(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="flips,flips_ramen,leak,null")
+    parser.add_argument("--cases", default="flips,flips_ramen,leak,null,steady")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--flip-share", type=float, default=0.10, help="share of spaghetti's labels flipped")
     parser.add_argument(
