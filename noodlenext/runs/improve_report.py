@@ -24,6 +24,7 @@ from noodlenext.runs.improve import (
     is_group,
     recipe_overrides,
     search_path,
+    split_overrides,
 )
 from noodlenext.runs.proposals import Looked, RunRecord, experiment_names
 
@@ -283,18 +284,12 @@ def write_applied(run: RunRecord, out: Path, winner: FixResult) -> Path:
     """The run's recipe with the winning fix, as an experiment config in `<out>/configs/experiment/`:
     train with `hydra.searchpath=[file://<out>/configs] experiment=improved`."""
     defaults: list[Any] = list(experiment_names(run.overrides))
-    values: list[str] = []
-    for o in run.overrides:
+    for o in split_overrides(run)[0]:  # its key=value overrides are in the fix's config (write_fixes)
         key, _, value = o.partition("=")
         bare = key.lstrip("+~")
-        if bare == "experiment":
-            continue  # already the first defaults, in their order
-        if is_group(bare):
+        if bare != "experiment" and is_group(bare):  # the experiments are the first defaults, in order
             defaults.append({f"override /{bare}": value})
-        else:
-            values.append(f"{bare}={value}")
-    fix_yaml = out / CONFIGS / FIX_GROUP / f"{winner.fix.name}.yaml"
-    config = OmegaConf.merge(OmegaConf.from_dotlist(values), OmegaConf.load(fix_yaml))
+    config = OmegaConf.load(out / CONFIGS / FIX_GROUP / f"{winner.fix.name}.yaml")
     OmegaConf.update(
         config, "data.root", str(run.root), force_add=True
     )  # absolute: the run's may be relative
