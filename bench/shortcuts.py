@@ -45,12 +45,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from noodlenext.callbacks.mistake_groups import confusion_groups, examine
+from noodlenext.callbacks.samples import Sample
+from noodlenext.data.datamodule import NoodleImages
 from noodlenext.explain.appearance import COLOURS, colour_names
 from noodlenext.explain.evidence import Evidence
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.photo import PhotoExplainer
-from noodlenext.explain.templates import photo_template
+from noodlenext.explain.templates import group_template, photo_template
 from noodlenext.explain.wording import line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +166,7 @@ def kinds() -> dict[str, Kind]:
             Kind(
                 "watermark",
                 _watermark,
-                ("lower left", "lower center", "watermark", "text"),
+                ("lower left", "lower center", "lower right", "watermark", "text"),
                 "white text along the bottom",
             ),
             Kind(
@@ -338,21 +341,20 @@ def score(
             p = model.predict_proba(explainer.transform(Image.open(src).convert("RGB"))[None])[0]
         fixed += model.class_names[int(p.argmax())] == truth
 
-    groups = [
-        g
-        for g in json.loads((run_dir / "mistakes.json").read_text())["groups"]
-        if g["predicted"] == TARGET and g["true"] != TARGET
-    ]
+    report = regroup(run_dir, explainer) if reuse else json.loads((run_dir / "mistakes.json").read_text())
+    groups = [g for g in report["groups"] if g["predicted"] == TARGET and g["true"] != TARGET]
     group_rows = []
     for g in groups:
         lines = g["evidence_lines"]
-        claims = Evidence.from_dict(g["evidence"]).claims()
+        evidence = Evidence.from_dict(g["evidence"])
+        claims = evidence.claims()
         first = asserted(claims[1:2])
         group_rows.append(
             {
                 "pair": f"{g['true']} -> {g['predicted']}",
                 "count": g["count"],
                 "first": lines[1] if len(lines) > 1 else "",
+                "lead": lines[1 : 1 + len(evidence.lead)],
                 "first_words": first,
                 "named_first": names_cause(first, kind, every),
                 "named_any": names_cause(asserted(claims) + " " + (g.get("paragraph") or ""), kind, every),
@@ -394,6 +396,32 @@ def score(
         "seconds_per_photo_evidence": round(explain_s, 2),
         "evidence_cost": cost,
     }
+
+
+def regroup(run_dir: Path, explainer: PhotoExplainer) -> dict:
+    """The run's mistakes report made again with this checkout's code (`--reuse`): its test predictions
+    grouped and examined as the MistakeGroups callback does (its default settings, GradCAM), with the
+    template paragraph; mistakes.json's shape."""
+    model = explainer.model
+    names = list(model.class_names)
+    rows = list(csv.DictReader((run_dir / "test_predictions.csv").open()))
+    files = [(Path(r["path"]), names.index(r["label"])) for r in rows]
+    samples = []
+    for i, r in enumerate(rows):
+        probs = [float(r[f"prob_{n}"]) for n in names]
+        t = names.index(r["label"])
+        samples.append(Sample(i, t, names.index(r["pred"]), -float(np.log(max(probs[t], 1e-12))), probs))
+    groups = confusion_groups(samples, names)
+    examine(
+        groups, NoodleImages(files, explainer.transform), model, names, methods="gradcam",
+        settings=explainer.settings, index=explainer.index, mistakes=sum(s.pred != s.target for s in samples),
+    )  # fmt: skip
+    out = []
+    for g in groups:
+        row = g.to_dict()
+        row["paragraph"] = group_template(g.evidence) if g.evidence is not None else None
+        out.append(row)
+    return {"groups": out}
 
 
 def evidence_cost(explainer: PhotoExplainer, paths: list[Path], truths: list[str]) -> dict[str, float]:
@@ -477,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reuse",
         action="store_true",
-        help="rescore the runs already in --work (the last of each kind) instead of training again",
+        help="rescore the runs already in --work (the last of each kind) instead of training again: "
+        "their mistake groups and photos' evidence made again with this checkout's code",
     )
     ap.add_argument("overrides", nargs="*", help="more training overrides, e.g. trainer.max_epochs=4")
     args = ap.parse_args(argv)

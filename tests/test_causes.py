@@ -14,16 +14,19 @@ from PIL import Image
 from torch import Tensor, nn
 from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, images
 
+from noodlenext.callbacks.mistake_groups import confusion_groups, examine
+from noodlenext.callbacks.samples import Sample
 from noodlenext.data.datamodule import NoodleImages
 from noodlenext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from noodlenext.explain.appearance import colour_histogram
-from noodlenext.explain.causes import hide_box, occlusion_scan, whole_photo_changes
+from noodlenext.explain.causes import contrast_part, hide_box, occlusion_scan, whole_photo_changes
 from noodlenext.explain.evidence import CAUSE_KINDS, CausalRegion, Evidence, GlobalChange
 from noodlenext.explain.facts import heatmap_facts
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.groups import Reference, group_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.neighbours import FeatureIndex
+from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.explain.templates import group_template, photo_template
 from noodlenext.llm.grounding import check_explanation
 
@@ -55,7 +58,7 @@ class Shortcut(nn.Module):
         elif self.cue == "cast":  # the whole photo bluer than red
             cue = (b - r).mean((1, 2))
         elif self.cue == "caption":  # white along the bottom sixth, the whole width
-            cue = ((r + g + b) / 3)[:, -SIZE // 6 :, :].mean((1, 2)) - 0.5
+            cue = (((r + g + b) / 3 - 0.9) / 0.05).clamp(0, 1)[:, -SIZE // 6 :, :].mean((1, 2)) - 0.2
         else:  # "frame": yellow in the outer 2 pixels
             ring = torch.ones(SIZE, SIZE, dtype=torch.bool)
             ring[2:-2, 2:-2] = False
@@ -435,3 +438,91 @@ def test_a_change_barely_more_common_in_the_mistakes_does_not_lead_the_paragraph
     assert group.lead[0].kind == "group_whole_photo" and "2 of 3 become spaghetti" in group.lines()[1]
     text = group_template(group)
     assert "grayscale" not in text.lower() and check_explanation(text, group).passed
+
+
+# --- a part compared over a group: the shortcut, not the part any photo needs --------------------------
+
+
+class Fragile(nn.Module):
+    """A model that reads a white caption along the bottom and how bright the food in the centre is: the
+    spaghetti photos with the caption are udon by a hair, so hiding the food flips them as surely as
+    hiding the caption; it flips the udon photos it gets right (bright food, no caption) too. The
+    identity 1x1 `stem` is the layer its maps explain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.stem.weight.copy_(torch.eye(3)[:, :, None, None])
+            self.stem.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        lum = (self.stem(x) * STD + MEAN).mean(1)  # (B, H, W)
+        caption = (2 * ((lum[:, -SIZE // 6 :, :] - 0.93) / 0.05).clamp(0, 1).mean((1, 2))).clamp(max=1)
+        food = ((lum[:, FOOD, FOOD] - 0.6) / 0.3).clamp(0, 1).mean((1, 2))
+        udon = 4.5 * caption + 10 * food - 8
+        return torch.stack([torch.zeros_like(udon), torch.full_like(udon, -5.0), udon], 1)
+
+
+FOOD = slice(3 * SIZE // 8, 5 * SIZE // 8)  # the dish: the centre square of the 7x7 grid of hidden parts
+
+
+def dish(food: tuple[int, int, int], caption: bool, seed: int) -> np.ndarray:
+    """A dark table with a square of food in the centre, and a white caption along the bottom or not."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(rng.normal((80, 75, 70), 4, (SIZE, SIZE, 3)), 0, 255)
+    a[FOOD, FOOD] = np.clip(rng.normal(food, 4, (SIZE // 4, SIZE // 4, 3)), 0, 255)
+    if caption:
+        a[-5:] = (250, 250, 250)
+    return a.astype(np.uint8)
+
+
+def test_a_group_compares_every_part_against_the_photos_it_got_right_and_finds_the_caption(
+    tmp_path: Path,
+) -> None:
+    """One photo at a time, hiding a square of the food flips a captioned spaghetti photo to spaghetti,
+    and that square is what each photo's evidence names. Over the group, hiding the same square also
+    turns every udon photo it got right into spaghetti, while hiding the bottom strip (the caption) turns
+    the mistakes back and none of them: the group (`examine`, as the mistakes report runs it) leads with
+    the caption."""
+    model = Fragile().eval()
+    arrays = [dish(BEIGE, True, s) for s in range(3)] + [
+        dish((235, 230, 225), False, 10 + s) for s in range(3)
+    ]
+    files = []
+    for i, a in enumerate(arrays):
+        path = tmp_path / ("spaghetti" if i < 3 else "udon") / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(a).save(path)
+        files.append((path, 0 if i < 3 else 2))
+    dataset = NoodleImages(files, eval_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD))
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    samples = [Sample(i, t, int(probs[i].argmax()), float(-probs[i, t].log()), probs[i].tolist())
+               for i, (_, t) in enumerate(files)]  # fmt: skip
+    assert [s.pred for s in samples] == [2] * 6  # udon, the spaghetti photos from the caption by a hair
+    photos = occlusion_scan(model, x[:3], arrays[:3], [2] * 3, [0] * 3, CLASSES)
+    assert {p.region for p in photos} == {"center"} and all(p.turned_back for p in photos)
+
+    [group] = confusion_groups(samples, CLASSES, max_per_group=3)
+    examine(
+        [group], dataset, model, CLASSES, methods="gradcam", settings=HeatmapSettings(target_layer="stem")
+    )
+    assert group.errors == [] and len(group.references) == 3
+    assert [p.evidence.causal.region for p in group.examined] == ["center"] * 3
+    assert group.evidence.lead[0].kind == "group_occlusion"
+    assert group.evidence.lines()[1] == (
+        "2. Hiding each of 53 parts in every photo, the bottom strip turns the most back beyond the photos "
+        "it got right: hiding it turns all 3 back to spaghetti (it turns none of the 3 udon photos it got "
+        "right into spaghetti)."
+    )
+    text = group_template(group.evidence)
+    assert "Hiding the bottom strip turns all 3 back into spaghetti" in text
+    print(text)
+    assert check_explanation(text, group.evidence).passed, check_explanation(text, group.evidence).reasons
+    # Directly: the caption's strip; with no photos it got right to compare, a part that turns the
+    # mistakes back still comes out; when hiding no part turns any back, none does.
+    assert contrast_part(model, x[:3], 2, 0, x[3:]) == (pytest.approx((0.75, 0.0, 1.0, 1.0)), "bottom strip")
+    assert contrast_part(model, x[:3], 2, 0, x[:0]) is not None
+    assert contrast_part(model, x[3:], 2, 1, x[3:]) is None

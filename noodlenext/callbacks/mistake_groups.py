@@ -23,7 +23,7 @@ from torch import nn
 from noodlenext.callbacks.guarded import step_error
 from noodlenext.callbacks.samples import Sample
 from noodlenext.data.images import load_rgb
-from noodlenext.explain.causes import hide_box, whole_photo_changes
+from noodlenext.explain.causes import contrast_part, hide_box, whole_photo_changes
 from noodlenext.explain.evidence import Evidence, primary_method
 from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.groups import Reference, group_evidence, summary_claim
@@ -252,15 +252,37 @@ def _reference(group: MistakeGroup, dataset: Any, model: nn.Module, class_names:
     truth = [names.index(group.true)] * len(samples)
     temperature = float(getattr(model, "applied_temperature", 1.0))
     colours = sorted({c.colour for p in group.examined for c in p.evidence.changes if c.colour})
-    # The part that mattered most in most of the mistakes, hidden in the reference photos too.
-    parts = Counter((c.region, c.box) for p in group.examined if (c := p.evidence.causal) is not None)
-    hidden = []
-    if parts:
-        (region, box), _ = parts.most_common(1)[0]
-        hidden = hide_box(model, batch, box, region, preds, truth, names, temperature=temperature)
+    changes = whole_photo_changes(model, batch, preds, truth, names, temperature=temperature, colours=colours)
+    examined = [p for p in group.examined if p.evidence.causal is not None]
+    if not examined:
+        return Reference([], changes)
+    # The part compared over the whole group: what hiding it does to the mistakes beyond the right ones.
+    mistakes = torch.stack([p.tensor for p in examined])
+    pred, true = names.index(group.predicted), names.index(group.true)
+    found = contrast_part(model, mistakes, pred, true, batch, temperature=temperature)
+    if found is not None:
+        box, region = found
+        first = examined[0].evidence.causal
+        return Reference(
+            hide_box(model, batch, box, region, preds, truth, names, temperature=temperature),
+            changes,
+            part=hide_box(
+                model,
+                mistakes,
+                box,
+                region,
+                [pred] * len(examined),
+                [true] * len(examined),
+                names,
+                temperature=temperature,
+            ),  # fmt: skip
+            compared=first.places + first.strips,
+        )
+    # No part turns a mistake back: the part that mattered most in most of them, hidden there too.
+    parts = Counter((c.region, c.box) for p in examined if (c := p.evidence.causal) is not None)
+    (region, box), _ = parts.most_common(1)[0]
     return Reference(
-        hidden,
-        whole_photo_changes(model, batch, preds, truth, names, temperature=temperature, colours=colours),
+        hide_box(model, batch, box, region, preds, truth, names, temperature=temperature), changes
     )
 
 

@@ -5,7 +5,7 @@ and at a small input it cannot even point at a corner (ConvNeXt's last stage is 
 the photo can: a tag in a corner is found by hiding the corner, a colour cast by taking the colour away.
 
 - `occlusion_scan`: the photo hidden one square at a time (a quarter of the side, on a 7x7 grid of
-  places, finer than the 3x3 region words; the mean colour in place, as the trust check hides pixels):
+  places, finer than the 3x3 region words; filled in from its surroundings, `hidden`):
   the square whose hiding moves the predicted class most is the `CausalRegion`, with what it looks like,
   the colours of it that the true class's training photos rarely show, and how much of the map's heat
   lies in it.
@@ -40,10 +40,12 @@ from noodlenext.explain.layers import unwrap
 
 __all__ = [
     "RARE_BIN",
+    "hidden",
     "hide_box",
     "STEPS",
     "WHOLE_PHOTO_CHANGES",
     "WINDOW",
+    "contrast_part",
     "normalisation",
     "occlusion_scan",
     "whole_photo_changes",
@@ -62,6 +64,9 @@ COOL_GAINS = (0.8, 1.0, 1.25)
 JPEG_QUALITY = 10
 SCALE = 4  # the lower resolution: a quarter of the side
 BORDER = 0.12  # the share of each side the border crop takes away
+# Parts whose drop of the predicted class (mistakes beyond reference) is within this of the largest are
+# as good: the smallest of them is named (a corner square rather than the strip that holds it).
+DROP_TOLERANCE = 0.1
 CENTRE = 0.35  # the radius of the central circle kept when the surroundings are hidden, of the side
 
 Batch = Callable[[Tensor, Tensor, Tensor], Tensor]  # (rgb 0..1, mean, std) -> rgb 0..1
@@ -230,7 +235,7 @@ def occlusion_scan(
     training_colours: dict[str, np.ndarray] | None = None,
     temperature: float = 1.0,
 ) -> list[CausalRegion]:
-    """Per image, the part whose hiding (mean colour: zero in normalised space) matters most: the square
+    """Per image, the part whose hiding (filled in from its surroundings, `hidden`) matters most: the square
     that moves the predicted class's probability most (ties: the earlier place, top left first), unless
     it leaves the prediction as it was and hiding one of the four edge strips (a quarter of the photo
     deep, along a whole side) changes it: then the strip that does (the one that moves it most). The
@@ -243,18 +248,12 @@ def occlusion_scan(
     model's calibration.
     """
     net = unwrap(model)
-    device = _device(net, images.device)
-    x = images.to(device, torch.float32)
-    b, _, h, w = x.shape
+    b, _, h, w = images.shape
     squares = _boxes(h, w)
     strips = _strips(h, w)
     boxes = squares + [box for box, _ in strips]
     out = []
-    for i in range(b):
-        edited = x[i : i + 1].repeat(len(boxes) + 1, 1, 1, 1)
-        for j, (t, lf, bt, rt) in enumerate(boxes, 1):
-            edited[j, :, t:bt, lf:rt] = 0.0
-        probs = _probabilities(net, edited, temperature)
+    for i, probs in enumerate(_part_probabilities(net, images, boxes, temperature)):
         p, truth = int(predicted[i]), truths[i]
         drops = probs[0, p] - probs[1:, p]
         flips = probs[1:].argmax(1) != p
@@ -290,6 +289,97 @@ def occlusion_scan(
     return out
 
 
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """A separable Gaussian blur with zero padding (what lies outside the photo weighs nothing)."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+
+
+def hidden(image: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
+    """The image (3, H, W), and a copy with each box (pixels: top, left, bottom, right) hidden: (1 + boxes,
+    3, H, W). A box is filled in from its surroundings (normalised convolution: a Gaussian-weighted mean of
+    the pixels around it, sigma half the box's shorter side), so a hidden corner looks like the table next
+    to it. The mean colour (the trust check's way to hide pixels) leaves a grey square or a grey band,
+    which a model that learned a tag in the corner or a caption along the bottom takes for one: on
+    bench/shortcuts.py, hiding the tag's corner that way turned 1 of 8 mistakes back, filled in all 8
+    (docs/shortcuts.md)."""
+    x = image[None].float()
+    _, _, h, w = x.shape
+    keep = torch.ones(len(boxes), 1, h, w, device=x.device)
+    for j, (t, lf, bt, rt) in enumerate(boxes):
+        keep[j, :, t:bt, lf:rt] = 0.0
+    out = [x]
+    for j, (t, lf, bt, rt) in enumerate(boxes):
+        sigma = max(1.0, min(bt - t, rt - lf) / 2)
+        m = keep[j : j + 1]
+        fill = _blur(x * m, sigma) / _blur(m, sigma).clamp_min(1e-6)
+        out.append(x * m + fill * (1 - m))
+    return torch.cat(out)
+
+
+def _part_probabilities(
+    net: nn.Module, images: Tensor, boxes: Sequence[tuple[int, int, int, int]], temperature: float
+) -> list[np.ndarray]:
+    """Per image, the class probabilities untouched (row 0) and with each box hidden (rows 1..)."""
+    x = images.to(_device(net, images.device), torch.float32)
+    return [_probabilities(net, hidden(x[i], boxes), temperature) for i in range(len(x))]
+
+
+def contrast_part(
+    model: nn.Module,
+    mistakes: Tensor,
+    predicted: int,
+    truth: int,
+    reference: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> tuple[tuple[float, float, float, float], str] | None:
+    """The part of a group's photos whose hiding (each square and edge strip of `occlusion_scan`, in
+    every photo) turns the most of its `mistakes` (taken for `predicted`, truly `truth`) back to the
+    true class, beyond the share of the `reference` photos (of `predicted`, got right) it turns into
+    that class: a part that any photo of the class needs (the food) is no cause of these mistakes, a
+    tag that only the mistakes lean on is. Of the parts that tie, the one whose hiding drops the
+    predicted class most in the mistakes beyond its drop in the reference: a mistake that is one by a
+    hair flips when any bit of it is hidden, which says nothing of its cause. The smallest part within
+    DROP_TOLERANCE of that drop is named (then the larger drop, then the earlier place). As (box as
+    shares of the side: top, left, bottom, right; its name: a region word or a strip's); None when
+    hiding no part turns any mistake back, or there are no mistakes."""
+    if len(mistakes) == 0:
+        return None
+    net = unwrap(model)
+    h, w = mistakes.shape[-2:]
+    strips = _strips(h, w)
+    boxes = _boxes(h, w) + [box for box, _ in strips]
+    names = [_region(box, h, w) for box in boxes[: -len(strips)]] + [name for _, name in strips]
+
+    def rates(images: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if len(images) == 0:
+            return np.zeros(len(boxes)), np.zeros(len(boxes))
+        probs = np.stack(_part_probabilities(net, images, boxes, temperature))  # (B, 1 + P, C)
+        back = (probs[:, 1:].argmax(-1) == truth).mean(0)
+        drop = (probs[:, :1, predicted] - probs[:, 1:, predicted]).mean(0)
+        return back, drop
+
+    back, drop = rates(mistakes)
+    ref_back, ref_drop = rates(reference)
+    if not back.any():
+        return None
+    area = np.array([(bt - t) * (rt - lf) / (h * w) for t, lf, bt, rt in boxes])
+    share = np.round(back - ref_back, 6)
+    best = np.flatnonzero(share == share.max())
+    move = drop[best] - ref_drop[best]
+    near = best[move >= move.max() - DROP_TOLERANCE]
+    j = int(min(near, key=lambda i: (round(area[i], 6), -(drop[i] - ref_drop[i]), i)))
+    if back[j] == 0:
+        return None
+    t, lf, bt, rt = boxes[j]
+    return (t / h, lf / w, bt / h, rt / w), names[j]
+
+
 def _outcome(
     before: np.ndarray, after: np.ndarray, p: int, truth: int | None, class_names: Sequence[str]
 ) -> dict[str, Any]:
@@ -323,9 +413,8 @@ def hide_box(
     device = _device(net, images.device)
     x = images.to(device, torch.float32)
     h, w = x.shape[-2:]
-    t, lf, bt, rt = round(box[0] * h), round(box[1] * w), round(box[2] * h), round(box[3] * w)
-    edited = x.clone()
-    edited[:, :, t:bt, lf:rt] = 0.0
+    pixels = (round(box[0] * h), round(box[1] * w), round(box[2] * h), round(box[3] * w))
+    edited = torch.stack([hidden(image, [pixels])[1] for image in x])
     probs = _probabilities(net, torch.cat([x, edited]), temperature)
     b = len(x)
     out = []

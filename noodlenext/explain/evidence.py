@@ -61,13 +61,13 @@ class CausalRegion:
     square that moves the prediction most, or the smallest part (an edge strip) that changes it.
 
     The photo is hidden one part at a time (`box`: top, left, bottom, right as shares of the side; the
-    mean colour in place); region: the 3x3 region word of the square's centre, or the strip's name ("bottom
-    strip"). before/after: the predicted class's probability on the photo and with the part hidden;
-    becomes: the prediction then; truth_before/truth_after: the true class's (None when it is not known).
-    colours: the part's colour names, most first; unusual: those of them the true class's training photos
-    rarely show, with the share of those photos' pixels in the same colour bins (empty without a training
-    index). heat: the share of the
-    heat of the map `map` inside the square (None without a map), to compare the map with the cause.
+    part filled in from its surroundings); region: the 3x3 region word of the square's centre, or the
+    strip's name ("bottom strip"). before/after: the predicted class's probability on the photo and
+    with the part hidden; becomes: the prediction then; truth_before/truth_after: the true class's
+    (None when it is not known). colours: the part's colour names, most first; unusual: those of them
+    the true class's training photos rarely show, with the share of those photos' pixels in the same
+    colour bins (empty without a training index). heat: the share of the heat of the map `map` inside
+    the square (None without a map), to compare the map with the cause.
     places: how many squares were tried; strips: how many edge strips (region "bottom strip" and so on
     when one of them is the part).
     """

@@ -11,8 +11,8 @@ the grounding gate checks a paragraph about a group exactly as it checks one abo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -309,10 +309,15 @@ class Reference:
     mistake to undo. A change that does so as often is no cause of these mistakes (a tint that makes any
     udon look like spaghetti); what it does more often to the mistakes is. causal: the part that mattered
     most in most of the group's mistakes, hidden in each reference photo (`causes.hide_box`); changes:
-    each photo's `whole_photo_changes` (with the group's removed colours)."""
+    each photo's `whole_photo_changes` (with the group's removed colours). part: when the parts were
+    compared over the whole group (`causes.contrast_part`: the part whose hiding turns the most mistakes
+    back beyond the reference photos it turns), that part hidden in each of the group's examined
+    mistakes, and `causal` is then the same part hidden in the reference photos; empty otherwise."""
 
     causal: list[CausalRegion]
     changes: list[list[GlobalChange]]
+    part: list[CausalRegion] = field(default_factory=list)
+    compared: int = 0  # how many parts were compared for `part`
 
     def rate(self, key: str) -> tuple[int, int] | None:
         """(photos turned into the true class, photos) for the change `key` (`GlobalChange.key`, or
@@ -321,6 +326,39 @@ class Reference:
             return (sum(c.turned_back for c in self.causal), len(self.causal)) if self.causal else None
         found = [g for gs in self.changes for g in gs if g.key == key]
         return (sum(g.turned_back for g in found), len(found)) if found else None
+
+
+def _contrasted_part(
+    reference: Reference,
+    pred: str,
+    true: str | None,
+    against: Callable[[str, int, int], tuple[float, dict[str, Any], tuple[Count, ...]]],
+) -> tuple[float, float, int, Claim]:
+    """The group_occlusion claim of a part compared over the whole group (`Reference.part`)."""
+    part = reference.part
+    k, first, truth = len(part), part[0], str(true)
+    n_back = sum(c.turned_back for c in part)
+    changed = sum(c.becomes != c.predicted for c in part)
+    score, ref, ref_count = against("occlusion", n_back, k)
+    claim = Claim(
+        "group_occlusion",
+        (pred, truth),
+        first.regions,
+        counts=(Count(n_back, k, truth, "turned back"), *ref_count),
+        becomes=(truth,) if n_back else (),
+        verdict="turned_back" if n_back else None,
+        looks=PART_WORDS,
+        fields={
+            "k": k,
+            "truth": true,
+            "predicted": pred,
+            "back": n_back,
+            "regions": [[first.region, k, n_back]],
+            "compared": reference.compared,
+            **ref,
+        },
+    )
+    return score, first.area, changed, claim
 
 
 def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = None) -> list[Claim]:
@@ -344,7 +382,9 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
         return n_back / k - m / of, {"reference": [m, of]}, (Count(m, of, pred, "reference"),)
 
     causal = [e.causal for e in evidences if e.causal is not None]
-    if causal:
+    if reference is not None and reference.part:
+        scored.append(_contrasted_part(reference, pred, true, against))
+    elif causal:
         k = len(causal)
         where = Counter(c.region for c in causal)
         back = Counter(c.region for c in causal if c.turned_back)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from noodlenext.explain.claims import Claim
 from noodlenext.explain.evidence import CAUSE_KINDS, Evidence, Finding
@@ -68,7 +69,7 @@ def photo_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     kinds: dict[str, Claim] = {}
     for c in claims:
         kinds.setdefault(c.kind if c.kind != "map" else f"map:{c.map}", c)
-    say = lambda c: _cited(sentence(c), [number[id(c)]])  # noqa: E731
+    say = lambda c, shown=None: _cited(sentence(shown or c), [number[id(c)]])  # noqa: E731
     first = [say(claims[0])]
     primary = evidence.primary
     main = kinds.get(f"map:{primary}")
@@ -98,23 +99,33 @@ def tested_allowance(claims: list[Claim]) -> int:
     return next((len(_WORD.findall(sentence(c))) for c in claims if c.kind == "tested_fix"), 0)
 
 
-def _causes(claims: list[Claim], say: Callable[[Claim], str]) -> list[str]:
+def _causes(claims: list[Claim], say: Callable[..., str]) -> list[str]:
     """The sentences of what changing the photo did that found a cause, for the start of a paragraph: the
     part whose hiding matters (with its look), and the first whole-photo change that flips the prediction
-    (or that turns photos of a group back). Nothing when no change matters."""
+    (or that turns photos of a group back). Nothing when no change matters. A group's second cause whose
+    count on the photos it got right is the same as the first's says so briefly ("and none of those")."""
     out = []
+    references: set[tuple[int, ...]] = set()
+
+    def said(c: Claim) -> str:
+        ref = tuple(c.fields.get("reference") or ())
+        if ref and ref in references:
+            return say(c, shown=replace(c, fields={**c.fields, "reference_again": True}))
+        references.add(ref)
+        return say(c)
+
     for c in claims:
         f = c.fields
         flips = bool(c.becomes) and c.becomes[0] != f.get("predicted")
         strong = c.kind == "occlusion" and f["before"] - f["after"] >= STRONG_DROP
         if c.kind == "occlusion" and not f["barely"] and (flips or strong):
-            out.append(say(c))
+            out.append(said(c))
         elif c.kind == "occlusion_look" and out and f.get("unusual"):
-            out.append(say(c))
+            out.append(said(c))
         elif c.kind == "group_occlusion" and _specific(f):
-            out.append(say(c))
+            out.append(said(c))
         elif (c.kind == "whole_photo" and flips) or (c.kind == "group_whole_photo" and _specific(f)):
-            out.append(say(c))
+            out.append(said(c))
             break
     return out
 
@@ -139,7 +150,7 @@ def group_template(evidence: Evidence, max_words: int = MAX_WORDS) -> str:
     claims = evidence.claims()
     number = {id(c): n for n, c in enumerate(claims, 1)}
     kinds = {c.kind: c for c in evidence.summary}
-    say = lambda c, *also: _cited(sentence(c), [*also, number[id(c)]])  # noqa: E731
+    say = lambda c, *also, shown=None: _cited(sentence(shown or c), [*also, number[id(c)]])  # noqa: E731
     size, hot = kinds["group_size"], kinds["group_hot"]
     map_line = size.fields.get("map_line", 2)
     first = [say(size, 1), *_causes([c for c in claims if c.kind in CAUSE_KINDS], say)]

@@ -264,6 +264,8 @@ PHRASES: dict[str, dict[str, str]] = {
     "group_occlusion": {
         "plain": "Hiding one part at a time, the part that matters most is the {counts}; hiding it turns "
         "{back} back to {truth}{reference}.",
+        "plain.compared": "Hiding each of {compared} parts in every photo, the {region} turns the most back "
+        "beyond the photos it got right: hiding it turns {back} back to {truth}{reference}.",
         "lay": "Hiding the {region} turns {region_back} back into {truth}{reference}.",
         "lay.none": "Hiding any one small part turns none of them back into {truth}.",
     },
@@ -529,6 +531,9 @@ def _group_occlusion(c: Claim, style: str) -> Values:
     }
     if style == "lay" and f["back"] == 0:
         return "lay.none", values
+    if style == "plain" and f.get("compared"):
+        part = region if region.endswith("strip") else f"{region} square"
+        return "plain.compared", {**values, "compared": f["compared"], "region": part}
     return style, values
 
 
@@ -537,6 +542,12 @@ def _reference(f: dict[str, Any], verb: str) -> str:
     if not f.get("reference"):
         return ""
     m, of = f["reference"]
+    if f.get("reference_again"):  # the sentence before said the same of those photos
+        return (
+            f" (and {_of(m, of)} of those {f['predicted']} photos)"
+            if m
+            else f" (and none of those {f['predicted']} photos)"
+        )
     return f" (it {verb} {_of(m, of)} {f['predicted']} photos it got right into {f['truth']})"
 
 
