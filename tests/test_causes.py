@@ -517,9 +517,14 @@ def test_a_group_compares_every_part_against_the_photos_it_got_right_and_finds_t
         "it got right: hiding it turns all 3 back to spaghetti (it turns none of the 3 udon photos it got "
         "right into spaghetti)."
     )
+    # Each photo's own part, the food, turns its mistake back too, and every udon photo it got right:
+    # that claim stays, last.
+    assert group.evidence.lines()[4] == (
+        "5. Hiding one part at a time, the part that matters most is the center in all 3 (3 turned back); "
+        "hiding it turns all 3 back to spaghetti (it turns all 3 udon photos it got right into spaghetti)."
+    )
     text = group_template(group.evidence)
-    assert "Hiding the bottom strip turns all 3 back into spaghetti" in text
-    print(text)
+    assert "Hiding the bottom strip turns all 3 back into spaghetti" in text and "center" not in text
     assert check_explanation(text, group.evidence).passed, check_explanation(text, group.evidence).reasons
     # Directly: the caption's strip; with no photos it got right to compare, a part that turns the
     # mistakes back still comes out; when hiding no part turns any back, none does.

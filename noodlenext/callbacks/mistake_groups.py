@@ -256,33 +256,25 @@ def _reference(group: MistakeGroup, dataset: Any, model: nn.Module, class_names:
     examined = [p for p in group.examined if p.evidence.causal is not None]
     if not examined:
         return Reference([], changes)
+    # The part that mattered most in most of the mistakes, hidden in the reference photos too.
+    parts = Counter((c.region, c.box) for p in examined if (c := p.evidence.causal) is not None)
+    (region, box), _ = parts.most_common(1)[0]
+    common = hide_box(model, batch, box, region, preds, truth, names, temperature=temperature)
     # The part compared over the whole group: what hiding it does to the mistakes beyond the right ones.
     mistakes = torch.stack([p.tensor for p in examined])
     pred, true = names.index(group.predicted), names.index(group.true)
     found = contrast_part(model, mistakes, pred, true, batch, temperature=temperature)
-    if found is not None:
-        box, region = found
-        first = examined[0].evidence.causal
-        return Reference(
-            hide_box(model, batch, box, region, preds, truth, names, temperature=temperature),
-            changes,
-            part=hide_box(
-                model,
-                mistakes,
-                box,
-                region,
-                [pred] * len(examined),
-                [true] * len(examined),
-                names,
-                temperature=temperature,
-            ),  # fmt: skip
-            compared=first.places + first.strips,
-        )
-    # No part turns a mistake back: the part that mattered most in most of them, hidden there too.
-    parts = Counter((c.region, c.box) for p in examined if (c := p.evidence.causal) is not None)
-    (region, box), _ = parts.most_common(1)[0]
+    if found is None:
+        return Reference(common, changes)
+    box, region = found
+    first = examined[0].evidence.causal
+    k = len(examined)
     return Reference(
-        hide_box(model, batch, box, region, preds, truth, names, temperature=temperature), changes
+        common,
+        changes,
+        part=hide_box(model, mistakes, box, region, [pred] * k, [true] * k, names, temperature=temperature),
+        part_reference=hide_box(model, batch, box, region, preds, truth, names, temperature=temperature),
+        compared=first.places + first.strips,
     )
 
 

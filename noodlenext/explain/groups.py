@@ -312,18 +312,21 @@ class Reference:
     each photo's `whole_photo_changes` (with the group's removed colours). part: when the parts were
     compared over the whole group (`causes.contrast_part`: the part whose hiding turns the most mistakes
     back beyond the reference photos it turns), that part hidden in each of the group's examined
-    mistakes, and `causal` is then the same part hidden in the reference photos; empty otherwise."""
+    mistakes, and part_reference the same part hidden in each reference photo; empty otherwise.
+    compared: how many parts were compared."""
 
     causal: list[CausalRegion]
     changes: list[list[GlobalChange]]
     part: list[CausalRegion] = field(default_factory=list)
-    compared: int = 0  # how many parts were compared for `part`
+    part_reference: list[CausalRegion] = field(default_factory=list)
+    compared: int = 0
 
     def rate(self, key: str) -> tuple[int, int] | None:
-        """(photos turned into the true class, photos) for the change `key` (`GlobalChange.key`, or
-        "occlusion"); None when no reference photo has it."""
-        if key == "occlusion":
-            return (sum(c.turned_back for c in self.causal), len(self.causal)) if self.causal else None
+        """(photos turned into the true class, photos) for the change `key` (`GlobalChange.key`,
+        "occlusion" for `causal`, "part" for `part_reference`); None when no reference photo has it."""
+        if key in ("occlusion", "part"):
+            hidden = self.causal if key == "occlusion" else self.part_reference
+            return (sum(c.turned_back for c in hidden), len(hidden)) if hidden else None
         found = [g for gs in self.changes for g in gs if g.key == key]
         return (sum(g.turned_back for g in found), len(found)) if found else None
 
@@ -339,7 +342,7 @@ def _contrasted_part(
     k, first, truth = len(part), part[0], str(true)
     n_back = sum(c.turned_back for c in part)
     changed = sum(c.becomes != c.predicted for c in part)
-    score, ref, ref_count = against("occlusion", n_back, k)
+    score, ref, ref_count = against("part", n_back, k)
     claim = Claim(
         "group_occlusion",
         (pred, truth),
@@ -384,7 +387,7 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
     causal = [e.causal for e in evidences if e.causal is not None]
     if reference is not None and reference.part:
         scored.append(_contrasted_part(reference, pred, true, against))
-    elif causal:
+    if causal:
         k = len(causal)
         where = Counter(c.region for c in causal)
         back = Counter(c.region for c in causal if c.turned_back)
