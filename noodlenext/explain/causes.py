@@ -317,7 +317,13 @@ def hidden(image: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
     for sigma in dict.fromkeys(sigmas):  # one blur per size of box: all of them in one batch
         rows = [j for j, s in enumerate(sigmas) if s == sigma]
         m = keep[rows]
-        both = _blur(torch.cat([x * m, m], 1), sigma)  # (n, 4, H, W): the kept pixels, their weight
+        both = torch.cat([x * m, m], 1)  # (n, 4, H, W): the kept pixels, and their weight
+        f = max(1, int(sigma // 2))  # the fill is smooth: blurred at 1/f of the side, then scaled back up
+        if f > 1 and h % f == 0 and w % f == 0:
+            small = _blur(F.avg_pool2d(both, f), sigma / f)
+            both = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            both = _blur(both, sigma)
         fill = both[:, :3] / both[:, 3:].clamp_min(1e-6)
         out.append(x * m + fill * (1 - m))
     order = [j for sigma in dict.fromkeys(sigmas) for j, s in enumerate(sigmas) if s == sigma]
