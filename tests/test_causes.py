@@ -531,3 +531,24 @@ def test_a_group_compares_every_part_against_the_photos_it_got_right_and_finds_t
     assert contrast_part(model, x[:3], 2, 0, x[3:]) == (pytest.approx((0.75, 0.0, 1.0, 1.0)), "bottom strip")
     assert contrast_part(model, x[:3], 2, 0, x[:0]) is not None
     assert contrast_part(model, x[3:], 2, 1, x[3:]) is None
+
+
+def test_a_part_compared_over_the_group_that_is_every_photos_own_part_is_one_line() -> None:
+    photos = [_photo_evidence(i, "lower right", True, False) for i in range(3)]
+    tag = CausalRegion(
+        "lower right", (0.75, 0.75, 1.0, 1.0), "udon", 0.9, 0.2, "spaghetti", "spaghetti", 0.1, 0.7
+    )
+    kept = CausalRegion(
+        "lower right", (0.75, 0.75, 1.0, 1.0), "udon", 0.9, 0.85, "udon", "spaghetti", 0.1, 0.1
+    )
+    reference = Reference([kept] * 3, [[_change("mirror", 0.97, "udon")]] * 3, [tag] * 3, [kept] * 3, 53)
+    group = group_evidence(photos, [np.eye(9)] * 3, count=3, method="scorecam", reference=reference)
+    parts = [c for c in group.lead if c.kind == "group_occlusion"]
+    assert len(parts) == 1 and parts[0].fields["compared"] == 53
+    # A photo whose own part is elsewhere keeps both lines.
+    other = [*photos[:2], _photo_evidence(2, "center", False, False)]
+    group = group_evidence(other, [np.eye(9)] * 3, count=3, method="scorecam", reference=reference)
+    assert [bool(c.fields.get("compared")) for c in group.lead if c.kind == "group_occlusion"] == [
+        True,
+        False,
+    ]

@@ -385,9 +385,11 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
         return n_back / k - m / of, {"reference": [m, of]}, (Count(m, of, pred, "reference"),)
 
     causal = [e.causal for e in evidences if e.causal is not None]
-    if reference is not None and reference.part:
+    compared = reference is not None and bool(reference.part)
+    if compared:
         scored.append(_contrasted_part(reference, pred, true, against))
-    if causal:
+    # Each photo's own part, unless it is the compared part in every photo (the same line twice).
+    if causal and not (compared and {c.region for c in causal} == {reference.part[0].region}):
         k = len(causal)
         where = Counter(c.region for c in causal)
         back = Counter(c.region for c in causal if c.turned_back)
