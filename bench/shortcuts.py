@@ -355,6 +355,7 @@ def score(
                 "count": g["count"],
                 "first": lines[1] if len(lines) > 1 else "",
                 "lead": lines[1 : 1 + len(evidence.lead)],
+                "paragraph": g.get("paragraph") or "",
                 "first_words": first,
                 "named_first": names_cause(first, kind, every),
                 "named_any": names_cause(asserted(claims) + " " + (g.get("paragraph") or ""), kind, every),
