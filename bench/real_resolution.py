@@ -52,7 +52,7 @@ def common_size(src: Path, dst: Path) -> Path:
     return dst
 
 
-def train(data: Path, run_dir: Path, image_size: int, reuse: bool) -> Path:
+def train(data: Path, run_dir: Path, image_size: int, reuse: bool, extra: list[str]) -> Path:
     """The quickstart recipe on `data` at `image_size` px; returns the best checkpoint."""
     best = sorted(run_dir.glob("checkpoints/epoch_*.ckpt"))
     if reuse and best:
@@ -60,7 +60,7 @@ def train(data: Path, run_dir: Path, image_size: int, reuse: bool) -> Path:
     cmd = [
         sys.executable, "-m", "noodlenext.train", "experiment=quickstart", "data=noodles",
         f"data.root={data}", "data.batch_size=32", f"model.image_size={image_size}", "llm=none",
-        "logger=none", "seed=0", f"hydra.run.dir={run_dir}",
+        "logger=none", "seed=0", f"hydra.run.dir={run_dir}", *extra,
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     best = sorted(run_dir.glob("checkpoints/epoch_*.ckpt"))
@@ -69,7 +69,7 @@ def train(data: Path, run_dir: Path, image_size: int, reuse: bool) -> Path:
     return best[-1]
 
 
-def score(ckpt: Path, limit: int | None) -> dict:
+def score(ckpt: Path, per_class: int | None) -> dict:
     """Per true class, of the test photos the model gets right: how many the quarter-resolution change
     turns into each other class, as the per-photo evidence reports it."""
     run_dir = ckpt.parent.parent
@@ -79,7 +79,9 @@ def score(ckpt: Path, limit: int | None) -> dict:
     right: Counter = Counter()
     example = None
     started = time.perf_counter()
-    for r in rows[:limit]:
+    for r in rows:
+        if per_class is not None and right[r["label"]] >= per_class:
+            continue
         with Image.open(r["path"]) as im:
             analysis = explainer(im.convert("RGB"), true_label=r["label"], file=Path(r["path"]).name)
         ev = analysis.evidence
@@ -121,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "noodles")
     ap.add_argument("--work", type=Path, default=None, help="keep the copy and the runs here")
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--limit", type=int, default=None, help="explain at most this many right test photos")
+    ap.add_argument("--per-class", type=int, default=None, help="right photos explained a class")
     ap.add_argument("--reuse", action="store_true", help="use the runs already in --work")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("overrides", nargs="*", help="more training overrides, e.g. data.sampler=weighted")
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
         raise SystemExit(f"--data {args.data}: no train/ folder there (an ImageFolder tree is needed)")
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, root in data.items():
         run_dir = work / ("run_native" if name == "as it is" else "run_common")
-        results[name] = score(train(root, run_dir, args.image_size, args.reuse), args.limit)
+        ckpt = train(root, run_dir, args.image_size, args.reuse, args.overrides)
+        results[name] = score(ckpt, args.per_class)
         print(f"{name}: {results[name]['turned']} of {results[name]['right']}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
