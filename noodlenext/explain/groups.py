@@ -343,25 +343,34 @@ def _contrasted_part(
     n_back = sum(c.turned_back for c in part)
     changed = sum(c.becomes != c.predicted for c in part)
     score, ref, ref_count = against("part", n_back, k)
-    claim = Claim(
+    claim = _occlusion_claim(
+        pred, true, first.regions, (Count(n_back, k, truth, "turned back"), *ref_count), n_back, k,
+        {"regions": [[first.region, k, n_back]], "compared": reference.compared, **ref},
+    )  # fmt: skip
+    return score, first.area, changed, claim
+
+
+def _occlusion_claim(
+    pred: str,
+    true: str | None,
+    regions: tuple[str, ...],
+    counts: tuple[Count, ...],
+    n_back: int,
+    k: int,
+    fields: dict[str, Any],
+) -> Claim:
+    """A group_occlusion claim: hiding a part turns `n_back` of the group's `k` photos back to `true`."""
+    truth = str(true)
+    return Claim(
         "group_occlusion",
         (pred, truth),
-        first.regions,
-        counts=(Count(n_back, k, truth, "turned back"), *ref_count),
+        regions,
+        counts=counts,
         becomes=(truth,) if n_back else (),
         verdict="turned_back" if n_back else None,
         looks=PART_WORDS,
-        fields={
-            "k": k,
-            "truth": true,
-            "predicted": pred,
-            "back": n_back,
-            "regions": [[first.region, k, n_back]],
-            "compared": reference.compared,
-            **ref,
-        },
+        fields={"k": k, "truth": true, "predicted": pred, "back": n_back, **fields},
     )
-    return score, first.area, changed, claim
 
 
 def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = None) -> list[Claim]:
@@ -404,27 +413,19 @@ def cause_claims(evidences: Sequence[Evidence], reference: Reference | None = No
                 score,
                 float(np.mean([c.area for c in causal])),
                 changed,
-                Claim(
-                    "group_occlusion",
-                    (pred, truth),
+                _occlusion_claim(
+                    pred,
+                    true,
                     regions,
-                    counts=(
+                    (
                         *(Count(where[r], k, r, "matters most") for r in ranked),
                         *(Count(back[r], k, r, "turned back") for r in ranked if back[r]),
                         Count(n_back, k, truth, "turned back"),
                         *ref_count,
                     ),
-                    becomes=(truth,) if n_back else (),
-                    verdict="turned_back" if n_back else None,
-                    looks=PART_WORDS,
-                    fields={
-                        "k": k,
-                        "truth": true,
-                        "predicted": pred,
-                        "back": n_back,
-                        "regions": [[r, where[r], back[r]] for r in ranked],
-                        **ref,
-                    },
+                    n_back,
+                    k,
+                    {"regions": [[r, where[r], back[r]] for r in ranked], **ref},
                 ),
             )
         )
