@@ -244,7 +244,8 @@ def examine(
 def _reference(group: MistakeGroup, dataset: Any, model: nn.Module, class_names: Sequence[str]) -> Reference:
     """The causes tried on the group's reference photos (predicted class, got right), with the group's
     true class as their truth: the part that mattered most in its mistakes hidden, every whole-photo
-    change, and the colours its mistakes had taken out."""
+    change, and the colours its mistakes had taken out; and every part compared over the mistakes and
+    those photos (`contrast_part`), with the one it picks hidden in both."""
     names = list(class_names)
     samples = group.references
     batch = torch.stack([dataset[s.index][0] for s in samples])

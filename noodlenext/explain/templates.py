@@ -105,7 +105,7 @@ def _causes(claims: list[Claim], say: Callable[..., str]) -> list[str]:
     (or that turns photos of a group back). Nothing when no change matters. A group's second cause whose
     count on the photos it got right is the same as the first's says so briefly ("and none of those")."""
     out = []
-    shown: list[Claim] = []  # a group's part: one sentence, of the claim that leads
+    parts_said = False  # a group's part: one sentence, of the group_occlusion claim that leads
     references: set[tuple[int, ...]] = set()
 
     def said(c: Claim) -> str:
@@ -123,9 +123,9 @@ def _causes(claims: list[Claim], say: Callable[..., str]) -> list[str]:
             out.append(said(c))
         elif c.kind == "occlusion_look" and out and f.get("unusual"):
             out.append(said(c))
-        elif c.kind == "group_occlusion" and _specific(f) and not any(x.kind == c.kind for x in shown):
+        elif c.kind == "group_occlusion" and _specific(f) and not parts_said:
             out.append(said(c))
-            shown.append(c)
+            parts_said = True
         elif (c.kind == "whole_photo" and flips) or (c.kind == "group_whole_photo" and _specific(f)):
             out.append(said(c))
             break
