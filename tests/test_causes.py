@@ -26,6 +26,7 @@ from noodlenext.explain.gather import gather_evidence
 from noodlenext.explain.groups import Reference, group_evidence
 from noodlenext.explain.heatmaps import explain_batch
 from noodlenext.explain.neighbours import FeatureIndex
+from noodlenext.explain.probes import PhotoProbe
 from noodlenext.explain.settings import HeatmapSettings
 from noodlenext.explain.templates import group_template, photo_template
 from noodlenext.llm.grounding import check_explanation
@@ -552,3 +553,52 @@ def test_a_part_compared_over_the_group_that_is_every_photos_own_part_is_one_lin
         True,
         False,
     ]
+
+
+# --- hiding by filling in: a grey square is a tag too --------------------------------------------------
+
+
+class OddCorner(nn.Module):
+    """Udon from anything in the lower right ninth that is not the beige of the dish: a tag, or a grey
+    square where a part was hidden with the mean colour. The identity 1x1 `stem` is the maps' layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.stem.weight.copy_(torch.eye(3)[:, :, None, None])
+            self.stem.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        rgb = self.stem(x) * STD + MEAN
+        beige = torch.tensor(BEIGE, dtype=rgb.dtype)[:, None, None] / 255
+        e = SIZE // 3
+        odd = (rgb[:, :, -e:, -e:] - beige).abs().mean((1, 2, 3))
+        udon = 40 * odd - 3
+        return torch.stack([torch.zeros_like(udon), torch.full_like(udon, -5.0), udon], 1)
+
+
+def test_a_hidden_part_is_filled_in_so_a_tag_is_not_replaced_by_a_grey_one() -> None:
+    """Hidden with the mean colour, the corner would still be "odd" and stay udon; filled in from the
+    dish around it, it is beige and the prediction becomes spaghetti: in the evidence's scan and in the
+    chat's which_part alike."""
+    model = OddCorner().eval()
+    arrays = [photo("tag", 0)]
+    x = batch(arrays)
+    assert model(x).argmax(1).tolist() == [2]
+    grey = x.clone()
+    grey[:, :, -SIZE // 3 :, -SIZE // 3 :] = 0.0  # the mean colour, as the evidence used to hide a part
+    assert model(grey).argmax(1).tolist() == [2]  # a grey corner is as odd as the tag
+    (found,) = occlusion_scan(model, x, arrays, [2], [0], CLASSES)
+    assert found.region == "lower right" and found.turned_back
+    heatmaps = explain_batch(model, x, [2], "scorecam", HeatmapSettings(target_layer="stem"))
+    (evidence,) = gather_evidence(
+        model, x, [Image.fromarray(arrays[0])], [2], [0], heatmaps,
+        settings=HeatmapSettings(target_layer="stem"), class_names=CLASSES,
+    )  # fmt: skip
+    probe = PhotoProbe(model, x, Image.fromarray(arrays[0]), evidence, heatmaps[0]["scorecam"].cam)
+    f = probe.run("which_part").finding
+    assert (
+        max(f.data["drops"], key=f.data["drops"].get) == "lower right"
+        and f.data["drops"]["lower right"] > 0.5
+    )

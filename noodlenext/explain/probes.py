@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from noodlenext.explain.appearance import appearance
 from noodlenext.explain.base import eval_mode
-from noodlenext.explain.causes import whole_photo_changes
+from noodlenext.explain.causes import hidden, whole_photo_changes
 from noodlenext.explain.claims import Claim, Count, Move, decimal, percent
 from noodlenext.explain.counterfactuals import HIDE, contrastive_maps
 from noodlenext.explain.evidence import (
@@ -365,17 +365,15 @@ class PhotoProbe:
         return ProbeResult(finding, _as_picture(shown, self.mean, self.std), "the photo as hidden")
 
     def which_part(self) -> ProbeResult:
-        """Hide each of the 3x3 regions in turn; the ones whose loss moves the prediction most."""
+        """Hide each of the 3x3 regions in turn (filled in from its surroundings, as the evidence hides a
+        part: `causes.hidden`); the ones whose loss moves the prediction most."""
         pred, p = self.predicted, self.evidence.probabilities
         _, _, h, w = self.image.shape
-        soft = removed(self.image, HIDE)
-        edited = []
-        for k in range(9):
-            r, c = divmod(k, 3)
-            mask = torch.zeros(1, 1, h, w, dtype=torch.bool, device=self.device)
-            mask[..., r * h // 3 : (r + 1) * h // 3, c * w // 3 : (c + 1) * w // 3] = True
-            edited.append(torch.where(mask, soft, self.image))
-        probs = self._probabilities(torch.cat(edited))
+        ninths = [
+            (r * h // 3, c * w // 3, (r + 1) * h // 3, (c + 1) * w // 3)
+            for r, c in (divmod(k, 3) for k in range(9))
+        ]
+        probs = self._probabilities(hidden(self.image[0], ninths)[1:])
         i = self.names.index(pred)
         drops = {REGIONS[k]: float(p[pred] - probs[k, i]) for k in range(9)}
         ranked = sorted(drops, key=lambda r: -drops[r])
