@@ -305,7 +305,7 @@ def hidden(image: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
     the pixels around it, sigma half the box's shorter side), so a hidden corner looks like the table next
     to it. The mean colour (the trust check's way to hide pixels) leaves a grey square or a grey band,
     which a model that learned a tag in the corner or a caption along the bottom takes for one: on
-    bench/shortcuts.py, hiding the tag's corner that way turned 1 of 8 mistakes back, filled in all 8
+    bench/shortcuts.py, hiding the tag's corner that way turned at most 1 of 8 mistakes back, filled in all 8
     (docs/shortcuts.md)."""
     x = image[None].float()
     _, _, h, w = x.shape
