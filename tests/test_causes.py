@@ -527,6 +527,15 @@ def test_a_group_compares_every_part_against_the_photos_it_got_right_and_finds_t
     text = group_template(group.evidence)
     assert "Hiding the bottom strip turns all 3 back into spaghetti" in text and "center" not in text
     assert check_explanation(text, group.evidence).passed, check_explanation(text, group.evidence).reasons
+    # An answer in other words that keeps to line 2 passes; one that moves the part or the count fails.
+    head = "The classifier took 3 spaghetti photos for udon [1]. "
+    for answer, passes in [
+        ("When the strip along the bottom is hidden, every one of the 3 goes back to spaghetti [2].", True),
+        ("When the upper left is hidden, all 3 go back to spaghetti [2].", False),
+        ("When the bottom strip is hidden, 2 of the 3 go back to spaghetti [2].", False),
+    ]:
+        verdict = check_explanation(head + answer, group.evidence)
+        assert verdict.passed is passes, (answer, verdict.reasons)
     # Directly: the caption's strip; with no photos it got right to compare, a part that turns the
     # mistakes back still comes out; when hiding no part turns any back, none does.
     assert contrast_part(model, x[:3], 2, 0, x[3:]) == (pytest.approx((0.75, 0.0, 1.0, 1.0)), "bottom strip")
