@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, images
+from toy_models import NAMES, QUADRANTS, SIZE, QuadrantModel, identity_conv, images
 
 from noodlenext.callbacks.mistake_groups import confusion_groups, examine
 from noodlenext.callbacks.samples import Sample
@@ -452,10 +452,7 @@ class Fragile(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.stem.weight.copy_(torch.eye(3)[:, :, None, None])
-            self.stem.bias.zero_()
+        self.stem = identity_conv()
 
     def forward(self, x: Tensor) -> Tensor:
         lum = (self.stem(x) * STD + MEAN).mean(1)  # (B, H, W)
@@ -573,10 +570,7 @@ class OddCorner(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.stem.weight.copy_(torch.eye(3)[:, :, None, None])
-            self.stem.bias.zero_()
+        self.stem = identity_conv()
 
     def forward(self, x: Tensor) -> Tensor:
         rgb = self.stem(x) * STD + MEAN

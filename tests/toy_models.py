@@ -31,6 +31,16 @@ class Quadrants(nn.Module):
         return F.avg_pool2d((x**2).mean(1, keepdim=True), self.pool) * self.masks
 
 
+def identity_conv() -> nn.Conv2d:
+    """A 1x1 conv that passes RGB through unchanged: a layer for the maps to explain, with parameters
+    for the gradients to reach."""
+    conv = nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3)[:, :, None, None])
+        conv.bias.zero_()
+    return conv
+
+
 class QuadrantModel(nn.Module):
     """Logits: ramen = scale * top-left energy, udon = scale * bottom-right energy, soba = 0.
 
@@ -40,10 +50,7 @@ class QuadrantModel(nn.Module):
 
     def __init__(self, size: int = SIZE, scale: float = 2.0) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.eye(3)[:, :, None, None])
-            self.conv.bias.zero_()
+        self.conv = identity_conv()
         self.quadrants = Quadrants(size)
         self.drop = nn.Dropout(0.5)  # only there to show the model runs in eval mode
         self.scale = scale
