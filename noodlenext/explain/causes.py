@@ -312,7 +312,7 @@ def hidden(image: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
     keep = torch.ones(len(boxes), 1, h, w, device=x.device)
     for j, (t, lf, bt, rt) in enumerate(boxes):
         keep[j, :, t:bt, lf:rt] = 0.0
-    out = [x]
+    edited = x.repeat(len(boxes), 1, 1, 1)
     sigmas = [max(1.0, min(bt - t, rt - lf) / 2) for t, lf, bt, rt in boxes]
     for sigma in dict.fromkeys(sigmas):  # one blur per size of box: all of them in one batch
         rows = [j for j, s in enumerate(sigmas) if s == sigma]
@@ -325,10 +325,8 @@ def hidden(image: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
         else:
             both = _blur(both, sigma)
         fill = both[:, :3] / both[:, 3:].clamp_min(1e-6)
-        out.append(x * m + fill * (1 - m))
-    order = [j for sigma in dict.fromkeys(sigmas) for j, s in enumerate(sigmas) if s == sigma]
-    edited = torch.cat(out[1:]) if boxes else x[:0]
-    return torch.cat([x, edited[np.argsort(order)]])
+        edited[rows] = x * m + fill * (1 - m)
+    return torch.cat([x, edited])
 
 
 def _part_probabilities(
